@@ -1,0 +1,170 @@
+"""Typed, validated parameters: one config object per stage, mirroring ``params.yaml``.
+
+``load_params(path, overrides)`` reads the YAML file, applies ``dotted.key=value`` overrides (values are
+parsed as YAML, so ``--set data.max_frames=10`` gives an int and ``--set data.intrinsics=[1,2,3,4]`` a list),
+and validates everything before any stage does work. Every error names the file, the dotted key and the
+offending value.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import Field, ValidationError, model_validator
+
+from models.config import StrictConfig
+from models.noise import NoiseModelConfig
+from tasks.datasets.nyu import NyuConfig
+from tasks.datasets.synthetic import SyntheticConfig
+
+
+class ParamsError(ValueError):
+    """Bad params file or override; the message names the file, the key and the value."""
+
+
+class PathsConfig(StrictConfig):
+    """Where every stage reads and writes (relative paths are relative to the working directory)."""
+
+    raw: Path = Path("data/raw")
+    scenes: Path = Path("data/scenes.zarr")
+    noisy: Path = Path("data/noisy.zarr")
+
+
+class TumConfig(StrictConfig):
+    """TUM RGB-D specifics."""
+
+    max_dt: float = Field(0.02, gt=0, description="max |t_rgb - t_depth| (s) when associating frames")
+    require_pose: bool = Field(False, description="drop frames without a ground-truth pose within max_dt")
+
+
+class DataConfig(StrictConfig):
+    """The ``download`` stage: which dataset to read and how to sample its frames."""
+
+    source: Literal["synthetic", "nyu_labeled", "sevenscenes", "tum"] = "synthetic"
+    path: Path | None = Field(
+        None, description="dataset folder (sevenscenes, tum) or a local .mat file (nyu_labeled, skips the download)"
+    )
+    seed: int = 0
+    height: int | None = Field(None, ge=8, description="target height in pixels (with width); null = native")
+    width: int | None = Field(None, ge=8, description="target width in pixels (with height); null = native")
+    downscale: int = Field(1, ge=1, description="integer downscale factor, an alternative to height/width")
+    stride: int = Field(1, ge=1, description="keep every stride-th frame")
+    max_frames: int | None = Field(None, ge=1, description="at most this many frames per scene (after stride)")
+    max_scenes: int | None = Field(None, ge=1, description="at most this many scenes")
+    test_every: int = Field(8, ge=0, description="hold out every k-th frame as a test view; 0 = none")
+    intrinsics: tuple[float, float, float, float] | None = Field(
+        None, description="[fx, fy, cx, cy] in pixels at native resolution, overriding the dataset's"
+    )
+    depth_scale: float | None = Field(
+        None, gt=0, description="raw depth units per metre, overriding the dataset's (7-Scenes 1000, TUM 5000)"
+    )
+    max_depth_m: float = Field(20.0, gt=0, description="a larger median depth is taken for wrong units")
+    synthetic: SyntheticConfig = SyntheticConfig()
+    nyu: NyuConfig = NyuConfig()
+    tum: TumConfig = TumConfig()
+
+    @model_validator(mode="after")
+    def _check(self) -> DataConfig:
+        if (self.height is None) != (self.width is None):
+            raise ValueError("data.height and data.width must be given together")
+        if self.height is not None and self.downscale != 1:
+            raise ValueError("give either data.height/width or data.downscale, not both")
+        if self.source in ("sevenscenes", "tum") and self.path is None:
+            raise ValueError(f"data.source={self.source} needs data.path (the dataset folder)")
+        if self.intrinsics is not None and (self.intrinsics[0] <= 0 or self.intrinsics[1] <= 0):
+            raise ValueError(f"data.intrinsics focal lengths must be positive, got {list(self.intrinsics)}")
+        return self
+
+
+class NoiseConfig(NoiseModelConfig):
+    """The ``corrupt`` stage: simulate sensor noise on clean depth, or pass measured depth through."""
+
+    mode: Literal["simulate", "sensor"] = Field(
+        "simulate",
+        description="simulate: apply the noise model to the reference depth; sensor: keep the measured "
+        "depth (depth_sensor when the store has it, else depth) unchanged",
+    )
+    seed: int = 0
+
+
+class Params(StrictConfig):
+    """Everything in ``params.yaml``."""
+
+    paths: PathsConfig = PathsConfig()
+    data: DataConfig = DataConfig()
+    noise: NoiseConfig = NoiseConfig()
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """``"a.b.c=value"`` -> ``(["a", "b", "c"], parsed value)``; the value is parsed as YAML."""
+    key, sep, raw = text.partition("=")
+    key = key.strip()
+    if not sep or not key or any(not part for part in key.split(".")):
+        raise ParamsError(f"--set {text!r}: expected dotted.key=value")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError as err:
+        raise ParamsError(f"--set {key}: cannot parse value {raw!r}: {err}") from err
+    return key.split("."), value
+
+
+def apply_overrides(tree: dict, overrides: list[str]) -> dict:
+    """A copy of ``tree`` with each ``dotted.key=value`` override set (creating nested mappings)."""
+    out = yaml.safe_load(yaml.safe_dump(tree))  # deep copy of plain data
+    for text in overrides:
+        parts, value = parse_override(text)
+        node = out
+        for i, part in enumerate(parts[:-1]):
+            child = node.get(part)
+            if child is None:
+                child = node[part] = {}
+            if not isinstance(child, dict):
+                raise ParamsError(f"--set {'.'.join(parts)}: {'.'.join(parts[: i + 1])} is not a mapping")
+            node = child
+        node[parts[-1]] = value
+    return out
+
+
+def format_validation_error(err: ValidationError, where: str) -> str:
+    """One line per problem: ``where: dotted.key: message (got value)``."""
+    lines = []
+    for e in err.errors():
+        key = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        msg = e["msg"].removeprefix("Value error, ")
+        got = "" if e["type"] in ("missing",) or "input" not in e else f" (got {e['input']!r})"
+        if e["type"] == "extra_forbidden":
+            msg, got = "unknown key", ""
+        lines.append(f"{where}: {key}: {msg}{got}")
+    return "\n".join(lines)
+
+
+def params_from_dict(tree: dict, where: str = "params") -> Params:
+    try:
+        return Params.model_validate(tree)
+    except ValidationError as err:
+        raise ParamsError(format_validation_error(err, where)) from None
+
+
+def load_params(path: str | Path | None = "params.yaml", overrides: list[str] | None = None) -> Params:
+    """Read, override and validate the params file; ``path=None`` starts from the built-in defaults."""
+    tree: dict = {}
+    where = "defaults"
+    if path is not None:
+        path = Path(path)
+        where = str(path)
+        try:
+            text = path.read_text()
+        except OSError as err:
+            raise ParamsError(f"{path}: cannot read params file: {err.strerror or err}") from None
+        try:
+            tree = yaml.safe_load(text) or {}
+        except yaml.YAMLError as err:
+            raise ParamsError(f"{path}: not valid YAML: {err}") from None
+        if not isinstance(tree, dict):
+            raise ParamsError(f"{path}: expected a mapping of stage names, got {type(tree).__name__}")
+    if overrides:
+        tree = apply_overrides(tree, overrides)
+        where += " (with --set overrides)"
+    return params_from_dict(tree, where)

@@ -1,0 +1,266 @@
+"""The zarr scene stores: schema, atomic creation, typed read access.
+
+Layout (zarr v3, one group per scene, one chunk per frame, zstd-compressed, consolidated metadata)::
+
+    scenes.zarr/                       attrs: schema="dnerf.scenes", schema_version, created_by, ...
+      <scene>/                         attrs: source, units="m", depth_kind, frame_ids, split, ...
+        rgb           uint8   [N, H, W, 3]
+        depth         float32 [N, H, W]   metres, 0 = no measurement
+        depth_sensor  float32 [N, H, W]   raw sensor depth (only when the source has one besides depth)
+        K             float64 [N, 3, 3]   intrinsics, pixels
+        c2w           float64 [N, 4, 4]   camera-to-world, OpenCV axes, NaN = unknown
+        mesh_vertices float32 [V, 3]      ground-truth geometry, world frame (synthetic scenes only)
+        mesh_faces    int32   [F, 3]
+
+    noisy.zarr/                        attrs: schema="dnerf.noisy", schema_version, mode, seed, model
+      <scene>/
+        depth_noisy   float32 [N, H, W]   metres, 0 = hole
+
+A store is always built under a hidden temporary name next to its destination and moved into place only
+when complete (:class:`StoreBuilder`), so a crash never leaves a store that looks finished and an
+existing store is replaced only by a complete one.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import uuid
+import warnings
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal, get_args
+
+import numpy as np
+import zarr
+
+from tasks.datasets.base import Frame, Split
+from tasks.errors import DataError
+
+SCHEMA_VERSION = 1
+StoreKind = Literal["scenes", "noisy"]
+
+
+def _schema_name(kind: StoreKind) -> str:
+    return f"dnerf.{kind}"
+
+
+def _consolidate(path: Path) -> None:
+    with warnings.catch_warnings():
+        # zarr warns that consolidated metadata is not (yet) in the v3 spec; we rely on zarr-python's.
+        warnings.filterwarnings("ignore", message="Consolidated metadata", category=UserWarning)
+        zarr.consolidate_metadata(str(path))
+
+
+def _replace_dir(src: Path, dest: Path) -> None:
+    """Move the finished directory ``src`` to ``dest``, replacing an existing ``dest``.
+
+    Directories cannot be renamed over each other atomically, so the old one is first renamed aside;
+    at no point is a partial store visible under ``dest``.
+    """
+    old = None
+    if dest.exists():
+        old = dest.with_name(f".{dest.name}.old-{uuid.uuid4().hex[:8]}")
+        os.replace(dest, old)
+    os.replace(src, dest)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+class StoreBuilder:
+    """Builds a store under a temporary name; ``finish()`` (or leaving the ``with`` block) publishes it.
+
+    Leaving the block with an exception deletes the temporary store and leaves ``path`` untouched.
+
+    Example::
+
+        with StoreBuilder("data/scenes.zarr", "scenes", attrs={...}) as root:
+            scene = root.create_group("kitchen")
+            ...
+    """
+
+    def __init__(self, path: str | Path, kind: StoreKind, attrs: dict[str, Any] | None = None):
+        self.path = Path(path)
+        self.kind = kind
+        self.attrs = dict(attrs or {})
+        self.tmp = self.path.with_name(f".{self.path.name}.tmp-{uuid.uuid4().hex[:8]}")
+        self.root: zarr.Group | None = None
+
+    def __enter__(self) -> zarr.Group:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.root = zarr.open_group(str(self.tmp), mode="w", zarr_format=3)
+        self.root.attrs.update(
+            {"schema": _schema_name(self.kind), "schema_version": SCHEMA_VERSION, **self.attrs}
+        )
+        return self.root
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.finish()
+        else:
+            shutil.rmtree(self.tmp, ignore_errors=True)
+
+    def finish(self) -> Path:
+        _consolidate(self.tmp)
+        _replace_dir(self.tmp, self.path)
+        return self.path
+
+
+def open_store(path: str | Path, kind: StoreKind | None) -> zarr.Group:
+    """Open a finished store read-only, checking its schema (``kind``; None = any kind) and version."""
+    path = Path(path)
+    expected = _schema_name(kind) if kind else "dnerf"
+    if not path.exists():
+        raise DataError(path, f"no such store (expected a {expected} zarr store; run the stage that writes it)")
+    try:
+        root = zarr.open_consolidated(str(path), mode="r", zarr_format=3)
+    except Exception as err:  # zarr raises several types for a damaged or foreign store
+        raise DataError(path, f"not a readable zarr v3 store with consolidated metadata: {err}") from None
+    schema = root.attrs.get("schema")
+    version = root.attrs.get("schema_version")
+    known = [_schema_name(k) for k in ((kind,) if kind else get_args(StoreKind))]
+    if schema not in known:
+        raise DataError(path, f"expected a {expected} store, found schema {schema!r}")
+    if version != SCHEMA_VERSION:
+        raise DataError(
+            path, f"store schema version {version!r} is not supported (this code reads version {SCHEMA_VERSION}); "
+            "rebuild it with the stage that writes it",
+        )
+    return root
+
+
+def scene_names(root: zarr.Group) -> list[str]:
+    """Scene group names of a store, sorted."""
+    return sorted(name for name, _ in root.groups())
+
+
+def _frame_array(group: zarr.Group, name: str, n: int, frame_shape: tuple[int, ...], dtype, fill=0) -> zarr.Array:
+    return group.create_array(
+        name, shape=(n, *frame_shape), chunks=(1, *frame_shape), dtype=dtype, fill_value=fill
+    )
+
+
+class SceneWriter:
+    """Writes the frames of one scene group of a ``scenes`` store, frame by frame (one chunk each)."""
+
+    def __init__(
+        self,
+        root: zarr.Group,
+        name: str,
+        *,
+        n_frames: int,
+        height: int,
+        width: int,
+        source: str,
+        depth_kind: str,
+        has_sensor_depth: bool,
+        attrs: dict[str, Any] | None = None,
+    ):
+        self.group = root.create_group(name)
+        self.n_frames, self.height, self.width = n_frames, height, width
+        hw = (height, width)
+        self.rgb = _frame_array(self.group, "rgb", n_frames, (*hw, 3), np.uint8)
+        self.depth = _frame_array(self.group, "depth", n_frames, hw, np.float32)
+        self.depth_sensor = (
+            _frame_array(self.group, "depth_sensor", n_frames, hw, np.float32) if has_sensor_depth else None
+        )
+        self.K = _frame_array(self.group, "K", n_frames, (3, 3), np.float64, fill=np.nan)
+        self.c2w = _frame_array(self.group, "c2w", n_frames, (4, 4), np.float64, fill=np.nan)
+        self.frame_ids: list[str | None] = [None] * n_frames
+        self.group.attrs.update(
+            {"source": source, "units": "m", "depth_kind": depth_kind, "height": height, "width": width, **(attrs or {})}
+        )
+
+    def write(self, i: int, frame: Frame) -> None:
+        if (frame.height, frame.width) != (self.height, self.width):
+            raise DataError(
+                frame.source or frame.frame_id,
+                f"frame is {frame.width}x{frame.height} but scene {self.group.basename!r} is {self.width}x{self.height}",
+            )
+        self.rgb[i] = frame.rgb
+        self.depth[i] = frame.depth.astype(np.float32, copy=False)
+        if self.depth_sensor is not None:
+            if frame.depth_sensor is None:
+                raise DataError(frame.source or frame.frame_id, "frame lacks the sensor depth its scene has")
+            self.depth_sensor[i] = frame.depth_sensor.astype(np.float32, copy=False)
+        self.K[i] = frame.K
+        self.c2w[i] = frame.c2w
+        self.frame_ids[i] = frame.frame_id
+
+    def set_mesh(self, vertices: np.ndarray, faces: np.ndarray) -> None:
+        self.group.create_array("mesh_vertices", data=np.asarray(vertices, dtype=np.float32))
+        self.group.create_array("mesh_faces", data=np.asarray(faces, dtype=np.int32))
+
+    def close(self, splits: list[Split]) -> None:
+        missing = [i for i, f in enumerate(self.frame_ids) if f is None]
+        if missing:
+            raise RuntimeError(f"scene {self.group.basename!r}: frames {missing[:5]}... were never written")
+        if len(splits) != self.n_frames:
+            raise ValueError(f"{len(splits)} split labels for {self.n_frames} frames")
+        self.group.attrs.update({"frame_ids": self.frame_ids, "split": list(splits)})
+
+
+@dataclass(frozen=True)
+class SceneView:
+    """Read access to one scene group of a ``scenes`` store."""
+
+    group: zarr.Group
+
+    @property
+    def name(self) -> str:
+        return self.group.basename
+
+    @property
+    def attrs(self) -> dict[str, Any]:
+        return self.group.attrs.asdict()
+
+    @property
+    def n_frames(self) -> int:
+        return int(self.group["depth"].shape[0])
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        """``(height, width)`` in pixels."""
+        return tuple(self.group["depth"].shape[1:3])
+
+    @property
+    def frame_ids(self) -> list[str]:
+        return list(self.group.attrs["frame_ids"])
+
+    @property
+    def split(self) -> list[Split]:
+        return list(self.group.attrs["split"])
+
+    def indices(self, split: Split) -> list[int]:
+        return [i for i, s in enumerate(self.split) if s == split]
+
+    @property
+    def has_sensor_depth(self) -> bool:
+        return "depth_sensor" in self.group
+
+    @property
+    def has_poses(self) -> bool:
+        return bool(np.all(np.isfinite(self.group["c2w"][:])))
+
+    def frame(self, i: int) -> Frame:
+        g = self.group
+        return Frame(
+            frame_id=self.frame_ids[i],
+            rgb=g["rgb"][i],
+            depth=g["depth"][i],
+            K=g["K"][i],
+            c2w=g["c2w"][i],
+            depth_sensor=g["depth_sensor"][i] if self.has_sensor_depth else None,
+            source=f"{self.group.store_path}[{i}]",
+        )
+
+    def mesh(self) -> tuple[np.ndarray, np.ndarray] | None:
+        if "mesh_vertices" not in self.group:
+            return None
+        return self.group["mesh_vertices"][:], self.group["mesh_faces"][:]
+
+
+def iter_scenes(root: zarr.Group) -> Iterator[SceneView]:
+    for name in scene_names(root):
+        yield SceneView(root[name])

@@ -1,0 +1,64 @@
+"""The ``dnerf`` command line: help, --params / --set, exit codes and messages."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+from typer.testing import CliRunner
+
+from flows.cli import app
+from tasks.store import open_store
+
+runner = CliRunner()
+
+
+def _sets(overrides):
+    return [a for o in overrides for a in ("--set", o)]
+
+
+def test_help_lists_stages_and_options():
+    res = runner.invoke(app, ["--help"])
+    assert res.exit_code == 0
+    for cmd in ("download", "corrupt", "params", "info"):
+        assert cmd in res.output
+    res = runner.invoke(app, ["download", "--help"])
+    assert res.exit_code == 0 and "--set" in res.output and "--params" in res.output
+
+
+def test_download_corrupt_info_round_trip(tiny_overrides, tmp_path):
+    res = runner.invoke(app, ["download", "--quiet", *_sets(tiny_overrides)])
+    assert res.exit_code == 0, res.output
+    res = runner.invoke(app, ["corrupt", "--quiet", *_sets(tiny_overrides)])
+    assert res.exit_code == 0, res.output
+    d = open_store(tmp_path / "noisy.zarr", "noisy")["synthetic_000"]["depth_noisy"][:]
+    assert d.shape == (4, 24, 32) and np.any(d > 0)
+    res = runner.invoke(app, ["info", str(tmp_path / "scenes.zarr")])
+    assert res.exit_code == 0 and "synthetic_001" in res.output and "2/2" in res.output
+
+
+def test_invalid_params_exit_2_naming_key(tiny_overrides):
+    res = runner.invoke(app, ["download", *_sets(tiny_overrides + ["data.stride=-2"])])
+    assert res.exit_code == 2
+    assert "data.stride" in res.output and "-2" in res.output
+
+
+def test_bad_data_exits_1_naming_path(tmp_path):
+    res = runner.invoke(
+        app, ["download", "--set", "data.source=sevenscenes", "--set", f"data.path={tmp_path / 'nowhere'}",
+              "--set", f"paths.scenes={tmp_path / 's.zarr'}"]
+    )
+    assert res.exit_code == 1
+    assert "nowhere" in res.output and "not found" in res.output
+    assert not (tmp_path / "s.zarr").exists()
+
+
+def test_params_command_prints_effective_values():
+    res = runner.invoke(app, ["params", "--set", "noise.seed=7"])
+    assert res.exit_code == 0 and "seed: 7" in res.output
+
+
+def test_console_script_is_installed():
+    res = subprocess.run([sys.executable, "-m", "flows.cli", "--help"], capture_output=True, text=True, timeout=60)
+    assert res.returncode == 0 and "download" in res.stdout

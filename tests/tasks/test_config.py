@@ -1,0 +1,76 @@
+"""Params loading: defaults, overrides, and errors that name the key and the value."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tasks.config import Params, ParamsError, apply_overrides, load_params
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_repository_params_file_is_valid_and_matches_defaults():
+    p = load_params(ROOT / "params.yaml")
+    assert p == Params(), "params.yaml should spell out the defaults"
+    assert p.paths.scenes == Path("data/scenes.zarr")
+    assert p.data.source == "synthetic"
+
+
+def test_overrides_are_parsed_as_yaml_and_nested():
+    p = load_params(
+        ROOT / "params.yaml",
+        ["data.max_frames=10", "data.intrinsics=[585, 585, 320, 240]", "noise.axial.enabled=false",
+         "paths.scenes=/tmp/x.zarr", "data.source=sevenscenes", "data.path=/some/folder"],
+    )
+    assert p.data.max_frames == 10
+    assert p.data.intrinsics == (585.0, 585.0, 320.0, 240.0)
+    assert p.noise.axial.enabled is False
+    assert p.paths.scenes == Path("/tmp/x.zarr")
+
+
+def test_apply_overrides_does_not_touch_input():
+    tree = {"data": {"stride": 1}}
+    out = apply_overrides(tree, ["data.stride=3", "noise.seed=4"])
+    assert tree == {"data": {"stride": 1}}
+    assert out == {"data": {"stride": 3}, "noise": {"seed": 4}}
+
+
+@pytest.mark.parametrize(
+    ("override", "fragments"),
+    [
+        ("data.n_scens=3", ["data.n_scens", "unknown key"]),
+        ("data.stride=0", ["data.stride", "greater than or equal to 1", "got 0"]),
+        ("data.stride=abc", ["data.stride", "'abc'"]),
+        ("data.source=kinect", ["data.source", "'kinect'"]),
+        ("noise.range.min_m=9", ["noise.range", "min_m"]),
+        ("data.synthetic.n_frames=-1", ["data.synthetic.n_frames", "-1"]),
+        ("data.height=100", ["data.height and data.width"]),
+        ("data.source=tum", ["data.path"]),
+    ],
+)
+def test_bad_values_fail_naming_key_and_value(override, fragments):
+    with pytest.raises(ParamsError) as err:
+        load_params(ROOT / "params.yaml", [override])
+    msg = str(err.value)
+    assert "params.yaml" in msg
+    for frag in fragments:
+        assert frag in msg, msg
+
+
+def test_bad_override_syntax_and_unreadable_file(tmp_path):
+    with pytest.raises(ParamsError, match="dotted.key=value"):
+        load_params(ROOT / "params.yaml", ["nonsense"])
+    with pytest.raises(ParamsError, match="cannot read params file"):
+        load_params(tmp_path / "missing.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("data: [unclosed\n")
+    with pytest.raises(ParamsError, match="not valid YAML"):
+        load_params(bad)
+    scalar = tmp_path / "scalar.yaml"
+    scalar.write_text("42\n")
+    with pytest.raises(ParamsError, match="expected a mapping"):
+        load_params(scalar)
+    with pytest.raises(ParamsError, match="data.stride is not a mapping"):
+        load_params(ROOT / "params.yaml", ["data.stride.x=1"])
