@@ -46,6 +46,7 @@ OBJECT_GAP_M = 0.05  # minimum horizontal gap between objects and between object
 OBJECT_SIZE_M = (0.2, 1.2)  # range of object extents (box sides, diameters, heights)
 MAX_PLACEMENT_TRIES = 200  # rejection-sampling attempts per object before it is skipped
 MAX_ORBIT_STEP_DEG = 6.0  # largest orbit angle between consecutive frames
+MAX_ORBIT_ASPECT = 1.3  # largest ratio of the camera ellipse's semi-axes
 MIN_ROOM_XY_M = 3.0  # smallest allowed room_size along x / y
 MIN_ROOM_Z_M = 2.4  # smallest allowed room height
 RAY_CHUNK = 32768  # rays cast at once by render_frame
@@ -306,13 +307,15 @@ def random_camera_path(rng: np.random.Generator, size: tuple[float, float, float
         size: room extents ``(x, y, z)`` in metres.
     """
     clear = rng.uniform(0.72, 0.9, size=2)
-    axes = (float(size[0] / 2 - clear[0]), float(size[1] / 2 - clear[1]))
+    ax, ay = size[0] / 2 - clear[0], size[1] / 2 - clear[1]
+    # A near-circular orbit keeps the camera speed and turning rate even along the arc.
+    axes = (float(min(ax, MAX_ORBIT_ASPECT * ay)), float(min(ay, MAX_ORBIT_ASPECT * ax)))
     height_amp = float(rng.uniform(0.04, 0.12))
     top = size[2] - CAMERA_CLEARANCE_M - height_amp - 0.05
     height = float(min(rng.uniform(1.3, 1.55), top))
     return CameraPath(
         center_deg=float(rng.uniform(0.0, 360.0)),
-        span_deg=float(rng.uniform(100.0, 170.0)),
+        span_deg=float(rng.uniform(105.0, 170.0)),
         axes=axes,
         height=height,
         height_amp=height_amp,
@@ -363,7 +366,8 @@ def footprint_gap(f1: tuple[str, float, float, float, float], f2: tuple[str, flo
 
 
 def _sample_floor_object(rng: np.random.Generator, room_xy: np.ndarray, max_height: float) -> Primitive:
-    """A box, cylinder or sphere standing on the floor at a uniformly random position in the room."""
+    """A box, cylinder or sphere standing on the floor at a random position in the room (mostly near its
+    centre); it may still collide with walls or other objects (checked by :func:`place_objects`)."""
     smin, smax = OBJECT_SIZE_M
     kind = rng.choice(3, p=[0.45, 0.3, 0.25])
     texture = random_texture(rng)
@@ -635,7 +639,9 @@ def shade(albedo: np.ndarray, normals: np.ndarray) -> np.ndarray:
 # --- ray / primitive intersection --------------------------------------------------------------------
 
 
-def intersect_room(origin: np.ndarray, dirs: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def intersect_room(
+    origin: np.ndarray, dirs: np.ndarray, lo: np.ndarray, hi: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
     """Exit hits of rays from ``origin`` (strictly inside the box ``[lo, hi]``) through the box's walls.
 
     Args:
@@ -822,7 +828,8 @@ def render_frame(
     Returns:
         A :class:`Frame` with uint8 ``[H, W, 3]`` colour and exact float32 ``[H, W]`` z-depth in metres.
     """
-    c2w = np.asarray(c2w, dtype=np.float64)
+    c2w = np.array(c2w, dtype=np.float64)  # copies: frames never share arrays with the scene
+    K = np.array(K, dtype=np.float64)
     rays = camera_rays(K, height, width).reshape(-1, 3)  # unit z, so the ray parameter is the z-depth
     dirs = rays @ c2w[:3, :3].T
     depth = np.empty(len(dirs), dtype=np.float32)
@@ -832,8 +839,7 @@ def render_frame(
         depth[start : start + RAY_CHUNK] = hits.t
         rgb[start : start + RAY_CHUNK] = np.round(hits.rgb * 255.0)
     depth, rgb = depth.reshape(height, width), rgb.reshape(height, width, 3)
-    return Frame(frame_id=frame_id, rgb=rgb, depth=depth, K=np.asarray(K, dtype=np.float64), c2w=c2w,
-                 source=source)
+    return Frame(frame_id=frame_id, rgb=rgb, depth=depth, K=K, c2w=c2w, source=source)
 
 
 # --- ground-truth mesh -------------------------------------------------------------------------------
