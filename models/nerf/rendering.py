@@ -1,0 +1,362 @@
+"""Volume rendering: weights, compositing, depth, camera rays and the hierarchical ray renderer.
+
+Quadrature (Max 1995; Mildenhall et al. 2020). For samples ``i`` with density ``sigma_i`` over a bin of world
+length ``delta_i``::
+
+    tau_i   = sigma_i * delta_i                      optical thickness of the bin
+    alpha_i = 1 - exp(-tau_i)                        opacity of the bin
+    T_i     = exp(-sum_{j<i} tau_j) = prod_{j<i} (1 - alpha_j)     transmittance up to the bin
+    w_i     = T_i * alpha_i                          sum_i w_i = 1 - T_after_last <= 1
+
+The exclusive cumulative sum of ``tau`` is used (no products of many ``(1 - alpha)`` factors), and
+``alpha = -expm1(-tau)`` stays accurate for tiny ``tau``.
+
+Depth conventions: the renderer's ``depth`` is the ray parameter ``t`` (distance along the ray for unit
+directions); sensors measure *z-depth*, the distance along the camera's optical (forward) axis ``f``. A point
+``o + t d`` has z-depth ``t * dot(d, f)`` for any ``d`` (unit or not), hence ``z = t * z_scale`` with
+``z_scale = dot(d, f)``; for camera-frame directions ``d = (x, y, 1)`` (unit z component) ``t`` *is* z-depth.
+:func:`rays_from_camera` returns unit directions and their ``z_scale``, so ``t = z_depth / z_scale``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, Protocol
+
+import torch
+
+from models.nerf.sampling import occupancy_filter, sample_pdf, stratified_samples
+
+if TYPE_CHECKING:
+    from models.nerf.occupancy import OccupancyGrid
+
+Tensor = torch.Tensor
+
+
+class RadianceField(Protocol):
+    """What :func:`render_rays` needs: ``field(x [k, 3], d [k, 3]) -> (rgb [k, 3], sigma [k])``.
+
+    A ``density(x [k, 3]) -> [k]`` method, when present, is used where colour is not needed.
+    """
+
+    def __call__(self, x: Tensor, d: Tensor) -> tuple[Tensor, Tensor]: ...
+
+__all__ = [
+    "render_weights",
+    "composite",
+    "accumulated_opacity",
+    "expected_depth",
+    "depth_variance",
+    "dilate_weights",
+    "ray_distance_to_z",
+    "z_to_ray_distance",
+    "rays_from_camera",
+    "render_rays",
+    "RadianceField",
+]
+
+
+# ------------------------------------------------------------------------------------------- quadrature
+
+
+def render_weights(sigma: Tensor, deltas: Tensor) -> tuple[Tensor, Tensor]:
+    """Per-sample compositing weights.
+
+    Args:
+        sigma: ``[..., n_samples]`` densities (>= 0).
+        deltas: ``[..., n_samples]`` bin lengths in world units.
+
+    Returns:
+        weights: ``[..., n_samples]`` ``T_i * alpha_i``.
+        transmittance: ``[..., n_samples]`` ``T_i``, the light reaching bin ``i`` (``T_0 = 1``).
+    """
+    tau = sigma * deltas
+    alpha = -torch.expm1(-tau)
+    excl = torch.cumsum(tau, dim=-1) - tau  # sum_{j<i} tau_j
+    transmittance = torch.exp(-excl)
+    return transmittance * alpha, transmittance
+
+
+def composite(weights: Tensor, values: Tensor) -> Tensor:
+    """``sum_i w_i v_i``: ``weights [n, s]``, ``values [n, s, c]`` -> ``[n, c]``."""
+    return torch.einsum("...s,...sc->...c", weights, values)
+
+
+def accumulated_opacity(weights: Tensor) -> Tensor:
+    """``sum_i w_i = 1 - transmittance after the last sample``: ``[n, s]`` -> ``[n]``."""
+    return weights.sum(dim=-1)
+
+
+def expected_depth(weights: Tensor, t_mid: Tensor, normalize: bool = True, eps: float = 1e-10) -> Tensor:
+    """Expected ray parameter of the termination point.
+
+    Args:
+        weights: ``[n, s]``.
+        t_mid: ``[n, s]`` sample positions.
+        normalize: Divide by the opacity (depth of the visible surface, independent of how opaque it is);
+            otherwise ``sum_i w_i t_i`` (transparent rays tend to 0).
+        eps: Guards the division for empty rays.
+
+    Returns:
+        ``[n]``.
+    """
+    d = (weights * t_mid).sum(dim=-1)
+    return d / accumulated_opacity(weights).clamp_min(eps) if normalize else d
+
+
+def depth_variance(weights: Tensor, t_mid: Tensor, depth: Tensor, normalize: bool = True, eps: float = 1e-10) -> Tensor:
+    """``sum_i w_i (t_i - depth)^2`` (divided by the opacity if ``normalize``): ``[n, s]`` -> ``[n]``."""
+    v = (weights * (t_mid - depth[..., None]) ** 2).sum(dim=-1)
+    return v / accumulated_opacity(weights).clamp_min(eps) if normalize else v
+
+
+def dilate_weights(weights: Tensor) -> Tensor:
+    """mip-NeRF's 2-tap max then 2-tap blur of per-bin weights, ``[n, s]`` -> ``[n, s]``.
+
+    A coarse sample only sees the density at its bin's midpoint, so a surface in the first half of a bin is
+    credited to the *next* bin; spreading half of each bin's weight to its neighbours lets the fine samples
+    reach the bin that really holds the surface.
+    """
+    padded = torch.cat([weights[..., :1], weights, weights[..., -1:]], dim=-1)  # [n, s + 2]
+    pair_max = torch.maximum(padded[..., :-1], padded[..., 1:])  # [n, s + 1]
+    return 0.5 * (pair_max[..., :-1] + pair_max[..., 1:])
+
+
+# ---------------------------------------------------------------------------------------- camera rays
+
+
+def _z_scale(rays_d: Tensor, forward: Tensor) -> Tensor:
+    return (rays_d * forward.to(rays_d).expand_as(rays_d)).sum(dim=-1)
+
+
+def ray_distance_to_z(t: Tensor, rays_d: Tensor, forward: Tensor) -> Tensor:
+    """z-depth of the points at ray parameter ``t``: ``t * dot(d, f)``.
+
+    Args:
+        t: ``[n]`` ray parameters (distances if ``rays_d`` is unit).
+        rays_d: ``[n, 3]`` world ray directions, any length.
+        forward: ``[3]`` or ``[n, 3]`` the camera's unit optical axis in world coordinates (``c2w[:3, 2]``).
+
+    Returns:
+        ``[n]`` z-depth.
+    """
+    return t * _z_scale(rays_d, forward)
+
+
+def z_to_ray_distance(z: Tensor, rays_d: Tensor, forward: Tensor) -> Tensor:
+    """Inverse of :func:`ray_distance_to_z`: ``z / dot(d, f)``, ``[n]`` -> ``[n]``."""
+    return z / _z_scale(rays_d, forward)
+
+
+def rays_from_camera(
+    K: Tensor,
+    c2w: Tensor,
+    height: int,
+    width: int,
+    pixel_indices: Tensor | None = None,
+    dtype: torch.dtype = torch.float32,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """World rays through pixel centres (OpenCV axes, pixel ``(u, v)`` centred at integer coordinates).
+
+    Args:
+        K: ``[3, 3]`` intrinsics (tensor or array).
+        c2w: ``[4, 4]`` camera-to-world (tensor or array).
+        height, width: Image size.
+        pixel_indices: ``[n]`` flat row-major indices ``v * width + u``; ``None``: all ``height * width``
+            pixels in row-major order.
+        dtype: Output dtype.
+
+    Returns:
+        origins: ``[n, 3]`` the camera centre.
+        directions: ``[n, 3]`` unit world directions.
+        z_scale: ``[n]`` ``dot(direction, camera forward)`` in ``(0, 1]``: ``t = z_depth / z_scale``.
+    """
+    c2w_t = torch.as_tensor(c2w)
+    device = c2w_t.device
+    K_t = torch.as_tensor(K, device=device).to(torch.float64)
+    c2w_t = c2w_t.to(torch.float64)
+    if pixel_indices is None:
+        pixel_indices = torch.arange(height * width, device=device)
+    pixel_indices = torch.as_tensor(pixel_indices, device=device).long().reshape(-1)
+    v = torch.div(pixel_indices, width, rounding_mode="floor").to(torch.float64)
+    u = (pixel_indices % width).to(torch.float64)
+    cam = torch.stack([(u - K_t[0, 2]) / K_t[0, 0], (v - K_t[1, 2]) / K_t[1, 1], torch.ones_like(u)], dim=-1)
+    d = cam @ c2w_t[:3, :3].T  # [n, 3], z component (camera frame) 1
+    norm = d.norm(dim=-1, keepdim=True)
+    directions = d / norm
+    z_scale = 1.0 / norm[:, 0]  # dot(d / |d|, f) with dot(d, f) = 1
+    origins = c2w_t[:3, 3].expand_as(directions)
+    return origins.to(dtype).contiguous(), directions.to(dtype), z_scale.to(dtype)
+
+
+# ------------------------------------------------------------------------------------------ renderer
+
+
+def _density_fn(field: RadianceField) -> Callable[[Tensor, Tensor], Tensor]:
+    """``(x [k,3], d [k,3]) -> sigma [k]``: the field's ``density`` method if it has one."""
+    if hasattr(field, "density"):
+        return lambda x, d: field.density(x)
+    return lambda x, d: field(x, d)[1]
+
+
+def _evaluate(
+    fn: Callable[[Tensor, Tensor], Any], x: Tensor, d: Tensor, mask: Tensor, with_rgb: bool
+) -> tuple[Tensor | None, Tensor]:
+    """Evaluate ``fn`` only where ``mask`` (``[n, s]``) is True; zeros (sigma and rgb) elsewhere.
+
+    ``x``, ``d``: ``[n, s, 3]``. Returns ``rgb [n, s, 3]`` (or None) and ``sigma [n, s]``.
+    """
+    sigma = torch.zeros(mask.shape, device=x.device, dtype=x.dtype)
+    rgb = torch.zeros(*mask.shape, 3, device=x.device, dtype=x.dtype) if with_rgb else None
+    if bool(mask.any()):
+        out = fn(x[mask], d[mask])
+        if with_rgb:
+            rgb_k, sigma_k = out
+            rgb = rgb.masked_scatter(mask[..., None], rgb_k.to(x.dtype))  # type: ignore[union-attr]
+        else:
+            sigma_k = out
+        sigma = sigma.masked_scatter(mask, sigma_k.to(x.dtype))
+    return rgb, sigma
+
+
+def _render_chunk(
+    field: RadianceField,
+    rays_o: Tensor,
+    rays_d: Tensor,
+    near: Tensor,
+    far: Tensor,
+    n_coarse: int,
+    n_fine: int,
+    occupancy: OccupancyGrid | None,
+    perturb: bool,
+    generator: torch.Generator | None,
+) -> dict[str, Any]:
+    d_len = rays_d.norm(dim=-1, keepdim=True)  # world length per unit of t
+    t_starts_c, t_ends_c = stratified_samples(rays_o, rays_d, near, far, n_coarse, perturb, generator)
+    out: dict[str, Any] = {"n_evaluated": 0, "n_samples": 0}
+
+    if n_fine > 0:
+        # Coarse pass: density only, without autograd (it only places the fine samples).
+        with torch.no_grad():
+            t_mid_c = 0.5 * (t_starts_c + t_ends_c)
+            keep_c = occupancy_filter(rays_o, rays_d, t_mid_c, occupancy)
+            x_c = rays_o[:, None, :] + t_mid_c[..., None] * rays_d[:, None, :]
+            _, sigma_c = _evaluate(_density_fn(field), x_c, rays_d[:, None, :].expand_as(x_c), keep_c, False)
+            weights_c, _ = render_weights(sigma_c, (t_ends_c - t_starts_c) * d_len)
+            bins_c = torch.cat([t_starts_c, t_ends_c[:, -1:]], dim=-1)  # [n, n_coarse + 1]
+            t_fine = sample_pdf(
+                bins_c, dilate_weights(weights_c), n_fine, deterministic=not perturb, generator=generator
+            )
+            edges = torch.sort(torch.cat([bins_c, t_fine], dim=-1), dim=-1).values  # [n, n_coarse + n_fine + 1]
+        out["n_evaluated"] += int(keep_c.sum())
+        out["n_samples"] += keep_c.numel()
+        out["weights_coarse"], out["t_starts_coarse"], out["t_ends_coarse"] = weights_c, t_starts_c, t_ends_c
+        t_starts, t_ends = edges[:, :-1], edges[:, 1:]
+    else:
+        t_starts, t_ends = t_starts_c, t_ends_c
+
+    t_mid = 0.5 * (t_starts + t_ends)
+    keep = occupancy_filter(rays_o, rays_d, t_mid, occupancy)
+    x = rays_o[:, None, :] + t_mid[..., None] * rays_d[:, None, :]  # [n, s, 3]
+    rgb_s, sigma = _evaluate(field, x, rays_d[:, None, :].expand_as(x), keep, True)
+    weights, _ = render_weights(sigma, (t_ends - t_starts) * d_len)
+    depth = expected_depth(weights, t_mid)
+    out.update(
+        rgb=composite(weights, rgb_s),
+        depth=depth,
+        depth_var=depth_variance(weights, t_mid, depth),
+        opacity=accumulated_opacity(weights),
+        weights=weights,
+        t_starts=t_starts,
+        t_ends=t_ends,
+    )
+    out["n_evaluated"] += int(keep.sum())
+    out["n_samples"] += keep.numel()
+    return out
+
+
+def render_rays(
+    field: RadianceField,
+    rays_o: Tensor,
+    rays_d: Tensor,
+    near: Tensor | float,
+    far: Tensor | float,
+    *,
+    n_coarse: int = 64,
+    n_fine: int = 64,
+    occupancy: OccupancyGrid | None = None,
+    perturb: bool = False,
+    chunk: int = 4096,
+    background: Tensor | None = None,
+    z_scale: Tensor | None = None,
+    generator: torch.Generator | None = None,
+) -> dict[str, Any]:
+    """Render rays hierarchically with empty-space skipping.
+
+    1. ``n_coarse`` stratified bins over ``[near, far]``; samples whose midpoint lies in an empty cell of
+       ``occupancy`` get sigma 0 and are *not* passed to the network; the others are evaluated with
+       ``field.density`` (no autograd).
+    2. ``n_fine`` inverse-CDF samples from the coarse weights (dilated by :func:`dilate_weights`) are
+       inserted as extra bin edges, giving ``n_coarse + n_fine`` bins that still tile ``[near, far]``,
+       finest where the coarse pass saw matter (``n_fine = 0`` skips the coarse pass).
+    3. The field gives colour and density at those bins' midpoints (again only in occupied cells); the
+       result is composited. Gradients flow through this pass only.
+
+    Args:
+        field: ``field(x [k, 3], d [k, 3]) -> (rgb [k, 3], sigma [k])``; ``field.density(x) -> [k]`` is used
+            for the coarse pass when present. E.g. a :class:`models.nerf.field.NeRFField`.
+        rays_o: ``[n, 3]`` origins.
+        rays_d: ``[n, 3]`` directions; ``t`` is in units of their length (densities are per world unit).
+        near, far: ``[n]`` or scalars (e.g. from :func:`models.nerf.sampling.ray_aabb_intersect`); ``far`` is
+            raised to ``near`` where smaller, so rays that miss the scene box render empty.
+        n_coarse, n_fine: Samples per ray of each pass.
+        occupancy: An :class:`models.nerf.occupancy.OccupancyGrid` or ``None``.
+        perturb: Jitter the coarse bins and draw the fine samples at random (training); otherwise both are
+            deterministic.
+        chunk: Rays per batch, bounding peak memory.
+        background: ``[3]`` or ``[n, 3]`` colour behind the scene; ``None`` = black.
+        z_scale: ``[n]`` ``dot(unit d, camera forward)``; when given, ``z_depth = depth * z_scale`` is added
+            (assumes unit ``rays_d``).
+        generator: For the jitter and the fine samples.
+
+    Returns:
+        ``rgb [n, 3]``, ``depth [n]`` (normalised expected ``t``), ``depth_var [n]``, ``opacity [n]``,
+        ``weights / t_starts / t_ends [n, n_coarse + n_fine]`` (final bins, for losses),
+        ``weights_coarse / t_starts_coarse / t_ends_coarse [n, n_coarse]`` (if ``n_fine > 0``; no gradient),
+        ``z_depth [n]`` (if ``z_scale``), ``n_evaluated`` (int, network evaluations incl. the coarse pass) and
+        ``n_samples`` (int, evaluations there would have been without the occupancy grid).
+    """
+    n = rays_o.shape[0]
+    near_t = torch.as_tensor(near, device=rays_o.device, dtype=rays_o.dtype)
+    far_t = torch.as_tensor(far, device=rays_o.device, dtype=rays_o.dtype)
+    near_t = near_t.reshape(-1).expand(n) if near_t.numel() == 1 else near_t.reshape(n)
+    far_t = far_t.reshape(-1).expand(n) if far_t.numel() == 1 else far_t.reshape(n)
+    far_t = torch.maximum(far_t, near_t)
+
+    parts = [
+        _render_chunk(
+            field,
+            rays_o[i : i + chunk],
+            rays_d[i : i + chunk],
+            near_t[i : i + chunk],
+            far_t[i : i + chunk],
+            n_coarse,
+            n_fine,
+            occupancy,
+            perturb,
+            generator,
+        )
+        for i in range(0, max(n, 1), chunk)
+    ]
+    out: dict[str, Any] = {}
+    for key in parts[0]:
+        if key in ("n_evaluated", "n_samples"):
+            out[key] = sum(p[key] for p in parts)
+        else:
+            out[key] = torch.cat([p[key] for p in parts], dim=0) if len(parts) > 1 else parts[0][key]
+    if background is not None:
+        bg = torch.as_tensor(background, device=rays_o.device, dtype=out["rgb"].dtype)
+        out["rgb"] = out["rgb"] + (1.0 - out["opacity"])[:, None] * bg.expand_as(out["rgb"])
+    if z_scale is not None:
+        out["z_depth"] = out["depth"] * torch.as_tensor(z_scale, device=rays_o.device, dtype=out["depth"].dtype)
+    return out

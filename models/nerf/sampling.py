@@ -1,0 +1,159 @@
+"""Sample placement along rays: stratified bins, inverse-CDF (importance) sampling, box clipping and
+empty-space filtering. Plain functions; ray parameters ``t`` are in units of ``|rays_d|`` (distances for unit
+directions), a sample at ``t`` is the point ``rays_o + t * rays_d``.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import torch
+
+if TYPE_CHECKING:  # only for annotations: sampling does not depend on the grid's module at runtime
+    from models.nerf.occupancy import OccupancyGrid
+
+Tensor = torch.Tensor
+
+__all__ = ["stratified_samples", "sample_pdf", "ray_aabb_intersect", "occupancy_filter"]
+
+
+def _per_ray(v: Tensor | float, like: Tensor) -> Tensor:
+    """A scalar or ``[n]`` / ``[n, 1]`` value as ``[n]`` on ``like``'s device and dtype."""
+    v = torch.as_tensor(v, device=like.device, dtype=like.dtype)
+    return v.reshape(-1).expand(like.shape[0]) if v.numel() == 1 else v.reshape(like.shape[0])
+
+
+def stratified_samples(
+    rays_o: Tensor,
+    rays_d: Tensor,
+    near: Tensor | float,
+    far: Tensor | float,
+    n_samples: int,
+    perturb: bool,
+    generator: torch.Generator | None = None,
+) -> tuple[Tensor, Tensor]:
+    """Cut ``[near, far]`` of every ray into ``n_samples`` contiguous bins.
+
+    Without ``perturb`` the bins are equal. With it, each interior edge is drawn uniformly between the
+    midpoints of its neighbouring equal bins (the edges stay sorted, the bins still tile ``[near, far]``
+    exactly), so bin midpoints -- the sample positions -- cover the ray continuously over iterations.
+
+    Args:
+        rays_o: ``[n, 3]`` origins (only device / dtype / batch size are used).
+        rays_d: ``[n, 3]`` directions.
+        near, far: ``[n]`` or scalars, ray parameters of the interval.
+        n_samples: Bins per ray.
+        perturb: Jitter the interior edges.
+        generator: For the jitter.
+
+    Returns:
+        t_starts, t_ends: ``[n, n_samples]``; ``t_ends[:, i] == t_starts[:, i + 1]``.
+    """
+    del rays_d
+    n = rays_o.shape[0]
+    near_t, far_t = _per_ray(near, rays_o), _per_ray(far, rays_o)
+    s = torch.linspace(0.0, 1.0, n_samples + 1, device=rays_o.device, dtype=rays_o.dtype).expand(n, -1)
+    if perturb and n_samples > 1:
+        mids = 0.5 * (s[:, 1:] + s[:, :-1])  # [n, m]
+        lo, hi = mids[:, :-1], mids[:, 1:]  # around interior edges 1 .. m-1
+        u = torch.rand(lo.shape, device=rays_o.device, dtype=rays_o.dtype, generator=generator)
+        s = torch.cat([s[:, :1], lo + (hi - lo) * u, s[:, -1:]], dim=-1)
+    edges = near_t[:, None] + (far_t - near_t)[:, None] * s  # [n, m + 1]
+    return edges[:, :-1].contiguous(), edges[:, 1:].contiguous()
+
+
+@torch.no_grad()
+def sample_pdf(
+    bins: Tensor,
+    weights: Tensor,
+    n_samples: int,
+    deterministic: bool,
+    generator: torch.Generator | None = None,
+    eps: float = 1e-5,
+) -> Tensor:
+    """Inverse-CDF samples from the piecewise-constant density that puts mass ``weights`` in each bin.
+
+    The pdf is ``(max(w, 0) + eps) / sum`` per bin (``eps`` keeps the CDF strictly increasing, so a ray with all
+    weights 0 samples uniformly), the CDF ``cdf [n, m+1]`` starts at exactly 0 and ends at exactly 1. Each
+    ``u`` is located in the *whole* CDF row with ``searchsorted`` and mapped linearly inside its bin.
+
+    ``u`` is stratified: ``u_k = (k + xi_k) / n_samples`` with ``xi_k ~ U[0, 1)``, or ``xi_k = 1/2`` when
+    ``deterministic`` (the CDF's quantiles at probabilities ``(k + 1/2) / n_samples``). With one sample per ray
+    the random samples are i.i.d. from the pdf.
+
+    Args:
+        bins: ``[n, m + 1]`` sorted bin edges.
+        weights: ``[n, m]`` non-negative bin weights (any scale).
+        n_samples: Samples per ray.
+        deterministic: Use quantiles instead of random draws.
+        generator: For the draws.
+        eps: Weight added to every bin.
+
+    Returns:
+        ``[n, n_samples]`` sorted samples in ``[bins[:, 0], bins[:, -1]]`` (no gradient).
+    """
+    n, m = weights.shape
+    if bins.shape != (n, m + 1):
+        raise ValueError(f"bins must be [n, m + 1] = [{n}, {m + 1}], got {list(bins.shape)}")
+    w = weights.float().clamp_min(0.0) + eps
+    pdf = w / w.sum(dim=-1, keepdim=True)
+    cdf = torch.cat([torch.zeros_like(pdf[:, :1]), torch.cumsum(pdf, dim=-1)], dim=-1)  # [n, m + 1]
+    cdf[:, -1] = 1.0
+    cdf = torch.minimum(cdf, torch.ones_like(cdf))
+
+    k = torch.arange(n_samples, device=weights.device, dtype=cdf.dtype)
+    if deterministic:
+        xi = torch.full((n, n_samples), 0.5, device=weights.device, dtype=cdf.dtype)
+    else:
+        xi = torch.rand(n, n_samples, device=weights.device, dtype=cdf.dtype, generator=generator)
+    u = ((k + xi) / n_samples).clamp(0.0, 1.0 - 1e-7).contiguous()  # [n, k], sorted along the row
+
+    idx = torch.searchsorted(cdf, u, right=True)  # [n, k] in [1, m]: cdf[idx - 1] <= u < cdf[idx]
+    below = (idx - 1).clamp(0, m - 1)
+    above = below + 1
+    cdf0, cdf1 = cdf.gather(1, below), cdf.gather(1, above)
+    b = bins.to(cdf.dtype)
+    b0, b1 = b.gather(1, below), b.gather(1, above)
+    frac = ((u - cdf0) / (cdf1 - cdf0).clamp_min(1e-12)).clamp(0.0, 1.0)
+    t = b0 + frac * (b1 - b0)
+    return torch.sort(t, dim=-1).values.to(bins.dtype)
+
+
+def ray_aabb_intersect(rays_o: Tensor, rays_d: Tensor, aabb: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Slab test of rays against an axis-aligned box.
+
+    Args:
+        rays_o: ``[n, 3]`` origins.
+        rays_d: ``[n, 3]`` directions (any length; zero components allowed).
+        aabb: ``[2, 3]`` box ``(min, max)``.
+
+    Returns:
+        t_near: ``[n]`` entry parameter, clamped at 0 (an origin inside the box starts at 0).
+        t_far: ``[n]`` exit parameter.
+        hit: ``[n]`` bool, ``t_far > t_near``; where False the ``t`` values are meaningless.
+    """
+    tiny = 1e-10
+    d = torch.where(rays_d.abs() < tiny, torch.full_like(rays_d, tiny), rays_d)
+    t0 = (aabb[0] - rays_o) / d
+    t1 = (aabb[1] - rays_o) / d
+    t_near = torch.minimum(t0, t1).amax(dim=-1).clamp_min(0.0)
+    t_far = torch.maximum(t0, t1).amin(dim=-1)
+    return t_near, t_far, t_far > t_near
+
+
+@torch.no_grad()
+def occupancy_filter(rays_o: Tensor, rays_d: Tensor, t_mid: Tensor, occupancy: OccupancyGrid | None) -> Tensor:
+    """Which samples the network must evaluate.
+
+    Args:
+        rays_o, rays_d: ``[n, 3]``.
+        t_mid: ``[n, s]`` sample positions (bin midpoints).
+        occupancy: The grid; ``None`` keeps every sample.
+
+    Returns:
+        ``[n, s]`` bool, True where the sample lies in an occupied cell (False outside the grid's box).
+    """
+    if occupancy is None:
+        return torch.ones(t_mid.shape, dtype=torch.bool, device=t_mid.device)
+    x = rays_o[:, None, :] + t_mid[..., None] * rays_d[:, None, :]  # [n, s, 3]
+    return occupancy.query(x)
