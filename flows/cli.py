@@ -85,6 +85,22 @@ def corrupt(params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None, quiet:
     run_stage(run_corrupt, params, set_, quiet)
 
 
+@app.command("train-diffusion")
+def train_diffusion(params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None, quiet: QuietOpt = False) -> None:
+    """Train the diffusion depth refiner on the scene + noisy stores (resumes from its last checkpoint)."""
+    from tasks.train_diffusion import run_train_diffusion
+
+    run_stage(run_train_diffusion, params, set_, quiet)
+
+
+@app.command()
+def refine(params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None, quiet: QuietOpt = False) -> None:
+    """Refine every frame of the noisy store into paths.refined (resumable; refine.method picks a baseline)."""
+    from tasks.refine import run_refine
+
+    run_stage(run_refine, params, set_, quiet)
+
+
 @app.command()
 def params(params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None) -> None:
     """Validate the params (with overrides) and print them as YAML with every default filled in."""
@@ -111,11 +127,11 @@ def info(store: Annotated[Path, typer.Argument(help="a scenes.zarr or noisy.zarr
         Console(stderr=True).print(f"[bold red]error:[/] {e}", highlight=False)
         raise typer.Exit(1) from None
     kind = root.attrs["schema"].removeprefix("dnerf.")
+    key = {"scenes": "depth", "noisy": "depth_noisy", "refined": "depth_refined"}[kind]
     table = Table(title=f"{store} ({root.attrs.get('schema')} v{root.attrs.get('schema_version')})")
     for col in ("scene", "frames", "H x W", "train/test", "poses", "valid depth"):
         table.add_column(col)
     for name, group in sorted(root.groups()):
-        key = "depth_noisy" if kind == "noisy" else "depth"
         d = group[key]
         valid = float(np.mean(d[0] > 0)) if d.shape[0] else 0.0
         if kind == "scenes":

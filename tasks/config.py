@@ -14,7 +14,11 @@ from typing import Any, Literal
 import yaml
 from pydantic import Field, ValidationError, model_validator
 
+from models.baselines import BaselineConfig
 from models.config import StrictConfig
+from models.diffusion.losses import LossWeights
+from models.diffusion.pipeline import COND_CHANNELS, DiffusionConfig
+from models.diffusion.unet import UNetConfig
 from models.noise import NoiseModelConfig
 from tasks.datasets.nyu import NyuConfig
 from tasks.datasets.synthetic import SyntheticConfig
@@ -30,6 +34,9 @@ class PathsConfig(StrictConfig):
     raw: Path = Path("data/raw")
     scenes: Path = Path("data/scenes.zarr")
     noisy: Path = Path("data/noisy.zarr")
+    diffusion: Path = Path("artifacts/diffusion")
+    diffusion_checkpoints: Path = Path(".checkpoints/diffusion")
+    refined: Path = Path("data/refined.zarr")
 
 
 class TumConfig(StrictConfig):
@@ -89,12 +96,90 @@ class NoiseConfig(NoiseModelConfig):
     seed: int = 0
 
 
+Device = Literal["auto", "cpu", "cuda"]
+
+
+class StorePair(StrictConfig):
+    """A (scenes, noisy) store pair, e.g. a user's own captures mixed into training."""
+
+    scenes: Path
+    noisy: Path
+
+
+class DiffusionTrainConfig(StrictConfig):
+    """Optimisation of the diffusion refiner."""
+
+    crop: int = Field(64, ge=8, description="square training crop size in pixels")
+    batch_size: int = Field(8, ge=1)
+    max_steps: int = Field(400, ge=1)
+    lr: float = Field(2e-3, gt=0, description="peak learning rate of the OneCycle schedule")
+    warmup_frac: float = Field(0.1, gt=0, lt=1, description="fraction of max_steps spent warming up")
+    weight_decay: float = Field(1e-4, ge=0)
+    grad_clip: float = Field(1.0, gt=0)
+    ema_decay: float = Field(0.99, ge=0, lt=1)
+    val_every: int = Field(50, ge=1)
+    val_crops: int = Field(16, ge=1, description="fixed validation crops (from the test views)")
+    patience: int = Field(4, ge=1, description="validations without improvement before stopping early")
+    checkpoint_every: int = Field(50, ge=1)
+    scale_jitter: float = Field(0.15, ge=0, lt=1)
+    flip: bool = True
+    amp: Literal["auto", "off", "bf16", "fp16"] = Field("auto", description="auto = bf16 on CUDA, off on CPU")
+    device: Device = "auto"
+    extra_stores: list[StorePair] = Field(default_factory=list, description="more data to mix in")
+    init_from: Path | None = Field(None, description="a trained model folder to fine-tune from")
+
+
+class RefinerUNetConfig(UNetConfig):
+    """The UNet as the refiner uses it: conditioned on the refiner's conditioning channels by default."""
+
+    cond_channels: int = Field(COND_CHANNELS, ge=0)
+
+
+class DiffusionStageConfig(StrictConfig):
+    """The ``train_diffusion`` stage: network, noise schedule, loss weights and optimisation."""
+
+    seed: int = 0
+    unet: RefinerUNetConfig = RefinerUNetConfig()
+    schedule: DiffusionConfig = DiffusionConfig()
+    loss: LossWeights = LossWeights()
+    train: DiffusionTrainConfig = DiffusionTrainConfig()
+
+    @model_validator(mode="after")
+    def _check(self) -> DiffusionStageConfig:
+        if self.unet.cond_channels != COND_CHANNELS or self.unet.in_channels != 1 or self.unet.out_channels != 1:
+            raise ValueError(
+                f"diffusion.unet: the refiner needs in_channels=1, out_channels=1, cond_channels={COND_CHANNELS}"
+            )
+        return self
+
+
+class RefineConfig(StrictConfig):
+    """The ``refine`` stage: which refiner, and how the diffusion model is sampled."""
+
+    method: Literal["diffusion", "inpaint", "bilateral", "joint_bilateral", "guided"] = "diffusion"
+    steps: int = Field(4, ge=1, le=1000, description="DDIM steps per sample")
+    samples: int = Field(2, ge=1, description="samples per frame; their spread is depth_std")
+    seed: int = 0
+    tile: int = Field(256, ge=16, description="frames larger than this are refined in overlapping tiles")
+    overlap: int = Field(32, ge=0)
+    device: Device = "auto"
+    baselines: BaselineConfig = BaselineConfig()
+
+    @model_validator(mode="after")
+    def _check(self) -> RefineConfig:
+        if self.overlap * 2 >= self.tile:
+            raise ValueError(f"refine.overlap ({self.overlap}) must be less than half of refine.tile ({self.tile})")
+        return self
+
+
 class Params(StrictConfig):
     """Everything in ``params.yaml``."""
 
     paths: PathsConfig = PathsConfig()
     data: DataConfig = DataConfig()
     noise: NoiseConfig = NoiseConfig()
+    diffusion: DiffusionStageConfig = DiffusionStageConfig()
+    refine: RefineConfig = RefineConfig()
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:

@@ -16,6 +16,8 @@ Layout (zarr v3, one group per scene, one chunk per frame, zstd-compressed, cons
       <scene>/
         depth_noisy   float32 [N, H, W]   metres, 0 = hole
 
+    refined.zarr/                      see tasks.refine (resumable: per-frame done flags)
+
 A store is always built under a hidden temporary name next to its destination and moved into place only
 when complete (:class:`StoreBuilder`), so a crash never leaves a store that looks finished and an
 existing store is replaced only by a complete one.
@@ -39,14 +41,15 @@ from tasks.datasets.base import Frame, Split
 from tasks.errors import DataError
 
 SCHEMA_VERSION = 1
-StoreKind = Literal["scenes", "noisy"]
+StoreKind = Literal["scenes", "noisy", "refined"]
 
 
 def _schema_name(kind: StoreKind) -> str:
     return f"dnerf.{kind}"
 
 
-def _consolidate(path: Path) -> None:
+def consolidate(path: str | Path) -> None:
+    """Write the consolidated metadata of the store at ``path`` (after its structure or attrs changed)."""
     with warnings.catch_warnings():
         # zarr warns that consolidated metadata is not (yet) in the v3 spec; we rely on zarr-python's.
         warnings.filterwarnings("ignore", message="Consolidated metadata", category=UserWarning)
@@ -102,7 +105,7 @@ class StoreBuilder:
             shutil.rmtree(self.tmp, ignore_errors=True)
 
     def finish(self) -> Path:
-        _consolidate(self.tmp)
+        consolidate(self.tmp)
         _replace_dir(self.tmp, self.path)
         return self.path
 

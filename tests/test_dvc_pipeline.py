@@ -34,6 +34,9 @@ def repo(tmp_path):
         shutil.copytree(ROOT / pkg, tmp_path / pkg, ignore=shutil.ignore_patterns("__pycache__"))
     params = yaml.safe_load((tmp_path / "params.yaml").read_text())
     params["data"]["synthetic"].update(n_scenes=1, n_frames=3, height=24, width=32)
+    params["data"]["test_every"] = 2
+    params["diffusion"]["unet"].update(base_channels=8, channel_mults=[1, 2], attention_heads=2)
+    params["diffusion"]["train"].update(max_steps=2, crop=16, batch_size=2, val_crops=2, val_every=1)
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     sh("git", "init", "-q", cwd=tmp_path)
     sh("dvc", "init", "-q", cwd=tmp_path)
@@ -43,17 +46,29 @@ def repo(tmp_path):
 
 def test_repro_then_noop_then_only_changed_stage(repo):
     out = sh("dvc", "repro", cwd=repo)
-    assert "Running stage 'download'" in out and "Running stage 'corrupt'" in out
+    stages = ["download", "corrupt", "train_diffusion", "refine"]
+    for stage in stages:
+        assert f"Running stage '{stage}'" in out
     scenes = open_store(repo / "data" / "scenes.zarr", "scenes")
     noisy = open_store(repo / "data" / "noisy.zarr", "noisy")
+    refined = open_store(repo / "data" / "refined.zarr", "refined")
     assert noisy["synthetic_000"]["depth_noisy"].shape == scenes["synthetic_000"]["depth"].shape == (3, 24, 32)
+    assert refined.attrs["complete"] and refined["synthetic_000"]["done"][:].all()
     lock = yaml.safe_load((repo / "dvc.lock").read_text())
-    assert set(lock["stages"]) == {"download", "corrupt"}
+    assert set(lock["stages"]) == set(stages)
+    assert "metrics.json" in sh("dvc", "metrics", "show", cwd=repo)
 
     out = sh("dvc", "repro", cwd=repo)
     assert "Running stage" not in out, out
 
     params = yaml.safe_load((repo / "params.yaml").read_text())
+    params["refine"]["steps"] = 2
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    out = sh("dvc", "repro", cwd=repo)
+    assert "Running stage 'refine'" in out
+    assert not any(f"Running stage '{s}'" in out for s in stages[:3]), out
+    assert open_store(repo / "data" / "refined.zarr", "refined").attrs["refine"]["steps"] == 2
+
     params["noise"]["seed"] = 5
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     out = sh("dvc", "repro", cwd=repo)

@@ -1,0 +1,165 @@
+"""Depth-refinement benchmark: quality of the diffusion refiner against the noisy input and the classical
+baselines, side by side, plus refinement speed and peak memory at 640x480.
+
+    python benchmarks/bench_refine.py --model artifacts/diffusion \\
+        [--scenes data/scenes.zarr --noisy data/noisy.zarr] [--kitchen ../shared/data/rgbd/7scenes-redkitchen]
+
+Quality is measured on the test views of the given stores (the synthetic default: exact reference depth)
+and, with ``--kitchen``, on real 7-Scenes frames corrupted by the same noise model (reference = the real
+sensor depth where it is valid). Metrics: RMSE / MAE (m), AbsRel, delta<1.25, edge F1 (depth
+discontinuities within 2 px) and coverage (fraction of reference pixels with a refined value).
+Speed: seconds to refine one 640x480 frame with the params' default steps and samples (median of
+``--repeats``), peak resident memory of that process, and per-frame time of each baseline.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+from rich.console import Console
+from rich.table import Table
+
+from models.baselines import make_baselines
+from models.metrics import aggregate, depth_metrics, edge_f1
+from tasks.config import load_params
+from tasks.corrupt import run_corrupt
+from tasks.download import run_download
+from tasks.refine import DiffusionRefiner, frame_seed
+from tasks.store import SceneView, open_store, scene_names
+from tasks.train_diffusion import load_model
+
+COLUMNS = ["rmse", "mae", "abs_rel", "delta1", "edge_f1", "coverage"]
+
+
+def frame_scores(pred: np.ndarray, gt: np.ndarray) -> dict[str, float]:
+    m = depth_metrics(pred, gt)
+    return {**m, "edge_f1": edge_f1(pred, gt, tolerance_px=2)["f1"]}
+
+
+def evaluate(scenes_path: Path, noisy_path: Path, refiners: dict, split: str, max_frames: int) -> dict[str, dict]:
+    scenes, noisy = open_store(scenes_path, "scenes"), open_store(noisy_path, "noisy")
+    rows: dict[str, list[dict]] = {"noisy": [], **{k: [] for k in refiners}}
+    seconds: dict[str, list[float]] = {k: [] for k in refiners}
+    for name in scene_names(scenes):
+        view = SceneView(scenes[name])
+        idx = view.indices(split) or list(range(view.n_frames))
+        for i in idx[:max_frames]:
+            gt, rgb, K = view.group["depth"][i], view.group["rgb"][i], view.group["K"][i]
+            d = noisy[name]["depth_noisy"][i]
+            rows["noisy"].append(frame_scores(d, gt))
+            for key, refine in refiners.items():
+                t0 = time.perf_counter()
+                out = refine(rgb, d, K, frame_seed(0, name, i))
+                seconds[key].append(time.perf_counter() - t0)
+                rows[key].append(frame_scores(out, gt))
+    result = {k: aggregate(v) for k, v in rows.items()}
+    for k, s in seconds.items():
+        result[k]["s/frame"] = statistics.median(s)
+    return result
+
+
+def build_kitchen(kitchen: Path, workdir: Path, frames: int) -> tuple[Path, Path]:
+    overrides = [
+        "data.source=sevenscenes", f"data.path={kitchen}", f"data.max_frames={frames}", "data.stride=5",
+        "data.test_every=1", f"paths.scenes={workdir / 'kitchen.zarr'}", f"paths.noisy={workdir / 'kitchen_noisy.zarr'}",
+    ]
+    params = load_params(None, overrides)
+    run_download(params, progress=False)
+    run_corrupt(params, progress=False)
+    return params.paths.scenes, params.paths.noisy
+
+
+def table(title: str, result: dict[str, dict]) -> Table:
+    t = Table(title=title)
+    t.add_column("method")
+    for c in [*COLUMNS, "s/frame", "RMSE vs noisy"]:
+        t.add_column(c, justify="right")
+    base = result["noisy"]["rmse"]
+    for method, r in result.items():
+        t.add_row(
+            method,
+            *(f"{r[c]:.4f}" for c in COLUMNS),
+            f"{r['s/frame']:.3f}" if "s/frame" in r else "-",
+            f"{r['rmse'] / base:.2f}x",
+        )
+    return t
+
+
+SPEED_SNIPPET = """
+import json, resource, statistics, sys, time
+import numpy as np, torch
+from tasks.config import load_params
+from tasks.refine import DiffusionRefiner
+from tasks.train_diffusion import load_model
+params = load_params(sys.argv[1], [f"paths.diffusion={sys.argv[2]}"])
+model, schedule = load_model(params.paths.diffusion)
+ref = DiffusionRefiner(model, schedule, params.refine, torch.device("cpu"))
+rng = np.random.default_rng(0)
+rgb = rng.integers(0, 256, (480, 640, 3), dtype=np.uint8)
+depth = (2.0 + 0.3 * rng.standard_normal((480, 640))).clip(0.5, 4).astype(np.float32)
+depth[rng.random(depth.shape) < 0.1] = 0
+times = []
+for k in range(int(sys.argv[3]) + 1):
+    t0 = time.perf_counter(); ref(rgb, depth, k); times.append(time.perf_counter() - t0)
+print(json.dumps({"median_s": statistics.median(times[1:]), "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+                  "steps": params.refine.steps, "samples": params.refine.samples, "threads": torch.get_num_threads()}))
+"""
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--params", default="params.yaml")
+    ap.add_argument("--model", type=Path, default=Path("artifacts/diffusion"))
+    ap.add_argument("--scenes", type=Path, default=Path("data/scenes.zarr"))
+    ap.add_argument("--noisy", type=Path, default=Path("data/noisy.zarr"))
+    ap.add_argument("--kitchen", type=Path, default=None, help="a 7-Scenes folder to also evaluate on")
+    ap.add_argument("--kitchen-frames", type=int, default=6)
+    ap.add_argument("--max-frames", type=int, default=8, help="test frames per scene")
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--json", type=Path, default=None, help="also write the numbers here")
+    args = ap.parse_args()
+
+    params = load_params(args.params, [f"paths.diffusion={args.model}"])
+    model, schedule = load_model(args.model)
+    diffusion = DiffusionRefiner(model, schedule, params.refine, __import__("torch").device("cpu"))
+    refiners = {name: (lambda rgb, d, K, seed, r=r: r(rgb, d, K)) for name, r in make_baselines(params.refine.baselines).items()}
+    refiners["diffusion"] = lambda rgb, d, K, seed: diffusion(rgb, d, seed)[0]
+
+    console = Console()
+    report = {}
+    result = evaluate(args.scenes, args.noisy, refiners, "test", args.max_frames)
+    report["synthetic"] = result
+    console.print(table(f"refinement quality: {args.scenes} (test views)", result))
+    if args.kitchen is not None:
+        with tempfile.TemporaryDirectory() as tmp:
+            ks, kn = build_kitchen(args.kitchen, Path(tmp), args.kitchen_frames)
+            result = evaluate(ks, kn, refiners, "test", args.kitchen_frames)
+        report["kitchen"] = result
+        console.print(table(f"refinement quality: {args.kitchen} (real depth + simulated noise, 640x480)", result))
+
+    out = subprocess.run(
+        [sys.executable, "-c", SPEED_SNIPPET, args.params, str(args.model), str(args.repeats)],
+        capture_output=True, text=True, check=True,
+    )
+    speed = json.loads(out.stdout.strip().splitlines()[-1])
+    report["speed_640x480"] = speed
+    console.print(
+        f"diffusion refine, one 640x480 frame, {speed['steps']} steps x {speed['samples']} samples on "
+        f"{speed['threads']} threads: median {speed['median_s']:.2f} s, peak RSS {speed['peak_rss_mb']:.0f} MB"
+    )
+    console.print(f"(this process peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB)")
+    if args.json:
+        args.json.write_text(json.dumps(report, indent=2, default=float))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""Diffusion depth refinement: the UNet, the losses, and the scheduler / sampling pipeline."""

@@ -1,0 +1,196 @@
+"""Evaluation metrics: depth maps against a reference, depth-edge accuracy, and image quality.
+
+Depth is z-depth in metres with ``0`` (or a non-finite value) meaning "no measurement", as in the stores.
+Functions take NumPy arrays and return plain Python floats, so rows can be written straight to JSON/CSV and
+averaged with :func:`aggregate`. Undefined values (nothing to evaluate) are NaN, never an exception.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from scipy import ndimage
+from skimage.metrics import structural_similarity
+
+_DELTA = 1.25
+_NAN = float("nan")
+
+
+def _valid_depth(depth: np.ndarray, min_valid: float = 0.0) -> np.ndarray:
+    """Bool mask of finite depth ``> min_valid``, same shape."""
+    return np.isfinite(depth) & (depth > min_valid)
+
+
+def depth_metrics(pred: np.ndarray, gt: np.ndarray, valid: np.ndarray | None = None) -> dict[str, float]:
+    """Standard depth-estimation errors (Eigen et al. 2014) plus coverage.
+
+    Pixels are *gt-valid* where ``gt > 0`` (finite) and ``valid`` (if given). ``coverage`` is the fraction of
+    gt-valid pixels where ``pred > 0`` (finite); the error metrics are computed on gt-valid pixels where pred
+    is valid too, so holes in ``pred`` lower ``coverage`` instead of producing huge errors or NaNs. Report
+    both: a method can trade coverage for accuracy. With ``[N, H, W]`` inputs all pixels are pooled.
+
+    Args:
+        pred: ``[H, W]`` or ``[N, H, W]`` predicted depth, metres (``0`` = hole).
+        gt: Reference depth, same shape, metres (``0`` = unknown).
+        valid: Optional bool mask, same shape, restricting the evaluation.
+
+    Returns:
+        ``rmse``, ``mae`` (metres), ``abs_rel`` (mean ``|p - g| / g``), ``sq_rel`` (mean ``(p - g)^2 / g``,
+        metres), ``delta1``/``delta2``/``delta3`` (fraction with ``max(p/g, g/p) < 1.25^k``), ``coverage``.
+        Error metrics are NaN when no pixel is evaluated; ``coverage`` is NaN when no pixel is gt-valid.
+    """
+    pred = np.asarray(pred, dtype=np.float64)
+    gt = np.asarray(gt, dtype=np.float64)
+    if pred.shape != gt.shape:
+        raise ValueError(f"pred shape {pred.shape} != gt shape {gt.shape}")
+    gt_ok = _valid_depth(gt)
+    if valid is not None:
+        gt_ok &= np.asarray(valid, dtype=bool)
+    both = gt_ok & _valid_depth(pred)
+    n_gt, n = int(gt_ok.sum()), int(both.sum())
+    out = {"coverage": n / n_gt if n_gt else _NAN}
+    if n == 0:
+        return {k: _NAN for k in ("rmse", "mae", "abs_rel", "sq_rel", "delta1", "delta2", "delta3")} | out
+    p, g = pred[both], gt[both]
+    err = p - g
+    ratio = np.maximum(p / g, g / p)
+    return {
+        "rmse": float(np.sqrt(np.mean(err**2))),
+        "mae": float(np.mean(np.abs(err))),
+        "abs_rel": float(np.mean(np.abs(err) / g)),
+        "sq_rel": float(np.mean(err**2 / g)),
+        "delta1": float(np.mean(ratio < _DELTA)),
+        "delta2": float(np.mean(ratio < _DELTA**2)),
+        "delta3": float(np.mean(ratio < _DELTA**3)),
+    } | out
+
+
+def depth_edges(depth: np.ndarray, rel_threshold: float = 0.05, min_valid: float = 0.0) -> np.ndarray:
+    """Depth discontinuities: pixels with a large *relative* depth jump to a 4-neighbour.
+
+    A pair of valid 4-neighbours ``(z1, z2)`` is a discontinuity when ``|z1 - z2| / min(z1, z2) >
+    rel_threshold``; both pixels of the pair are marked (edges are 2 px wide). Relative jumps make the
+    detector scale-free (a 5 cm step at 1 m counts like a 20 cm step at 4 m). A jump to a hole is not an edge.
+
+    Args:
+        depth: ``[H, W]`` z-depth (any unit), ``0``/non-finite = hole.
+        rel_threshold: Relative jump threshold.
+        min_valid: Depth must exceed this to count as valid.
+
+    Returns:
+        Bool ``[H, W]``.
+    """
+    z = np.asarray(depth, dtype=np.float64)
+    ok = _valid_depth(z, min_valid)
+    zs = np.where(ok, z, 1.0)  # placeholder keeps the divisions finite; masked by ``ok`` below
+    edges = np.zeros(z.shape, dtype=bool)
+    for axis in (0, 1):
+        a = [slice(None)] * 2
+        b = [slice(None)] * 2
+        a[axis], b[axis] = slice(1, None), slice(None, -1)
+        a, b = tuple(a), tuple(b)
+        jump = np.abs(zs[a] - zs[b]) / np.minimum(zs[a], zs[b]) > rel_threshold
+        jump &= ok[a] & ok[b]
+        edges[a] |= jump
+        edges[b] |= jump
+    return edges
+
+
+def edge_f1(
+    pred: np.ndarray, gt: np.ndarray, tolerance_px: float = 2.0, rel_threshold: float = 0.05
+) -> dict[str, float]:
+    """Precision, recall and F1 of predicted depth edges against reference edges, with a distance tolerance.
+
+    Edges come from :func:`depth_edges`. Predicted edges count only where ``gt`` is valid. Precision is the
+    fraction of predicted edge pixels within ``tolerance_px`` (Euclidean) of a reference edge pixel; recall
+    the fraction of reference edge pixels within ``tolerance_px`` of a predicted one. Holes in ``pred`` lose
+    their edges (lower recall). Empty cases: no edges on either side -> all 1; no predicted edges (but
+    reference edges) or no reference edges (but predicted ones) -> all 0.
+
+    Args:
+        pred: ``[H, W]`` predicted depth (``0`` = hole).
+        gt: ``[H, W]`` reference depth, same units.
+        tolerance_px: Matching distance in pixels.
+        rel_threshold: Relative jump threshold of :func:`depth_edges`.
+
+    Returns:
+        ``precision``, ``recall``, ``f1`` in ``[0, 1]``.
+    """
+    gt = np.asarray(gt, dtype=np.float64)
+    gt_edges = depth_edges(gt, rel_threshold)
+    pred_edges = depth_edges(pred, rel_threshold) & _valid_depth(gt)
+    n_gt, n_pred = int(gt_edges.sum()), int(pred_edges.sum())
+    if n_gt == 0 and n_pred == 0:
+        return {"precision": 1.0, "recall": 1.0, "f1": 1.0}
+    if n_gt == 0 or n_pred == 0:
+        return {"precision": 0.0, "recall": 0.0, "f1": 0.0}
+    dist_to_gt = ndimage.distance_transform_edt(~gt_edges)
+    dist_to_pred = ndimage.distance_transform_edt(~pred_edges)
+    precision = float(np.mean(dist_to_gt[pred_edges] <= tolerance_px))
+    recall = float(np.mean(dist_to_pred[gt_edges] <= tolerance_px))
+    f1 = 2 * precision * recall / (precision + recall) if precision + recall > 0 else 0.0
+    return {"precision": precision, "recall": recall, "f1": float(f1)}
+
+
+def psnr(pred: np.ndarray, gt: np.ndarray, data_range: float = 1.0, mask: np.ndarray | None = None) -> float:
+    """Peak signal-to-noise ratio ``10 log10(data_range^2 / MSE)`` in dB.
+
+    Args:
+        pred: ``[H, W]`` or ``[H, W, C]`` image.
+        gt: Reference, same shape.
+        data_range: Peak value range (1 for images in [0, 1], 255 for uint8).
+        mask: Optional bool ``[H, W]`` (broadcast over channels) or full-shape mask of pixels to score.
+
+    Returns:
+        PSNR in dB; ``inf`` for identical images, NaN for an empty mask.
+    """
+    pred = np.asarray(pred, dtype=np.float64)
+    gt = np.asarray(gt, dtype=np.float64)
+    sq = (pred - gt) ** 2
+    if mask is not None:
+        m = np.asarray(mask, dtype=bool)
+        if m.ndim < sq.ndim:
+            m = m.reshape(m.shape + (1,) * (sq.ndim - m.ndim))
+        sq = sq[np.broadcast_to(m, sq.shape)]
+    if sq.size == 0:
+        return _NAN
+    mse = float(np.mean(sq))
+    if mse == 0.0:
+        return math.inf
+    return float(10.0 * np.log10(data_range**2 / mse))
+
+
+def ssim(pred_rgb: np.ndarray, gt_rgb: np.ndarray, data_range: float = 1.0) -> float:
+    """Mean SSIM via :func:`skimage.metrics.structural_similarity` (default 7x7 box window).
+
+    Args:
+        pred_rgb: ``[H, W, 3]`` (or ``[H, W]``) image, ``H, W >= 7``.
+        gt_rgb: Reference, same shape.
+        data_range: Value range (1 for images in [0, 1]).
+
+    Returns:
+        Mean SSIM (1 = identical).
+    """
+    pred_rgb = np.asarray(pred_rgb, dtype=np.float64)
+    gt_rgb = np.asarray(gt_rgb, dtype=np.float64)
+    channel_axis = -1 if pred_rgb.ndim == 3 else None
+    return float(structural_similarity(pred_rgb, gt_rgb, data_range=data_range, channel_axis=channel_axis))
+
+
+def aggregate(rows: list[dict[str, float]]) -> dict[str, float]:
+    """Per-key mean over frames, ignoring NaN (a key missing from a row counts as NaN).
+
+    Args:
+        rows: One metrics dict per frame.
+
+    Returns:
+        ``{key: mean}`` over the union of keys, in first-seen order; NaN where a key has no finite-or-inf value.
+    """
+    keys = list(dict.fromkeys(k for row in rows for k in row))
+    out = {}
+    for k in keys:
+        vals = np.array([row.get(k, _NAN) for row in rows], dtype=np.float64)
+        vals = vals[~np.isnan(vals)]
+        out[k] = float(vals.mean()) if vals.size else _NAN
+    return out

@@ -1,0 +1,369 @@
+"""The ``train_diffusion`` stage: fit the conditional diffusion refiner on (clean, noisy) depth pairs.
+
+Reads the train views of ``paths.scenes`` / ``paths.noisy`` (plus any ``diffusion.train.extra_stores``),
+validates on fixed crops of the test views, and writes to ``paths.diffusion``:
+
+* ``model.safetensors`` — the EMA weights with the best validation loss;
+* ``config.json`` — the UNet and schedule config the weights belong to (checked when loading);
+* ``curve.csv`` — step, losses, validation loss and learning rate (DVC plots);
+* ``metrics.json`` — best validation loss, steps, wall time, throughput (DVC metrics).
+
+Optimisation: AdamW, OneCycle LR with warm-up, gradient clipping, EMA weights, mixed precision on CUDA,
+early stopping on the validation loss. A checkpoint is written every ``checkpoint_every`` steps to
+``paths.diffusion_checkpoints`` (outside the DVC outs, which DVC deletes before a run); running the stage
+again after an interruption continues from it and ends with the same weights as an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import logging
+import math
+import os
+import shutil
+import time
+import uuid
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+from tqdm import tqdm
+
+from models.diffusion.losses import depth_refinement_loss, masked_mean
+from models.diffusion.pipeline import (
+    DiffusionConfig,
+    add_noise,
+    condition,
+    decode_x0,
+    depth_scale,
+    encode_x0,
+    make_scheduler,
+    predict_x0,
+    to_log,
+    training_target,
+)
+from models.diffusion.unet import DepthUNet, UNetConfig
+from tasks.config import DiffusionStageConfig, Params
+from tasks.diffusion_data import FramePairs, collate, random_crop
+from tasks.errors import DataError
+
+log = logging.getLogger(__name__)
+
+WEIGHTS = "model.safetensors"
+CONFIG = "config.json"
+
+
+# ------------------------------------------------------------------------------------------ devices
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "cuda" and not torch.cuda.is_available():
+        raise DataError("device", "CUDA was requested but is not available")
+    return torch.device("cuda" if name == "auto" and torch.cuda.is_available() else ("cpu" if name == "auto" else name))
+
+
+def autocast_dtype(amp: str, device: torch.device) -> torch.dtype | None:
+    """Mixed-precision dtype: bf16 on CUDA by default; off on CPU, where autocast costs more than it saves."""
+    if amp == "off" or (amp == "auto" and device.type != "cuda"):
+        return None
+    return torch.float16 if amp == "fp16" else torch.bfloat16
+
+
+# ----------------------------------------------------------------------------------- model files
+
+
+def save_model(folder: Path, model: torch.nn.Module, unet: UNetConfig, schedule: DiffusionConfig, meta: dict) -> None:
+    """Write weights + config into ``folder`` atomically (a temporary folder renamed into place)."""
+    tmp = folder.with_name(f".{folder.name}.tmp-{uuid.uuid4().hex[:8]}")
+    tmp.mkdir(parents=True)
+    save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, tmp / WEIGHTS)
+    (tmp / CONFIG).write_text(
+        json.dumps({"unet": unet.model_dump(mode="json"), "schedule": schedule.model_dump(mode="json"), **meta}, indent=2)
+    )
+    if folder.exists():
+        for p in folder.iterdir():  # keep other files (curve, metrics) that live beside the weights
+            if not (tmp / p.name).exists():
+                os.replace(p, tmp / p.name)
+        shutil.rmtree(folder)
+    os.replace(tmp, folder)
+
+
+def load_model(folder: str | Path, device: torch.device | str = "cpu") -> tuple[DepthUNet, DiffusionConfig]:
+    """Load a trained refiner (safetensors weights, config beside them); errors name the file and problem."""
+    folder = Path(folder)
+    cfg_path, w_path = folder / CONFIG, folder / WEIGHTS
+    for p in (cfg_path, w_path):
+        if not p.is_file():
+            raise DataError(p, "missing; train the model first (dnerf train-diffusion)")
+    try:
+        meta = json.loads(cfg_path.read_text())
+        unet_cfg = UNetConfig.model_validate(meta["unet"])
+        schedule = DiffusionConfig.model_validate(meta["schedule"])
+    except (json.JSONDecodeError, KeyError, ValueError) as err:
+        raise DataError(cfg_path, f"not a valid model config: {err}") from None
+    model = DepthUNet(unet_cfg)
+    try:
+        state = load_file(w_path, device=str(device))
+    except Exception as err:  # safetensors raises its own error types for damaged files
+        raise DataError(w_path, f"cannot read weights: {err}") from None
+    missing, unexpected = model.state_dict().keys() - state.keys(), state.keys() - model.state_dict().keys()
+    mismatched = [k for k in state.keys() & model.state_dict().keys() if state[k].shape != model.state_dict()[k].shape]
+    if missing or unexpected or mismatched:
+        raise DataError(
+            w_path,
+            f"weights do not match {cfg_path.name}: {len(missing)} missing, {len(unexpected)} unexpected, "
+            f"{len(mismatched)} with other shapes (e.g. {sorted(missing or unexpected or mismatched)[:3]})",
+        )
+    model.load_state_dict(state)
+    return model.to(device).eval(), schedule
+
+
+# ------------------------------------------------------------------------------------------- losses
+
+
+def prepare(batch: dict[str, torch.Tensor], schedule: DiffusionConfig) -> dict[str, torch.Tensor]:
+    """Normalise a batch (see :mod:`models.diffusion.pipeline`): conditioning, x0, masks, log depths."""
+    scale = depth_scale(batch["noisy"])
+    valid_obs = (batch["noisy"] > 0).float()
+    y_obs = to_log(batch["noisy"], scale, schedule)
+    y_base = to_log(batch["base"], scale, schedule)
+    y_clean = to_log(batch["clean"], scale, schedule)
+    valid_gt = batch["clean"] > 0
+    x0 = torch.where(valid_gt, encode_x0(y_clean, y_base, schedule), torch.zeros_like(y_clean))
+    return {
+        "cond": condition(batch["rgb"], y_obs, y_base, valid_obs),
+        "x0": x0,
+        "y_base": y_base,
+        "y_clean": y_clean,
+        "valid_gt": valid_gt,
+        "focal": batch["focal"],
+    }
+
+
+def diffusion_losses(
+    model: torch.nn.Module,
+    prep: dict[str, torch.Tensor],
+    t: torch.Tensor,
+    noise: torch.Tensor,
+    alphas_cumprod: torch.Tensor,
+    cfg: DiffusionStageConfig,
+) -> dict[str, torch.Tensor]:
+    """The training objective for one batch: diffusion MSE + edge / MS-SSIM / normal losses on the x0 estimate.
+
+    The auxiliary losses compare relative depth ``d / s = exp(log_scale * y)`` (scale-free, positive) of the
+    x0 estimate with the reference, on valid reference pixels.
+    """
+    sch = cfg.schedule
+    ab = alphas_cumprod[t]
+    x_t = add_noise(prep["x0"], noise, ab)
+    out = model(x_t, t, prep["cond"])
+    target = training_target(prep["x0"], noise, ab, sch.prediction_type)
+    mse = masked_mean((out.float() - target) ** 2, prep["valid_gt"])
+    x0_hat = predict_x0(x_t, out.float(), ab, sch.prediction_type)
+    y_hat = decode_x0(x0_hat, prep["y_base"], sch)
+    rel_hat = torch.exp((y_hat * sch.log_scale).clamp(-4, 4))
+    rel_gt = torch.exp(prep["y_clean"] * sch.log_scale)
+    aux = depth_refinement_loss(rel_hat, rel_gt, prep["valid_gt"], cfg.loss, focal_px=prep["focal"])
+    return {"mse": mse, **aux, "total": cfg.loss.mse * mse + aux["total_aux"]}
+
+
+# -------------------------------------------------------------------------------------- checkpoints
+
+
+@dataclass
+class TrainState:
+    """Everything besides tensors needed to continue a run exactly."""
+
+    step: int = 0
+    best_val: float = math.inf
+    bad_vals: int = 0
+    stopped_early: bool = False
+    train_seconds: float = 0.0
+    curve: list[dict] = field(default_factory=list)
+    np_rng: dict = field(default_factory=dict)
+
+
+def fingerprint(cfg: DiffusionStageConfig, pairs: list[tuple[Path, Path]]) -> str:
+    """Identifies a run: the config and the stores' metadata (rebuilt stores of other content differ)."""
+    h = hashlib.sha256(json.dumps(cfg.model_dump(mode="json"), sort_keys=True).encode())
+    for scenes, noisy in pairs:
+        for p in (scenes, noisy):
+            h.update((Path(p) / "zarr.json").read_bytes())
+    return h.hexdigest()[:16]
+
+
+def save_checkpoint(folder: Path, fp: str, model, ema, best, opt, lr_sched, gen: torch.Generator, state: TrainState):
+    tmp = folder.with_name(f".{folder.name}.tmp-{uuid.uuid4().hex[:8]}")
+    tmp.mkdir(parents=True)
+    save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, tmp / "model.safetensors")
+    save_file({k: v.detach().cpu().contiguous() for k, v in ema.state_dict().items()}, tmp / "ema.safetensors")
+    if best is not None:
+        save_file(best, tmp / "best.safetensors")
+    torch.save(
+        {"optimizer": opt.state_dict(), "lr_scheduler": lr_sched.state_dict(), "torch_rng": gen.get_state()},
+        tmp / "optim.pt",
+    )
+    (tmp / "state.json").write_text(json.dumps({"fingerprint": fp, **asdict(state)}))
+    if folder.exists():
+        shutil.rmtree(folder)
+    os.replace(tmp, folder)
+
+
+def load_checkpoint(folder: Path, fp: str, model, ema, opt, lr_sched, gen: torch.Generator):
+    """Restore a run from ``folder`` if it belongs to this fingerprint; returns (state, best) or None."""
+    state_path = folder / "state.json"
+    if not state_path.is_file():
+        return None
+    meta = json.loads(state_path.read_text())
+    if meta.pop("fingerprint") != fp:
+        log.info("checkpoint in %s is from other params or data; starting afresh", folder)
+        return None
+    model.load_state_dict(load_file(folder / "model.safetensors"))
+    ema.load_state_dict(load_file(folder / "ema.safetensors"))
+    best = load_file(folder / "best.safetensors") if (folder / "best.safetensors").is_file() else None
+    other = torch.load(folder / "optim.pt", weights_only=True)
+    opt.load_state_dict(other["optimizer"])
+    lr_sched.load_state_dict(other["lr_scheduler"])
+    gen.set_state(other["torch_rng"])
+    return TrainState(**meta), best
+
+
+# -------------------------------------------------------------------------------------------- train
+
+
+def validation_batch(val: FramePairs, cfg: DiffusionStageConfig) -> tuple[dict, torch.Tensor, torch.Tensor]:
+    """Fixed validation crops with fixed timesteps and noise (so validation losses are comparable)."""
+    rng = np.random.default_rng(cfg.seed + 1)
+    n = cfg.train.val_crops
+    frames = [random_crop(val[int(rng.integers(len(val)))], cfg.train.crop, rng) for _ in range(n)]
+    batch = collate(frames)
+    g = torch.Generator().manual_seed(cfg.seed + 1)
+    t = torch.linspace(0, cfg.schedule.num_train_timesteps - 1, n).round().long()
+    noise = torch.randn(batch["clean"].shape, generator=g)
+    return batch, t, noise
+
+
+@torch.no_grad()
+def validate(model, val, alphas_cumprod, cfg: DiffusionStageConfig, device) -> float:
+    batch, t, noise = val
+    prep = prepare({k: v.to(device) for k, v in batch.items()}, cfg.schedule)
+    model.eval()
+    losses = diffusion_losses(model, prep, t.to(device), noise.to(device), alphas_cumprod, cfg)
+    return float(losses["total"])
+
+
+def train_diffusion(params: Params, progress: bool = True, stop_after: int | None = None) -> Path:
+    """The ``train_diffusion`` stage. ``stop_after`` interrupts the run after that step's checkpoint
+    (as a kill would), for testing resumption."""
+    cfg = params.diffusion
+    tc = cfg.train
+    out_dir, ckpt_dir = Path(params.paths.diffusion), Path(params.paths.diffusion_checkpoints)
+    pairs = [(params.paths.scenes, params.paths.noisy)] + [(p.scenes, p.noisy) for p in tc.extra_stores]
+    train_set, val_set = FramePairs(pairs, "train"), FramePairs(pairs, "test")
+    if len(train_set) == 0:
+        raise DataError(params.paths.scenes, "no train frames to learn from")
+    if len(val_set) == 0:
+        log.warning("no test views to validate on; validating on train frames")
+        val_set = train_set
+    device = resolve_device(tc.device)
+    amp = autocast_dtype(tc.amp, device)
+
+    torch.manual_seed(cfg.seed)
+    model = DepthUNet(cfg.unet).to(device)
+    if tc.init_from is not None:
+        pretrained, _ = load_model(tc.init_from, device)
+        model.load_state_dict(pretrained.state_dict())
+    ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(tc.ema_decay), use_buffers=True)
+    opt = torch.optim.AdamW(model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
+    lr_sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=tc.lr, total_steps=tc.max_steps, pct_start=tc.warmup_frac)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    rng = np.random.default_rng(cfg.seed)
+    alphas_cumprod = make_scheduler(cfg.schedule).alphas_cumprod.to(device)
+
+    fp = fingerprint(cfg, pairs)
+    restored = load_checkpoint(ckpt_dir, fp, model, ema, opt, lr_sched, gen)
+    state, best = restored if restored else (TrainState(), None)
+    if restored:
+        rng.bit_generator.state = state.np_rng
+        log.info("resuming from step %d (%s)", state.step, ckpt_dir)
+    val = validation_batch(val_set, cfg)
+
+    bar = tqdm(total=tc.max_steps, initial=state.step, desc="train_diffusion", unit="step", disable=not progress)
+    while state.step < tc.max_steps and not state.stopped_early:
+        t0 = time.perf_counter()
+        model.train()
+        crops = [
+            random_crop(train_set[int(rng.integers(len(train_set)))], tc.crop, rng, tc.scale_jitter, tc.flip)
+            for _ in range(tc.batch_size)
+        ]
+        prep = prepare({k: v.to(device) for k, v in collate(crops).items()}, cfg.schedule)
+        t = torch.randint(0, cfg.schedule.num_train_timesteps, (tc.batch_size,), generator=gen).to(device)
+        noise = torch.randn(prep["x0"].shape, generator=gen).to(device)
+        with torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
+            losses = diffusion_losses(model, prep, t, noise, alphas_cumprod, cfg)
+        opt.zero_grad(set_to_none=True)
+        losses["total"].backward()
+        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
+        opt.step()
+        lr_sched.step()
+        ema.update_parameters(model)
+        state.step += 1
+        row = {"step": state.step, "lr": opt.param_groups[0]["lr"], "grad_norm": float(grad_norm)}
+        row.update({k: v.item() for k, v in losses.items() if k != "total_aux"})
+        if state.step % tc.val_every == 0 or state.step == tc.max_steps:
+            v = validate(ema.module, val, alphas_cumprod, cfg, device)
+            row["val_loss"] = v
+            if v < state.best_val:
+                state.best_val, state.bad_vals = v, 0
+                best = {k: x.detach().cpu().clone() for k, x in ema.module.state_dict().items()}
+            else:
+                state.bad_vals += 1
+                state.stopped_early = state.bad_vals >= tc.patience
+        state.curve.append(row)
+        state.train_seconds += time.perf_counter() - t0
+        bar.update(1)
+        bar.set_postfix(loss=f"{row['total']:.4f}", val=f"{state.best_val:.4f}")
+        if state.step % tc.checkpoint_every == 0 or state.stopped_early or state.step == tc.max_steps:
+            state.np_rng = rng.bit_generator.state
+            save_checkpoint(ckpt_dir, fp, model, ema, best, opt, lr_sched, gen, state)
+            if stop_after is not None and state.step >= stop_after:
+                raise KeyboardInterrupt(f"stopped after step {state.step}")
+    bar.close()
+
+    final = DepthUNet(cfg.unet)
+    final.load_state_dict(best if best is not None else ema.module.state_dict())
+    write_outputs(out_dir, final, cfg, state)
+    return out_dir
+
+
+def write_outputs(out_dir: Path, model: DepthUNet, cfg: DiffusionStageConfig, state: TrainState) -> None:
+    """Weights + config (atomically), the training curve CSV and the metrics JSON."""
+    crops = state.step * cfg.train.batch_size
+    metrics = {
+        "best_val_loss": state.best_val,
+        "steps": state.step,
+        "stopped_early": state.stopped_early,
+        "train_seconds": round(state.train_seconds, 2),
+        "crops_per_second": round(crops / max(state.train_seconds, 1e-9), 2),
+        "parameters": sum(p.numel() for p in model.parameters()),
+    }
+    save_model(out_dir, model, cfg.unet, cfg.schedule, {"trained": metrics})
+    fields = ["step", "total", "mse", "edge", "ssim", "normal", "val_loss", "lr", "grad_norm"]
+    tmp = out_dir / ".curve.csv.tmp"
+    with tmp.open("w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
+        w.writeheader()
+        w.writerows(state.curve)
+    os.replace(tmp, out_dir / "curve.csv")
+    (out_dir / ".metrics.json.tmp").write_text(json.dumps(metrics, indent=2))
+    os.replace(out_dir / ".metrics.json.tmp", out_dir / "metrics.json")
+    log.info("trained %d steps (%.1f crops/s), best validation loss %.4f", state.step, metrics["crops_per_second"], state.best_val)
+
+
+def run_train_diffusion(params: Params, progress: bool = True) -> Path:
+    return train_diffusion(params, progress=progress)

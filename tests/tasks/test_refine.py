@@ -1,0 +1,132 @@
+"""The refine stage: diffusion and classical refiners into a resumable store; tiling; bad input."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import zarr
+
+from models.diffusion.pipeline import DiffusionConfig
+from models.diffusion.unet import DepthUNet
+from tasks.config import RefinerUNetConfig, load_params
+from tasks.corrupt import run_corrupt
+from tasks.download import run_download
+from tasks.errors import DataError
+from tasks.refine import blend_window, run_refine, tile_starts, tiled
+from tasks.store import open_store
+from tasks.train_diffusion import save_model
+
+TINY_UNET = RefinerUNetConfig(base_channels=8, channel_mults=(1, 2), attention_heads=2)
+
+
+@pytest.fixture
+def setup(tiny_overrides, tmp_path):
+    """Stores plus a tiny (randomly initialised, non-zero) model on disk."""
+    params = load_params(None, tiny_overrides + [f"paths.diffusion={tmp_path / 'model'}"])
+    run_download(params, progress=False)
+    run_corrupt(params, progress=False)
+    torch.manual_seed(0)
+    model = DepthUNet(TINY_UNET)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    save_model(tmp_path / "model", model, TINY_UNET, DiffusionConfig(), {})
+    return tiny_overrides + [f"paths.diffusion={tmp_path / 'model'}", f"paths.refined={tmp_path / 'refined.zarr'}"]
+
+
+def chunk_mtimes(path):
+    return {p: p.stat().st_mtime_ns for p in path.rglob("*") if p.is_file() and "/c/" in str(p)}
+
+
+def test_diffusion_refine_resumes_without_touching_finished_frames(setup, tmp_path):
+    params = load_params(None, setup)
+    seen = []
+
+    def crash_after_three(scene, i):
+        seen.append((scene, i))
+        if len(seen) == 3:
+            raise KeyboardInterrupt("killed")
+
+    with pytest.raises(KeyboardInterrupt):
+        run_refine(params, progress=False, on_frame=crash_after_three)
+    partial = open_store(tmp_path / "refined.zarr", "refined")
+    assert partial.attrs["complete"] is False
+    assert partial["synthetic_000"]["done"][:].tolist() == [True, True, True, False]
+    before = chunk_mtimes(tmp_path / "refined.zarr" / "synthetic_000" / "depth_refined")
+    assert len(before) == 3, "one chunk file per finished frame"
+    first3 = partial["synthetic_000"]["depth_refined"][:3]
+
+    redone = []
+    run_refine(params, progress=False, on_frame=lambda s, i: redone.append((s, i)))
+    assert redone == [("synthetic_000", 3), ("synthetic_001", 0), ("synthetic_001", 1), ("synthetic_001", 2),
+                      ("synthetic_001", 3)]
+    out = open_store(tmp_path / "refined.zarr", "refined")
+    assert out.attrs["complete"] is True and out.attrs["method"] == "diffusion"
+    after = chunk_mtimes(tmp_path / "refined.zarr" / "synthetic_000" / "depth_refined")
+    assert all(after[p] == t for p, t in before.items()), "finished frames were rewritten"
+    np.testing.assert_array_equal(out["synthetic_000"]["depth_refined"][:3], first3)
+
+    # the same as an uninterrupted run
+    fresh = load_params(None, setup + [f"paths.refined={tmp_path / 'fresh.zarr'}"])
+    run_refine(fresh, progress=False)
+    ref = open_store(tmp_path / "fresh.zarr", "refined")
+    for name in ("synthetic_000", "synthetic_001"):
+        np.testing.assert_array_equal(ref[name]["depth_refined"][:], out[name]["depth_refined"][:])
+        np.testing.assert_array_equal(ref[name]["depth_std"][:], out[name]["depth_std"][:])
+    d, std = ref["synthetic_001"]["depth_refined"][:], ref["synthetic_001"]["depth_std"][:]
+    assert d.shape == (4, 24, 32) and np.all(np.isfinite(d)) and np.all(d > 0)
+    assert np.all(std >= 0) and np.any(std > 0), "two samples with different noise spread"
+
+    # another model (a different fingerprint) starts afresh rather than mixing results
+    run_refine(load_params(None, setup + ["refine.steps=2"]), progress=False)
+    assert open_store(tmp_path / "refined.zarr", "refined")["synthetic_000"]["done"][:].all()
+    assert not np.array_equal(open_store(tmp_path / "refined.zarr", "refined")["synthetic_000"]["depth_refined"][:3], first3)
+
+
+@pytest.mark.parametrize("method", ["inpaint", "bilateral", "joint_bilateral", "guided"])
+def test_classical_baselines_fill_holes(setup, tmp_path, method):
+    params = load_params(None, setup + [f"refine.method={method}"])
+    out = open_store(run_refine(params, progress=False), "refined")
+    noisy = open_store(params.paths.noisy, "noisy")["synthetic_000"]["depth_noisy"][:]
+    d = out["synthetic_000"]["depth_refined"][:]
+    assert np.any(noisy == 0) and np.all(d > 0), "holes are filled"
+    assert np.all(out["synthetic_000"]["depth_std"][:] == 0)
+    assert out.attrs["method"] == method
+
+
+def test_bad_input_names_the_frame(setup, tmp_path):
+    params = load_params(None, setup)
+    noisy = zarr.open_group(str(params.paths.noisy), mode="r+")
+    noisy["synthetic_001"]["depth_noisy"][2] = 0.0
+    with pytest.raises(DataError, match=r"synthetic_001\[2\]: depth is all zero"):
+        run_refine(params, progress=False)
+    out = open_store(tmp_path / "refined.zarr", "refined")
+    assert out["synthetic_000"]["done"][:].all(), "frames finished before the bad one are kept"
+
+
+def test_missing_model_is_a_clear_error(tiny_overrides, tmp_path):
+    params = load_params(None, tiny_overrides + [f"paths.diffusion={tmp_path / 'none'}"])
+    run_download(params, progress=False)
+    run_corrupt(params, progress=False)
+    with pytest.raises(DataError, match=r"config.json: missing; train the model first"):
+        run_refine(params, progress=False)
+
+
+def test_tiles_cover_the_frame_and_blend_exactly():
+    for size, tile, overlap in [(100, 32, 8), (33, 32, 8), (256, 64, 16), (20, 32, 8)]:
+        starts = tile_starts(size, tile, overlap)
+        covered = np.zeros(size, bool)
+        for s in starts:
+            covered[s : s + tile] = True
+        assert covered.all() and starts[-1] + min(tile, size) == size
+        assert all(b - a <= tile - overlap for a, b in zip(starts, starts[1:]))
+    w = blend_window(16, 16, 4)
+    assert w.min() > 0 and w[8, 8] == 1
+
+    # a per-pixel model gives the same result tiled and untiled
+    def pointwise(x, t, cond):
+        return torch.sin(x) * cond[:, :1] + t.float().reshape(-1, 1, 1, 1) * 1e-3
+
+    x, cond, t = torch.randn(2, 1, 70, 90), torch.randn(2, 6, 70, 90), torch.tensor([5, 9])
+    torch.testing.assert_close(tiled(pointwise, 32, 8)(x, t, cond), pointwise(x, t, cond))

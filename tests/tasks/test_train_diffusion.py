@@ -1,0 +1,115 @@
+"""The train_diffusion stage on a tiny synthetic store: learning, exact resume, early stopping, model files."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from tasks.config import load_params
+from tasks.corrupt import run_corrupt
+from tasks.download import run_download
+from tasks.errors import DataError
+from tasks.train_diffusion import load_model, train_diffusion
+
+TINY_NET = [
+    "diffusion.unet.base_channels=8",
+    "diffusion.unet.channel_mults=[1, 2]",
+    "diffusion.unet.attention_heads=2",
+    "diffusion.train.crop=16",
+    "diffusion.train.batch_size=4",
+    "diffusion.train.val_crops=4",
+]
+
+
+@pytest.fixture
+def stores(tiny_overrides, tmp_path):
+    overrides = tiny_overrides + [f"paths.diffusion={tmp_path / 'model'}",
+                                  f"paths.diffusion_checkpoints={tmp_path / 'ckpt'}"] + TINY_NET
+    params = load_params(None, overrides)
+    run_download(params, progress=False)
+    run_corrupt(params, progress=False)
+    return overrides
+
+
+def test_training_lowers_the_loss_and_writes_outputs(stores, tmp_path):
+    params = load_params(None, stores + ["diffusion.train.max_steps=60", "diffusion.train.val_every=10",
+                                         "diffusion.train.patience=10", "diffusion.train.lr=0.005",
+                                         "diffusion.train.ema_decay=0.5"])
+    out = train_diffusion(params, progress=False)
+    rows = (out / "curve.csv").read_text().splitlines()
+    header = rows[0].split(",")
+    vals = [float(r.split(",")[header.index("val_loss")]) for r in rows[1:] if r.split(",")[header.index("val_loss")]]
+    assert len(vals) == 6
+    assert min(vals[1:]) < 0.95 * vals[0], f"validation loss did not drop: {vals}"
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["steps"] == 60 and metrics["crops_per_second"] > 0
+    assert metrics["best_val_loss"] == pytest.approx(min(vals), rel=1e-6)
+    model, schedule = load_model(out)
+    assert schedule.prediction_type == "v_prediction"
+    assert any(p.abs().sum() > 0 for p in model.parameters())
+
+
+def test_interrupted_run_resumes_to_the_same_weights(stores, tmp_path):
+    common = stores + ["diffusion.train.max_steps=8", "diffusion.train.val_every=2", "diffusion.train.checkpoint_every=3"]
+    straight = load_params(None, common + [f"paths.diffusion={tmp_path / 'a'}", f"paths.diffusion_checkpoints={tmp_path / 'ca'}"])
+    train_diffusion(straight, progress=False)
+    resumed = load_params(None, common + [f"paths.diffusion={tmp_path / 'b'}", f"paths.diffusion_checkpoints={tmp_path / 'cb'}"])
+    with pytest.raises(KeyboardInterrupt):
+        train_diffusion(resumed, progress=False, stop_after=3)
+    assert json.loads((tmp_path / "cb" / "state.json").read_text())["step"] == 3
+    assert not (tmp_path / "b").exists(), "no model is published before training ends"
+    train_diffusion(resumed, progress=False)
+    a, b = load_file(tmp_path / "a" / "model.safetensors"), load_file(tmp_path / "b" / "model.safetensors")
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=0)
+    curve_a = (tmp_path / "a" / "curve.csv").read_text()
+    assert curve_a == (tmp_path / "b" / "curve.csv").read_text()
+
+
+def test_changed_params_do_not_resume_a_foreign_checkpoint(stores, tmp_path):
+    params = load_params(None, stores + ["diffusion.train.max_steps=4", "diffusion.train.checkpoint_every=2"])
+    train_diffusion(params, progress=False)
+    other = load_params(None, stores + ["diffusion.train.max_steps=6", "diffusion.train.checkpoint_every=2"])
+    train_diffusion(other, progress=False)
+    assert json.loads((tmp_path / "model" / "metrics.json").read_text())["steps"] == 6
+
+
+def test_early_stopping(stores, tmp_path):
+    params = load_params(None, stores + ["diffusion.train.max_steps=50", "diffusion.train.val_every=1",
+                                         "diffusion.train.patience=2", "diffusion.train.lr=1e-12",
+                                         "diffusion.train.ema_decay=0"])
+    out = train_diffusion(params, progress=False)
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["stopped_early"] and metrics["steps"] < 10
+
+
+def test_model_files_are_checked(stores, tmp_path):
+    params = load_params(None, stores + ["diffusion.train.max_steps=1"])
+    out = train_diffusion(params, progress=False)
+    cfg = json.loads((out / "config.json").read_text())
+    cfg["unet"]["base_channels"] = 16
+    (out / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(DataError, match=r"model.safetensors: weights do not match config.json"):
+        load_model(out)
+    (out / "config.json").write_text("{not json")
+    with pytest.raises(DataError, match=r"config.json: not a valid model config"):
+        load_model(out)
+    (out / "model.safetensors").write_bytes(b"garbage")
+    (out / "config.json").unlink()
+    with pytest.raises(DataError, match=r"config.json: missing"):
+        load_model(out)
+
+
+def test_weights_are_safetensors_not_pickles(stores, tmp_path):
+    params = load_params(None, stores + ["diffusion.train.max_steps=1"])
+    out = train_diffusion(params, progress=False)
+    raw = (out / "model.safetensors").read_bytes()
+    header_len = int.from_bytes(raw[:8], "little")
+    assert json.loads(raw[8 : 8 + header_len]), "safetensors header is JSON"
+    save_file({"x": torch.zeros(1)}, tmp_path / "check.safetensors")
+    assert np.frombuffer(raw[:8], dtype="<u8")[0] == header_len
