@@ -37,12 +37,20 @@ from tasks.refine import DiffusionRefiner, frame_seed
 from tasks.store import SceneView, open_store, scene_names
 from tasks.train_diffusion import load_model
 
-COLUMNS = ["rmse", "mae", "abs_rel", "delta1", "edge_f1", "coverage"]
+COLUMNS = ["rmse", "rmse_measured", "rmse_holes", "mae", "abs_rel", "delta1", "edge_f1", "coverage"]
 
 
-def frame_scores(pred: np.ndarray, gt: np.ndarray) -> dict[str, float]:
+def frame_scores(pred: np.ndarray, gt: np.ndarray, noisy: np.ndarray) -> dict[str, float]:
+    """Metrics on every reference pixel, plus RMSE split into pixels the sensor measured and its holes
+    (the noisy input itself is scored on the measured pixels only: that is its coverage)."""
     m = depth_metrics(pred, gt)
-    return {**m, "edge_f1": edge_f1(pred, gt, tolerance_px=2)["f1"]}
+    measured = noisy > 0
+    return {
+        **m,
+        "rmse_measured": depth_metrics(pred, gt, valid=measured)["rmse"],
+        "rmse_holes": depth_metrics(pred, gt, valid=~measured)["rmse"],
+        "edge_f1": edge_f1(pred, gt, tolerance_px=2)["f1"],
+    }
 
 
 def evaluate(scenes_path: Path, noisy_path: Path, refiners: dict, split: str, max_frames: int) -> dict[str, dict]:
@@ -55,12 +63,12 @@ def evaluate(scenes_path: Path, noisy_path: Path, refiners: dict, split: str, ma
         for i in idx[:max_frames]:
             gt, rgb, K = view.group["depth"][i], view.group["rgb"][i], view.group["K"][i]
             d = noisy[name]["depth_noisy"][i]
-            rows["noisy"].append(frame_scores(d, gt))
+            rows["noisy"].append(frame_scores(d, gt, d))
             for key, refine in refiners.items():
                 t0 = time.perf_counter()
                 out = refine(rgb, d, K, frame_seed(0, name, i))
                 seconds[key].append(time.perf_counter() - t0)
-                rows[key].append(frame_scores(out, gt))
+                rows[key].append(frame_scores(out, gt, d))
     result = {k: aggregate(v) for k, v in rows.items()}
     for k, s in seconds.items():
         result[k]["s/frame"] = statistics.median(s)
@@ -81,15 +89,15 @@ def build_kitchen(kitchen: Path, workdir: Path, frames: int) -> tuple[Path, Path
 def table(title: str, result: dict[str, dict]) -> Table:
     t = Table(title=title)
     t.add_column("method")
-    for c in [*COLUMNS, "s/frame", "RMSE vs noisy"]:
+    for c in [*COLUMNS, "s/frame", "measured RMSE vs noisy"]:
         t.add_column(c, justify="right")
-    base = result["noisy"]["rmse"]
+    base = result["noisy"]["rmse_measured"]
     for method, r in result.items():
         t.add_row(
             method,
             *(f"{r[c]:.4f}" for c in COLUMNS),
             f"{r['s/frame']:.3f}" if "s/frame" in r else "-",
-            f"{r['rmse'] / base:.2f}x",
+            f"{r['rmse_measured'] / base:.2f}x",
         )
     return t
 
@@ -134,7 +142,7 @@ def main() -> None:
     refiners = {name: (lambda rgb, d, K, seed, r=r: r(rgb, d, K)) for name, r in make_baselines(params.refine.baselines).items()}
     refiners["diffusion"] = lambda rgb, d, K, seed: diffusion(rgb, d, seed)[0]
 
-    console = Console()
+    console = Console(width=160)
     report = {}
     result = evaluate(args.scenes, args.noisy, refiners, "test", args.max_frames)
     report["synthetic"] = result

@@ -101,6 +101,14 @@ def refine(params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None, quiet: 
     run_stage(run_refine, params, set_, quiet)
 
 
+@app.command("fit-nerf")
+def fit_nerf(params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None, quiet: QuietOpt = False) -> None:
+    """Fit a NeRF per scene with poses, supervised by nerf.depth_source; render, score and export it."""
+    from tasks.fit_nerf import run_fit_nerf
+
+    run_stage(run_fit_nerf, params, set_, quiet)
+
+
 @app.command()
 def params(params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None) -> None:
     """Validate the params (with overrides) and print them as YAML with every default filled in."""

@@ -19,6 +19,9 @@ from models.config import StrictConfig
 from models.diffusion.losses import LossWeights
 from models.diffusion.pipeline import COND_CHANNELS, DiffusionConfig
 from models.diffusion.unet import UNetConfig
+from models.nerf.encoding import HashEncodingConfig
+from models.nerf.field import NeRFFieldConfig
+from models.nerf.occupancy import OccupancyGridConfig
 from models.noise import NoiseModelConfig
 from tasks.datasets.nyu import NyuConfig
 from tasks.datasets.synthetic import SyntheticConfig
@@ -37,6 +40,9 @@ class PathsConfig(StrictConfig):
     diffusion: Path = Path("artifacts/diffusion")
     diffusion_checkpoints: Path = Path(".checkpoints/diffusion")
     refined: Path = Path("data/refined.zarr")
+    nerf: Path = Path("artifacts/nerf")
+    nerf_checkpoints: Path = Path(".checkpoints/nerf")
+    nerf_metrics: Path = Path("metrics/nerf.json")
 
 
 class TumConfig(StrictConfig):
@@ -172,6 +178,61 @@ class RefineConfig(StrictConfig):
         return self
 
 
+class NerfTrainConfig(StrictConfig):
+    """Optimisation of one scene's NeRF."""
+
+    steps: int = Field(600, ge=1)
+    lr: float = Field(1e-2, gt=0)
+    lr_final: float = Field(1e-3, gt=0, description="exponential decay to this by the last step")
+    weight_decay: float = Field(1e-6, ge=0)
+    grad_clip: float = Field(1.0, gt=0)
+    initial_rays: int = Field(512, ge=1)
+    target_samples: int = Field(16384, ge=1, description="network evaluations per step; the ray batch adapts")
+    min_rays: int = Field(128, ge=1)
+    max_rays: int = Field(4096, ge=1)
+    patch: int = Field(2, ge=1, description="rays come in patch x patch pixel blocks (edge term needs 2+)")
+    n_coarse: int = Field(32, ge=2)
+    n_fine: int = Field(16, ge=0)
+    near: float = Field(0.05, ge=0, description="metres in front of the camera before sampling starts")
+    depth_weight: float = Field(1e-3, ge=0, description="weight of the Gaussian NLL depth term")
+    sigma_floor: float = Field(0.01, gt=0, description="metres: least uncertainty of any depth reference")
+    edge_weight: float = Field(0.1, ge=0, description="weight of the patch depth-edge term (metres, L1)")
+    ds_weight: float = Field(0.0, ge=0, description="weight of the DS-NeRF ray-termination term")
+    pool_frames: int = Field(16, ge=1, description="frames held in memory while sampling rays")
+    pool_refresh: int = Field(50, ge=1, description="steps between pool refreshes")
+    chunk: int = Field(8192, ge=64, description="rays per rendering chunk")
+    checkpoint_every: int = Field(200, ge=1)
+    amp: Literal["auto", "off", "bf16", "fp16"] = "auto"
+    device: Device = "auto"
+
+    @model_validator(mode="after")
+    def _check(self) -> NerfTrainConfig:
+        if self.min_rays > self.max_rays:
+            raise ValueError(f"nerf.train.min_rays ({self.min_rays}) exceeds max_rays ({self.max_rays})")
+        return self
+
+
+class NerfExportConfig(StrictConfig):
+    mesh_resolution: int = Field(128, ge=8)
+    mesh_level: float | None = Field(None, gt=0, description="density iso-level; null = half opacity per cell")
+
+
+class NerfStageConfig(StrictConfig):
+    """The ``fit_nerf`` stage."""
+
+    seed: int = 0
+    depth_source: Literal["none", "noisy", "refined", "gt"] = "refined"
+    scenes: list[str] | None = Field(None, description="fit only these scenes (default: all with poses)")
+    bounds_padding: float = Field(0.05, ge=0)
+    # CPU-sized defaults: fewer hash levels and a coarser occupancy grid than Instant-NGP's GPU settings.
+    field: NeRFFieldConfig = NeRFFieldConfig(
+        encoding=HashEncodingConfig(n_levels=8, log2_hashmap_size=16, max_resolution=512)
+    )
+    occupancy: OccupancyGridConfig = OccupancyGridConfig(resolution=64, warmup_steps=128, n_cells=16384)
+    train: NerfTrainConfig = NerfTrainConfig()
+    export: NerfExportConfig = NerfExportConfig()
+
+
 class Params(StrictConfig):
     """Everything in ``params.yaml``."""
 
@@ -180,6 +241,7 @@ class Params(StrictConfig):
     noise: NoiseConfig = NoiseConfig()
     diffusion: DiffusionStageConfig = DiffusionStageConfig()
     refine: RefineConfig = RefineConfig()
+    nerf: NerfStageConfig = NerfStageConfig()
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:

@@ -37,6 +37,9 @@ def repo(tmp_path):
     params["data"]["test_every"] = 2
     params["diffusion"]["unet"].update(base_channels=8, channel_mults=[1, 2], attention_heads=2)
     params["diffusion"]["train"].update(max_steps=2, crop=16, batch_size=2, val_crops=2, val_every=1)
+    params["nerf"]["train"].update(steps=3, target_samples=2048, n_coarse=8, n_fine=4)
+    params["nerf"]["occupancy"].update(resolution=16, warmup_steps=2, n_cells=256)
+    params["nerf"]["export"].update(mesh_resolution=16)
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     sh("git", "init", "-q", cwd=tmp_path)
     sh("dvc", "init", "-q", cwd=tmp_path)
@@ -46,7 +49,7 @@ def repo(tmp_path):
 
 def test_repro_then_noop_then_only_changed_stage(repo):
     out = sh("dvc", "repro", cwd=repo)
-    stages = ["download", "corrupt", "train_diffusion", "refine"]
+    stages = ["download", "corrupt", "train_diffusion", "refine", "fit_nerf"]
     for stage in stages:
         assert f"Running stage '{stage}'" in out
     scenes = open_store(repo / "data" / "scenes.zarr", "scenes")
@@ -56,7 +59,9 @@ def test_repro_then_noop_then_only_changed_stage(repo):
     assert refined.attrs["complete"] and refined["synthetic_000"]["done"][:].all()
     lock = yaml.safe_load((repo / "dvc.lock").read_text())
     assert set(lock["stages"]) == set(stages)
-    assert "metrics.json" in sh("dvc", "metrics", "show", cwd=repo)
+    shown = sh("dvc", "metrics", "show", cwd=repo)
+    assert "metrics.json" in shown and "nerf.json" in shown
+    assert (repo / "artifacts" / "nerf" / "synthetic_000" / "mesh.ply").is_file()
 
     out = sh("dvc", "repro", cwd=repo)
     assert "Running stage" not in out, out
@@ -65,7 +70,7 @@ def test_repro_then_noop_then_only_changed_stage(repo):
     params["refine"]["steps"] = 2
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     out = sh("dvc", "repro", cwd=repo)
-    assert "Running stage 'refine'" in out
+    assert "Running stage 'refine'" in out and "Running stage 'fit_nerf'" in out
     assert not any(f"Running stage '{s}'" in out for s in stages[:3]), out
     assert open_store(repo / "data" / "refined.zarr", "refined").attrs["refine"]["steps"] == 2
 

@@ -1,0 +1,411 @@
+"""The ``fit_nerf`` stage: a memory-efficient NeRF per scene, supervised by colour and (refined) depth.
+
+For each scene with poses: fit on the train views (:func:`fit_scene`), render the test views, score them
+(PSNR / SSIM against the colour, depth errors against the scene's reference depth), and export to
+``paths.nerf/<scene>/``: ``field.safetensors`` + ``config.json``, ``renders/`` (test-view RGB PNGs and
+16-bit millimetre depth PNGs), ``pointcloud.ply`` (coloured, from the rendered test-view depth),
+``mesh.ply`` (marching cubes on the density grid) and ``metrics.json``. Scenes without poses (e.g. NYU
+single frames) are skipped with a message. A per-scene checkpoint in ``paths.nerf_checkpoints`` lets an
+interrupted fit continue; a finished fit is only re-rendered and re-exported.
+
+Memory: rays are drawn from a small pool of frames read from the stores on the fly, full images are
+rendered in ray chunks, the ray batch adapts to keep the number of network evaluations per step near
+``train.target_samples``, and gradient checkpointing / mixed precision are options.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import os
+import shutil
+import time
+import uuid
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import trimesh
+from PIL import Image
+from safetensors.torch import load_file, save_file
+from skimage.measure import marching_cubes
+from tqdm import tqdm
+
+from models.metrics import depth_metrics, psnr, ssim
+from models.nerf.field import NeRFField
+from models.nerf.losses import depth_nll_loss, ds_nerf_loss, patch_edge_loss, rgb_loss
+from models.nerf.occupancy import OccupancyGrid
+from models.nerf.rendering import rays_from_camera, render_rays
+from models.nerf.sampling import ray_aabb_intersect
+from tasks.config import NerfStageConfig, Params
+from tasks.errors import DataError
+from tasks.nerf_data import RaySampler, SceneFrames, open_scene, scene_bounds
+from tasks.store import SceneView, open_store, scene_names
+from tasks.train_diffusion import autocast_dtype, resolve_device
+
+log = logging.getLogger(__name__)
+
+
+# --------------------------------------------------------------------------------------------- rays
+
+
+def batch_rays(frames: SceneFrames, frame: torch.Tensor, pixel: torch.Tensor, device) -> tuple[torch.Tensor, ...]:
+    """World rays for ``(frame, flat pixel)`` pairs: origins, unit directions, z_scale, each ``[n, ...]``."""
+    h, w = frames.shape
+    o = torch.empty(len(frame), 3)
+    d = torch.empty(len(frame), 3)
+    zs = torch.empty(len(frame))
+    for i in torch.unique(frame).tolist():
+        sel = frame == i
+        o[sel], d[sel], zs[sel] = rays_from_camera(frames.K[i], frames.c2w[i], h, w, pixel[sel])
+    return o.to(device), d.to(device), zs.to(device)
+
+
+def near_far(rays_o: torch.Tensor, rays_d: torch.Tensor, aabb: torch.Tensor, near_min: float):
+    t0, t1, _ = ray_aabb_intersect(rays_o, rays_d, aabb)
+    return t0.clamp_min(near_min), t1
+
+
+# --------------------------------------------------------------------------------------------- model
+
+
+@dataclass
+class FitState:
+    step: int = 0
+    n_rays: int = 1024
+    seconds: float = 0.0
+    curve: list[dict] = field(default_factory=list)
+
+
+def make_model(cfg: NerfStageConfig, aabb: torch.Tensor, device) -> tuple[NeRFField, OccupancyGrid]:
+    torch.manual_seed(cfg.seed)
+    field_ = NeRFField(cfg.field, aabb).to(device)
+    grid = OccupancyGrid(aabb, cfg.occupancy.resolution).to(device)
+    return field_, grid
+
+
+def scene_fingerprint(cfg: NerfStageConfig, frames: SceneFrames, paths: list[Path]) -> str:
+    h = hashlib.sha256(json.dumps(cfg.model_dump(mode="json", exclude={"train": {"device"}}), sort_keys=True).encode())
+    h.update(frames.view.name.encode())
+    for p in paths:
+        if p is not None and (Path(p) / "zarr.json").is_file():
+            h.update((Path(p) / "zarr.json").read_bytes())
+    return h.hexdigest()[:16]
+
+
+def _save_tensors(path: Path, tensors: dict[str, torch.Tensor]) -> None:
+    save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, path)
+
+
+def save_checkpoint(folder: Path, fp: str, field_, grid, opt, sched, state: FitState, rng_state, gen) -> None:
+    tmp = folder.with_name(f".{folder.name}.tmp-{uuid.uuid4().hex[:8]}")
+    tmp.mkdir(parents=True)
+    _save_tensors(tmp / "field.safetensors", field_.state_dict())
+    _save_tensors(tmp / "grid.safetensors", grid.state_dict())
+    torch.save({"optimizer": opt.state_dict(), "lr": sched.state_dict(), "torch_rng": gen.get_state()}, tmp / "optim.pt")
+    (tmp / "state.json").write_text(json.dumps({"fingerprint": fp, "sampler_rng": rng_state, **asdict(state)}))
+    if folder.exists():
+        shutil.rmtree(folder)
+    os.replace(tmp, folder)
+
+
+def load_checkpoint(folder: Path, fp: str, field_, grid, opt, sched, gen):
+    path = folder / "state.json"
+    if not path.is_file():
+        return None
+    meta = json.loads(path.read_text())
+    if meta.pop("fingerprint") != fp:
+        log.info("%s: checkpoint is from other params or data; fitting afresh", folder)
+        return None
+    field_.load_state_dict(load_file(folder / "field.safetensors"))
+    grid.load_state_dict(load_file(folder / "grid.safetensors"))
+    other = torch.load(folder / "optim.pt", weights_only=True)
+    opt.load_state_dict(other["optimizer"])
+    sched.load_state_dict(other["lr"])
+    gen.set_state(other["torch_rng"])
+    rng_state = meta.pop("sampler_rng")
+    return FitState(**meta), rng_state
+
+
+# ------------------------------------------------------------------------------------------ training
+
+
+def training_step(
+    field_: NeRFField,
+    grid: OccupancyGrid,
+    frames: SceneFrames,
+    batch: dict[str, torch.Tensor],
+    aabb: torch.Tensor,
+    cfg: NerfStageConfig,
+    device,
+    gen: torch.Generator,
+    amp: torch.dtype | None,
+) -> tuple[torch.Tensor, dict[str, float], int]:
+    """Render a ray batch and compute the loss; returns (loss, logged terms, network evaluations)."""
+    tc = cfg.train
+    rays_o, rays_d, z_scale = batch_rays(frames, batch["frame"], batch["pixel"], device)
+    near, far = near_far(rays_o, rays_d, aabb, tc.near)
+    with torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
+        out = render_rays(
+            field_, rays_o, rays_d, near, far, n_coarse=tc.n_coarse, n_fine=tc.n_fine, occupancy=grid,
+            perturb=True, chunk=max(tc.chunk, len(rays_o)), z_scale=z_scale, generator=gen,
+        )
+    rgb, z_ref, sigma = batch["rgb"].to(device), batch["z"].to(device), batch["sigma"].to(device)
+    terms = {"rgb": rgb_loss(out["rgb"].float(), rgb)}
+    loss = terms["rgb"]
+    if cfg.depth_source != "none":
+        z_pred = out["z_depth"].float()
+        if tc.depth_weight > 0:
+            terms["depth"] = depth_nll_loss(z_pred, z_ref, sigma, tc.sigma_floor)
+            loss = loss + tc.depth_weight * terms["depth"]
+        if tc.edge_weight > 0:
+            terms["edge"] = patch_edge_loss(z_pred, z_ref, tc.patch)
+            loss = loss + tc.edge_weight * terms["edge"]
+        if tc.ds_weight > 0:
+            t_mid = 0.5 * (out["t_starts"] + out["t_ends"])
+            deltas = out["t_ends"] - out["t_starts"]
+            sigma_t = torch.sqrt(sigma**2 + tc.sigma_floor**2) / z_scale
+            terms["ds"] = ds_nerf_loss(out["weights"].float(), t_mid, deltas, z_ref / z_scale, sigma_t)
+            loss = loss + tc.ds_weight * terms["ds"]
+    logged = {k: float(v.detach()) for k, v in terms.items()}
+    logged["psnr"] = -10 * math.log10(max(logged["rgb"], 1e-10))
+    return loss, logged, int(out["n_evaluated"])
+
+
+def fit_scene(
+    frames: SceneFrames,
+    cfg: NerfStageConfig,
+    ckpt_dir: Path,
+    fingerprint: str,
+    progress: bool = True,
+    stop_after: int | None = None,
+    on_step=None,
+) -> tuple[NeRFField, OccupancyGrid, FitState, np.ndarray]:
+    """Fit one scene (resuming from ``ckpt_dir`` when it holds this fingerprint's run).
+
+    Returns the field, its occupancy grid, the fit's state (steps, time, curve) and the scene box.
+    ``on_step(step, field, grid)`` is called after every step (benchmarks use it for time-to-PSNR).
+    """
+    tc = cfg.train
+    device = resolve_device(tc.device)
+    amp = autocast_dtype(tc.amp, device)
+    aabb_np = scene_bounds(frames, cfg.bounds_padding, seed=cfg.seed)
+    aabb = torch.from_numpy(aabb_np).to(device)
+    field_, grid = make_model(cfg, aabb, device)
+    opt = torch.optim.Adam(field_.parameters(), lr=tc.lr, eps=1e-15, weight_decay=tc.weight_decay)
+    gamma = (tc.lr_final / tc.lr) ** (1 / max(tc.steps, 1))
+    sched = torch.optim.lr_scheduler.ExponentialLR(opt, gamma)
+    gen = torch.Generator(device=device).manual_seed(cfg.seed)
+    sampler = RaySampler(frames, tc.patch, tc.pool_frames, tc.pool_refresh, cfg.seed)
+    state = FitState(n_rays=tc.initial_rays)
+    restored = load_checkpoint(ckpt_dir, fingerprint, field_, grid, opt, sched, gen)
+    if restored:
+        state, rng_state = restored
+        sampler.rng.bit_generator.state = rng_state["rng"]
+        sampler.calls = rng_state["calls"]
+        sampler.load_pool(rng_state["pool"])
+        log.info("%s: resuming at step %d", frames.view.name, state.step)
+    ppatch = tc.patch * tc.patch
+    bar = tqdm(total=tc.steps, initial=state.step, desc=f"fit_nerf {frames.view.name}", unit="step", disable=not progress)
+    while state.step < tc.steps:
+        t0 = time.perf_counter()
+        field_.train()
+        if state.step % cfg.occupancy.update_every == 0:
+            oc = cfg.occupancy
+            grid.update(state.step, field_.density, oc.warmup_steps, oc.decay, oc.threshold, oc.n_samples_per_cell,
+                        n_cells=oc.n_cells, generator=gen)
+        batch = sampler.sample(state.n_rays)
+        loss, logged, n_eval = training_step(field_, grid, frames, batch, aabb, cfg, device, gen, amp)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(field_.parameters(), tc.grad_clip)
+        opt.step()
+        sched.step()
+        state.step += 1
+        # adapt the ray batch so that network evaluations per step stay near the target
+        per_ray = max(n_eval / len(batch["pixel"]), 1.0)
+        want = int(tc.target_samples / per_ray) // ppatch * ppatch
+        state.n_rays = int(np.clip(want, tc.min_rays, tc.max_rays))
+        state.seconds += time.perf_counter() - t0
+        logged.update(step=state.step, rays=len(batch["pixel"]), samples_per_ray=per_ray,
+                      occupied=grid.occupied_fraction, seconds=state.seconds)
+        state.curve.append(logged)
+        bar.update(1)
+        bar.set_postfix(psnr=f"{logged['psnr']:.1f}", spr=f"{per_ray:.0f}")
+        if on_step is not None:
+            on_step(state.step, field_, grid)
+        if state.step % tc.checkpoint_every == 0 or state.step == tc.steps:
+            rng_state = {"rng": sampler.rng.bit_generator.state, "calls": sampler.calls, "pool": sampler.pool_ids}
+            save_checkpoint(ckpt_dir, fingerprint, field_, grid, opt, sched, state, rng_state, gen)
+            if stop_after is not None and state.step >= stop_after:
+                raise KeyboardInterrupt(f"stopped after step {state.step}")
+    bar.close()
+    return field_, grid, state, aabb_np
+
+
+# ----------------------------------------------------------------------------------------- rendering
+
+
+@torch.no_grad()
+def render_view(field_, grid, frames: SceneFrames, i: int, aabb: torch.Tensor, cfg: NerfStageConfig, device):
+    """Render frame ``i``'s camera: ``rgb [H, W, 3]`` in [0, 1], ``z [H, W]`` metres, ``opacity [H, W]``."""
+    h, w = frames.shape
+    field_.eval()
+    rgb, z, acc = [], [], []
+    for start in range(0, h * w, cfg.train.chunk):
+        pix = torch.arange(start, min(start + cfg.train.chunk, h * w))
+        o, d, zs = rays_from_camera(frames.K[i], frames.c2w[i], h, w, pix)
+        o, d, zs = o.to(device), d.to(device), zs.to(device)
+        near, far = near_far(o, d, aabb, cfg.train.near)
+        out = render_rays(field_, o, d, near, far, n_coarse=cfg.train.n_coarse, n_fine=cfg.train.n_fine,
+                          occupancy=grid, perturb=False, chunk=cfg.train.chunk, z_scale=zs)
+        rgb.append(out["rgb"].float().cpu())
+        z.append(out["z_depth"].float().cpu())
+        acc.append(out["opacity"].float().cpu())
+    return (
+        torch.cat(rgb).reshape(h, w, 3).clamp(0, 1).numpy(),
+        torch.cat(z).reshape(h, w).numpy(),
+        torch.cat(acc).reshape(h, w).numpy(),
+    )
+
+
+def evaluate_views(field_, grid, frames: SceneFrames, views: list[int], aabb, cfg, device) -> tuple[dict, list]:
+    """Render ``views`` and score them: colour PSNR / SSIM, depth errors against the scene's depth."""
+    rows, renders = [], []
+    for i in views:
+        rgb, z, acc = render_view(field_, grid, frames, i, aabb, cfg, device)
+        gt_rgb = frames.view.group["rgb"][i] / 255.0
+        gt_z = frames.view.group["depth"][i]
+        row = {"psnr": psnr(rgb, gt_rgb), "ssim": ssim(rgb, gt_rgb)}
+        row.update({f"depth_{k}": v for k, v in depth_metrics(z, gt_z).items() if k in ("rmse", "mae", "abs_rel", "delta1")})
+        rows.append(row)
+        renders.append((i, rgb, z, acc))
+    keys = rows[0].keys() if rows else []
+    return {k: float(np.mean([r[k] for r in rows])) for k in keys}, renders
+
+
+# ------------------------------------------------------------------------------------------- exports
+
+
+def write_renders(folder: Path, frames: SceneFrames, renders: list) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    for i, rgb, z, _ in renders:
+        fid = frames.view.frame_ids[i]
+        Image.fromarray((rgb * 255 + 0.5).astype(np.uint8)).save(folder / f"{fid}_rgb.png")
+        Image.fromarray(np.clip(z * 1000 + 0.5, 0, 65535).astype(np.uint16)).save(folder / f"{fid}_depth.png")
+
+
+def point_cloud(frames: SceneFrames, renders: list, min_opacity: float = 0.5) -> trimesh.PointCloud:
+    """World points (and colours) of the rendered depth of each render, where the rendering is opaque."""
+    pts, cols = [], []
+    for i, rgb, z, acc in renders:
+        K, c2w = frames.K[i], frames.c2w[i]
+        v, u = np.nonzero((acc > min_opacity) & (z > 0))
+        zz = z[v, u]
+        cam = np.stack([(u - K[0, 2]) / K[0, 0] * zz, (v - K[1, 2]) / K[1, 1] * zz, zz], -1)
+        pts.append(cam @ c2w[:3, :3].T + c2w[:3, 3])
+        cols.append((rgb[v, u] * 255).astype(np.uint8))
+    if not pts:
+        return trimesh.PointCloud(np.zeros((0, 3)))
+    return trimesh.PointCloud(np.concatenate(pts), colors=np.concatenate(cols))
+
+
+@torch.no_grad()
+def density_mesh(field_: NeRFField, aabb: np.ndarray, resolution: int, level: float | None, device) -> trimesh.Trimesh:
+    """Marching cubes (scikit-image) on the density sampled on a ``resolution^3`` grid over the scene box.
+
+    ``level`` defaults to the density at which one grid cell is half opaque: ``ln 2 / cell size``.
+    """
+    lo, hi = aabb
+    axes = [np.linspace(lo[k], hi[k], resolution, dtype=np.float32) for k in range(3)]
+    grid_pts = np.stack(np.meshgrid(*axes, indexing="ij"), -1).reshape(-1, 3)
+    field_.eval()
+    dens = torch.cat([
+        field_.density(torch.from_numpy(grid_pts[s : s + 2**18]).to(device)).float().cpu()
+        for s in range(0, len(grid_pts), 2**18)
+    ]).reshape(resolution, resolution, resolution).numpy()
+    spacing = (hi - lo) / (resolution - 1)
+    if level is None:
+        level = float(np.log(2) / spacing.mean())
+    if not (dens.min() < level < dens.max()):
+        log.warning("density never crosses the mesh level %.3g; the mesh is empty", level)
+        return trimesh.Trimesh()
+    verts, faces, normals, _ = marching_cubes(dens, level=level, spacing=tuple(spacing.tolist()))
+    verts = verts + lo
+    v_t = torch.from_numpy(verts.astype(np.float32)).to(device)
+    n_t = torch.from_numpy(normals.astype(np.float32)).to(device)
+    n_t = torch.nn.functional.normalize(n_t, dim=-1)
+    colors = torch.cat([field_(v_t[s : s + 2**16], -n_t[s : s + 2**16])[0].float().cpu() for s in range(0, len(v_t), 2**16)])
+    return trimesh.Trimesh(verts, faces, vertex_colors=(colors.clamp(0, 1).numpy() * 255).astype(np.uint8), process=False)
+
+
+def export_scene(folder: Path, field_, grid, frames, aabb_np, cfg: NerfStageConfig, state: FitState, device) -> dict:
+    """Render, score and export one fitted scene into ``folder`` (written under a temporary name)."""
+    tmp = folder.with_name(f".{folder.name}.tmp-{uuid.uuid4().hex[:8]}")
+    tmp.mkdir(parents=True)
+    aabb = torch.from_numpy(aabb_np).to(device)
+    views = frames.test or frames.train[:1]
+    scores, renders = evaluate_views(field_, grid, frames, views, aabb, cfg, device)
+    write_renders(tmp / "renders", frames, renders)
+    point_cloud(frames, renders).export(tmp / "pointcloud.ply")
+    density_mesh(field_, aabb_np, cfg.export.mesh_resolution, cfg.export.mesh_level, device).export(tmp / "mesh.ply")
+    _save_tensors(tmp / "field.safetensors", field_.state_dict())
+    (tmp / "config.json").write_text(json.dumps({"nerf": cfg.model_dump(mode="json"), "aabb": aabb_np.tolist()}, indent=2))
+    evals = [r for r in state.curve]
+    metrics = {
+        "scene": frames.view.name,
+        "depth_source": cfg.depth_source,
+        "test_views": len(frames.test),
+        "train_views": len(frames.train),
+        **{f"test_{k}": v for k, v in scores.items()},
+        "steps": state.step,
+        "train_seconds": round(state.seconds, 2),
+        "final_train_psnr": float(np.mean([r["psnr"] for r in evals[-20:]])) if evals else float("nan"),
+        "samples_per_ray": float(np.mean([r["samples_per_ray"] for r in evals[-20:]])) if evals else float("nan"),
+        "occupied_fraction": grid.occupied_fraction,
+    }
+    (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    if folder.exists():
+        shutil.rmtree(folder)
+    os.replace(tmp, folder)
+    return metrics
+
+
+# --------------------------------------------------------------------------------------------- stage
+
+
+def run_fit_nerf(params: Params, progress: bool = True) -> Path:
+    """The ``fit_nerf`` stage over every scene with poses; writes ``paths.nerf`` and ``paths.nerf_metrics``."""
+    cfg = params.nerf
+    out_root, ckpt_root = Path(params.paths.nerf), Path(params.paths.nerf_checkpoints)
+    scenes = open_store(params.paths.scenes, "scenes")
+    names = cfg.scenes or scene_names(scenes)
+    results, skipped = {}, {}
+    device = resolve_device(cfg.train.device)
+    for name in names:
+        if name not in scenes:
+            raise DataError(params.paths.scenes, f"scene {name!r} (nerf.scenes) is not in the store")
+        view = SceneView(scenes[name])
+        if not np.any(np.all(np.isfinite(view.group["c2w"][:].reshape(view.n_frames, -1)), axis=1)):
+            msg = "no camera poses (e.g. NYU single frames): a NeRF needs posed views; skipped"
+            log.warning("%s: %s", name, msg)
+            skipped[name] = msg
+            continue
+        frames = open_scene(params.paths.scenes, name, cfg.depth_source, params.paths.noisy, params.paths.refined)
+        fp = scene_fingerprint(cfg, frames, [params.paths.scenes, params.paths.noisy, params.paths.refined])
+        field_, grid, state, aabb = fit_scene(frames, cfg, ckpt_root / name, fp, progress)
+        results[name] = export_scene(out_root / name, field_, grid, frames, aabb, cfg, state, device)
+        log.info("%s: test PSNR %.2f dB, depth RMSE %.3f m", name, results[name]["test_psnr"], results[name]["test_depth_rmse"])
+    summary = {"scenes": results, "skipped": skipped}
+    if results:
+        for key in ("test_psnr", "test_ssim", "test_depth_rmse", "train_seconds"):
+            summary[f"mean_{key}"] = float(np.mean([r[key] for r in results.values()]))
+    out = Path(params.paths.nerf_metrics)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp")
+    tmp.write_text(json.dumps(summary, indent=2))
+    os.replace(tmp, out)
+    return out_root

@@ -1,0 +1,111 @@
+"""The fit_nerf stage on a tiny synthetic scene: learning, exact resume, exports, skipped and bad scenes."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+import trimesh
+import zarr
+from safetensors.torch import load_file
+
+from tasks.config import load_params
+from tasks.download import run_download
+from tasks.errors import DataError
+from tasks.fit_nerf import evaluate_views, fit_scene, make_model, run_fit_nerf, scene_fingerprint
+from tasks.nerf_data import open_scene, scene_bounds
+from tasks.store import SceneWriter, StoreBuilder
+
+FAST = [
+    "data.synthetic.n_scenes=1", "data.synthetic.n_frames=8", "data.test_every=4",
+    "nerf.depth_source=gt", "nerf.train.target_samples=4096", "nerf.train.n_coarse=24", "nerf.train.n_fine=8",
+    "nerf.occupancy.warmup_steps=16", "nerf.occupancy.resolution=32", "nerf.occupancy.n_cells=2048",
+    "nerf.export.mesh_resolution=32", "nerf.train.checkpoint_every=20", "nerf.train.lr=0.02",
+]
+
+
+@pytest.fixture
+def scene(tiny_overrides, tmp_path):
+    overrides = tiny_overrides + FAST + [
+        f"paths.nerf={tmp_path / 'nerf'}", f"paths.nerf_checkpoints={tmp_path / 'ck'}",
+        f"paths.nerf_metrics={tmp_path / 'metrics' / 'nerf.json'}",
+    ]
+    params = load_params(None, overrides)
+    run_download(params, progress=False)
+    return overrides
+
+
+def test_short_fit_raises_test_psnr_and_exports(scene, tmp_path):
+    params = load_params(None, scene + ["nerf.train.steps=120"])
+    frames = open_scene(params.paths.scenes, "synthetic_000", "gt", None, None)
+    aabb_np = scene_bounds(frames)
+    untrained = make_model(params.nerf, torch.from_numpy(aabb_np), torch.device("cpu"))
+    before, _ = evaluate_views(*untrained, frames, frames.test, torch.from_numpy(aabb_np), params.nerf, "cpu")
+    run_fit_nerf(params, progress=False)
+    out = tmp_path / "nerf" / "synthetic_000"
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["test_psnr"] > before["psnr"] + 1.5, (before, m)
+    assert m["test_depth_rmse"] < 0.5 * before["depth_rmse"], (before, m)
+    assert m["train_views"] == 6 and m["test_views"] == 2
+    summary = json.loads((tmp_path / "metrics" / "nerf.json").read_text())
+    assert summary["mean_test_psnr"] == pytest.approx(m["test_psnr"])
+    for fid in ("000003", "000007"):
+        assert (out / "renders" / f"{fid}_rgb.png").is_file() and (out / "renders" / f"{fid}_depth.png").is_file()
+    cloud = trimesh.load(out / "pointcloud.ply")
+    assert len(cloud.vertices) > 100
+    lo, hi = np.array(json.loads((out / "config.json").read_text())["aabb"])
+    assert np.all(cloud.vertices >= lo - 1e-3) and np.all(cloud.vertices <= hi + 1e-3)
+    assert (out / "mesh.ply").is_file()
+    assert "encoding.tables" in "".join(load_file(out / "field.safetensors").keys())
+
+
+def test_interrupted_fit_resumes_to_the_same_field(scene, tmp_path):
+    params = load_params(None, scene + ["nerf.train.steps=40", "nerf.train.checkpoint_every=15"])
+    frames = open_scene(params.paths.scenes, "synthetic_000", "gt", None, None)
+    fp = scene_fingerprint(params.nerf, frames, [params.paths.scenes])
+    straight, *_ = fit_scene(frames, params.nerf, tmp_path / "a", fp, progress=False)
+    with pytest.raises(KeyboardInterrupt):
+        fit_scene(frames, params.nerf, tmp_path / "b", fp, progress=False, stop_after=15)
+    resumed, _, state, _ = fit_scene(frames, params.nerf, tmp_path / "b", fp, progress=False)
+    assert state.step == 40
+    for (k, a), (_, b) in zip(straight.state_dict().items(), resumed.state_dict().items()):
+        torch.testing.assert_close(a, b, rtol=0, atol=0, msg=k)
+
+
+def _posed_store(path, poses):
+    n = len(poses)
+    with StoreBuilder(path, "scenes") as root:
+        w = SceneWriter(root, "s", n_frames=n, height=8, width=8, source="unit", depth_kind="sensor",
+                        has_sensor_depth=False)
+        from tasks.datasets.base import Frame
+
+        for i, c2w in enumerate(poses):
+            w.write(i, Frame(f"{i}", np.zeros((8, 8, 3), np.uint8), np.full((8, 8), 2.0, np.float32),
+                             np.array([[8.0, 0, 4], [0, 8, 4], [0, 0, 1]]), c2w))
+        w.close(["train"] * n)
+
+
+def test_scenes_without_poses_are_skipped_with_a_message(tmp_path):
+    _posed_store(tmp_path / "s.zarr", [np.full((4, 4), np.nan)] * 2)
+    params = load_params(None, [f"paths.scenes={tmp_path / 's.zarr'}", f"paths.nerf={tmp_path / 'nerf'}",
+                                f"paths.nerf_metrics={tmp_path / 'm.json'}", "nerf.depth_source=none"])
+    run_fit_nerf(params, progress=False)
+    summary = json.loads((tmp_path / "m.json").read_text())
+    assert summary["scenes"] == {} and "no camera poses" in summary["skipped"]["s"]
+
+
+def test_bad_cameras_and_depth_source_name_the_problem(tmp_path):
+    bad = np.eye(4)
+    bad[0, 3] = np.inf
+    _posed_store(tmp_path / "s.zarr", [np.eye(4), bad])
+    with pytest.raises(DataError, match=r"s\[1\] \(1\): pose is not finite"):
+        open_scene(tmp_path / "s.zarr", "s", "none", None, None)
+    _posed_store(tmp_path / "t.zarr", [np.eye(4), np.eye(4)])
+    with pytest.raises(DataError, match="depth_source=gt needs a reference"):
+        open_scene(tmp_path / "t.zarr", "s", "gt", None, None)
+    g = zarr.open_group(str(tmp_path / "t.zarr"), mode="r+")
+    g["s"]["K"][1] = np.zeros((3, 3))
+    with pytest.raises(DataError, match="degenerate intrinsics"):
+        open_scene(tmp_path / "t.zarr", "s", "none", None, None)
