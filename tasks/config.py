@@ -166,7 +166,7 @@ class RefineConfig(StrictConfig):
     steps: int = Field(4, ge=1, le=1000, description="DDIM steps per sample")
     samples: int = Field(2, ge=1, description="samples per frame; their spread is depth_std")
     seed: int = 0
-    tile: int = Field(256, ge=16, description="frames larger than this are refined in overlapping tiles")
+    tile: int = Field(640, ge=16, description="frames larger than this are refined in overlapping tiles")
     overlap: int = Field(32, ge=0)
     device: Device = "auto"
     baselines: BaselineConfig = BaselineConfig()

@@ -19,10 +19,7 @@ import hashlib
 import json
 import logging
 import math
-import os
-import shutil
 import time
-import uuid
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -30,7 +27,6 @@ import numpy as np
 import torch
 import trimesh
 from PIL import Image
-from safetensors.torch import load_file, save_file
 from skimage.measure import marching_cubes
 from tqdm import tqdm
 
@@ -42,6 +38,7 @@ from models.nerf.rendering import rays_from_camera, render_rays
 from models.nerf.sampling import ray_aabb_intersect
 from tasks.config import NerfStageConfig, Params
 from tasks.errors import DataError
+from tasks.files import atomic_dir, load_checkpoint, save_checkpoint, save_tensors, write_text_atomic
 from tasks.nerf_data import RaySampler, SceneFrames, open_scene, scene_bounds
 from tasks.store import SceneView, open_store, scene_names
 from tasks.train_diffusion import autocast_dtype, resolve_device
@@ -96,38 +93,24 @@ def scene_fingerprint(cfg: NerfStageConfig, frames: SceneFrames, paths: list[Pat
     return h.hexdigest()[:16]
 
 
-def _save_tensors(path: Path, tensors: dict[str, torch.Tensor]) -> None:
-    save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, path)
+def save_fit(folder: Path, fp: str, field_, grid, opt, sched, state: FitState, sampler_state: dict, gen) -> None:
+    torch_state = {"optimizer": opt.state_dict(), "lr": sched.state_dict(), "torch_rng": gen.get_state()}
+    save_checkpoint(folder, fp, {"field": field_.state_dict(), "grid": grid.state_dict()}, torch_state,
+                    {"sampler": sampler_state, **asdict(state)})
 
 
-def save_checkpoint(folder: Path, fp: str, field_, grid, opt, sched, state: FitState, rng_state, gen) -> None:
-    tmp = folder.with_name(f".{folder.name}.tmp-{uuid.uuid4().hex[:8]}")
-    tmp.mkdir(parents=True)
-    _save_tensors(tmp / "field.safetensors", field_.state_dict())
-    _save_tensors(tmp / "grid.safetensors", grid.state_dict())
-    torch.save({"optimizer": opt.state_dict(), "lr": sched.state_dict(), "torch_rng": gen.get_state()}, tmp / "optim.pt")
-    (tmp / "state.json").write_text(json.dumps({"fingerprint": fp, "sampler_rng": rng_state, **asdict(state)}))
-    if folder.exists():
-        shutil.rmtree(folder)
-    os.replace(tmp, folder)
-
-
-def load_checkpoint(folder: Path, fp: str, field_, grid, opt, sched, gen):
-    path = folder / "state.json"
-    if not path.is_file():
+def restore_fit(folder: Path, fp: str, field_, grid, opt, sched, gen) -> tuple[FitState, dict] | None:
+    ckpt = load_checkpoint(folder, fp)
+    if ckpt is None:
         return None
-    meta = json.loads(path.read_text())
-    if meta.pop("fingerprint") != fp:
-        log.info("%s: checkpoint is from other params or data; fitting afresh", folder)
-        return None
-    field_.load_state_dict(load_file(folder / "field.safetensors"))
-    grid.load_state_dict(load_file(folder / "grid.safetensors"))
-    other = torch.load(folder / "optim.pt", weights_only=True)
-    opt.load_state_dict(other["optimizer"])
-    sched.load_state_dict(other["lr"])
-    gen.set_state(other["torch_rng"])
-    rng_state = meta.pop("sampler_rng")
-    return FitState(**meta), rng_state
+    field_.load_state_dict(ckpt.tensors["field"])
+    grid.load_state_dict(ckpt.tensors["grid"])
+    opt.load_state_dict(ckpt.torch_state["optimizer"])
+    sched.load_state_dict(ckpt.torch_state["lr"])
+    gen.set_state(ckpt.torch_state["torch_rng"])
+    state = dict(ckpt.state)
+    sampler_state = state.pop("sampler")
+    return FitState(**state), sampler_state
 
 
 # ------------------------------------------------------------------------------------------ training
@@ -201,7 +184,7 @@ def fit_scene(
     gen = torch.Generator(device=device).manual_seed(cfg.seed)
     sampler = RaySampler(frames, tc.patch, tc.pool_frames, tc.pool_refresh, cfg.seed)
     state = FitState(n_rays=tc.initial_rays)
-    restored = load_checkpoint(ckpt_dir, fingerprint, field_, grid, opt, sched, gen)
+    restored = restore_fit(ckpt_dir, fingerprint, field_, grid, opt, sched, gen)
     if restored:
         state, rng_state = restored
         sampler.rng.bit_generator.state = rng_state["rng"]
@@ -239,7 +222,7 @@ def fit_scene(
             on_step(state.step, field_, grid)
         if state.step % tc.checkpoint_every == 0 or state.step == tc.steps:
             rng_state = {"rng": sampler.rng.bit_generator.state, "calls": sampler.calls, "pool": sampler.pool_ids}
-            save_checkpoint(ckpt_dir, fingerprint, field_, grid, opt, sched, state, rng_state, gen)
+            save_fit(ckpt_dir, fingerprint, field_, grid, opt, sched, state, rng_state, gen)
             if stop_after is not None and state.step >= stop_after:
                 raise KeyboardInterrupt(f"stopped after step {state.step}")
     bar.close()
@@ -344,15 +327,18 @@ def density_mesh(field_: NeRFField, aabb: np.ndarray, resolution: int, level: fl
 
 def export_scene(folder: Path, field_, grid, frames, aabb_np, cfg: NerfStageConfig, state: FitState, device) -> dict:
     """Render, score and export one fitted scene into ``folder`` (written under a temporary name)."""
-    tmp = folder.with_name(f".{folder.name}.tmp-{uuid.uuid4().hex[:8]}")
-    tmp.mkdir(parents=True)
+    with atomic_dir(folder) as tmp:
+        return _export_into(tmp, field_, grid, frames, aabb_np, cfg, state, device)
+
+
+def _export_into(tmp: Path, field_, grid, frames, aabb_np, cfg: NerfStageConfig, state: FitState, device) -> dict:
     aabb = torch.from_numpy(aabb_np).to(device)
     views = frames.test or frames.train[:1]
     scores, renders = evaluate_views(field_, grid, frames, views, aabb, cfg, device)
     write_renders(tmp / "renders", frames, renders)
     point_cloud(frames, renders).export(tmp / "pointcloud.ply")
     density_mesh(field_, aabb_np, cfg.export.mesh_resolution, cfg.export.mesh_level, device).export(tmp / "mesh.ply")
-    _save_tensors(tmp / "field.safetensors", field_.state_dict())
+    save_tensors(tmp / "field.safetensors", field_.state_dict())
     (tmp / "config.json").write_text(json.dumps({"nerf": cfg.model_dump(mode="json"), "aabb": aabb_np.tolist()}, indent=2))
     evals = [r for r in state.curve]
     metrics = {
@@ -368,9 +354,6 @@ def export_scene(folder: Path, field_, grid, frames, aabb_np, cfg: NerfStageConf
         "occupied_fraction": grid.occupied_fraction,
     }
     (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2))
-    if folder.exists():
-        shutil.rmtree(folder)
-    os.replace(tmp, folder)
     return metrics
 
 
@@ -403,9 +386,5 @@ def run_fit_nerf(params: Params, progress: bool = True) -> Path:
     if results:
         for key in ("test_psnr", "test_ssim", "test_depth_rmse", "train_seconds"):
             summary[f"mean_{key}"] = float(np.mean([r[key] for r in results.values()]))
-    out = Path(params.paths.nerf_metrics)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp")
-    tmp.write_text(json.dumps(summary, indent=2))
-    os.replace(tmp, out)
+    write_text_atomic(params.paths.nerf_metrics, json.dumps(summary, indent=2))
     return out_root

@@ -25,9 +25,7 @@ existing store is replaced only by a complete one.
 
 from __future__ import annotations
 
-import os
 import shutil
-import uuid
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -39,6 +37,7 @@ import zarr
 
 from tasks.datasets.base import Frame, Split
 from tasks.errors import DataError
+from tasks.files import replace_dir, temporary_sibling
 
 SCHEMA_VERSION = 1
 StoreKind = Literal["scenes", "noisy", "refined"]
@@ -54,21 +53,6 @@ def consolidate(path: str | Path) -> None:
         # zarr warns that consolidated metadata is not (yet) in the v3 spec; we rely on zarr-python's.
         warnings.filterwarnings("ignore", message="Consolidated metadata", category=UserWarning)
         zarr.consolidate_metadata(str(path))
-
-
-def _replace_dir(src: Path, dest: Path) -> None:
-    """Move the finished directory ``src`` to ``dest``, replacing an existing ``dest``.
-
-    Directories cannot be renamed over each other atomically, so the old one is first renamed aside;
-    at no point is a partial store visible under ``dest``.
-    """
-    old = None
-    if dest.exists():
-        old = dest.with_name(f".{dest.name}.old-{uuid.uuid4().hex[:8]}")
-        os.replace(dest, old)
-    os.replace(src, dest)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
 
 
 class StoreBuilder:
@@ -87,7 +71,7 @@ class StoreBuilder:
         self.path = Path(path)
         self.kind = kind
         self.attrs = dict(attrs or {})
-        self.tmp = self.path.with_name(f".{self.path.name}.tmp-{uuid.uuid4().hex[:8]}")
+        self.tmp = temporary_sibling(self.path)
         self.root: zarr.Group | None = None
 
     def __enter__(self) -> zarr.Group:
@@ -106,7 +90,7 @@ class StoreBuilder:
 
     def finish(self) -> Path:
         consolidate(self.tmp)
-        _replace_dir(self.tmp, self.path)
+        replace_dir(self.tmp, self.path)
         return self.path
 
 

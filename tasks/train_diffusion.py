@@ -18,19 +18,18 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import io
 import json
 import logging
 import math
-import os
 import shutil
 import time
-import uuid
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm import tqdm
 
@@ -51,6 +50,7 @@ from models.diffusion.unet import DepthUNet, UNetConfig
 from tasks.config import DiffusionStageConfig, Params
 from tasks.diffusion_data import FramePairs, collate, random_crop
 from tasks.errors import DataError
+from tasks.files import atomic_dir, load_checkpoint, save_checkpoint, save_tensors, write_text_atomic
 
 log = logging.getLogger(__name__)
 
@@ -78,19 +78,16 @@ def autocast_dtype(amp: str, device: torch.device) -> torch.dtype | None:
 
 
 def save_model(folder: Path, model: torch.nn.Module, unet: UNetConfig, schedule: DiffusionConfig, meta: dict) -> None:
-    """Write weights + config into ``folder`` atomically (a temporary folder renamed into place)."""
-    tmp = folder.with_name(f".{folder.name}.tmp-{uuid.uuid4().hex[:8]}")
-    tmp.mkdir(parents=True)
-    save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, tmp / WEIGHTS)
-    (tmp / CONFIG).write_text(
-        json.dumps({"unet": unet.model_dump(mode="json"), "schedule": schedule.model_dump(mode="json"), **meta}, indent=2)
-    )
-    if folder.exists():
-        for p in folder.iterdir():  # keep other files (curve, metrics) that live beside the weights
-            if not (tmp / p.name).exists():
-                os.replace(p, tmp / p.name)
-        shutil.rmtree(folder)
-    os.replace(tmp, folder)
+    """Write weights + config into ``folder`` atomically; other files already there (curve, metrics) stay."""
+    folder = Path(folder)
+    with atomic_dir(folder) as tmp:
+        save_tensors(tmp / WEIGHTS, model.state_dict())
+        config = {"unet": unet.model_dump(mode="json"), "schedule": schedule.model_dump(mode="json"), **meta}
+        (tmp / CONFIG).write_text(json.dumps(config, indent=2))
+        if folder.exists():
+            for p in folder.iterdir():
+                if not (tmp / p.name).exists():
+                    shutil.copy2(p, tmp / p.name)
 
 
 def load_model(folder: str | Path, device: torch.device | str = "cpu") -> tuple[DepthUNet, DiffusionConfig]:
@@ -197,40 +194,25 @@ def fingerprint(cfg: DiffusionStageConfig, pairs: list[tuple[Path, Path]]) -> st
     return h.hexdigest()[:16]
 
 
-def save_checkpoint(folder: Path, fp: str, model, ema, best, opt, lr_sched, gen: torch.Generator, state: TrainState):
-    tmp = folder.with_name(f".{folder.name}.tmp-{uuid.uuid4().hex[:8]}")
-    tmp.mkdir(parents=True)
-    save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, tmp / "model.safetensors")
-    save_file({k: v.detach().cpu().contiguous() for k, v in ema.state_dict().items()}, tmp / "ema.safetensors")
+def save_run(folder: Path, fp: str, model, ema, best, opt, lr_sched, gen: torch.Generator, state: TrainState) -> None:
+    tensors = {"model": model.state_dict(), "ema": ema.state_dict()}
     if best is not None:
-        save_file(best, tmp / "best.safetensors")
-    torch.save(
-        {"optimizer": opt.state_dict(), "lr_scheduler": lr_sched.state_dict(), "torch_rng": gen.get_state()},
-        tmp / "optim.pt",
-    )
-    (tmp / "state.json").write_text(json.dumps({"fingerprint": fp, **asdict(state)}))
-    if folder.exists():
-        shutil.rmtree(folder)
-    os.replace(tmp, folder)
+        tensors["best"] = best
+    torch_state = {"optimizer": opt.state_dict(), "lr_scheduler": lr_sched.state_dict(), "torch_rng": gen.get_state()}
+    save_checkpoint(folder, fp, tensors, torch_state, asdict(state))
 
 
-def load_checkpoint(folder: Path, fp: str, model, ema, opt, lr_sched, gen: torch.Generator):
+def restore_run(folder: Path, fp: str, model, ema, opt, lr_sched, gen: torch.Generator):
     """Restore a run from ``folder`` if it belongs to this fingerprint; returns (state, best) or None."""
-    state_path = folder / "state.json"
-    if not state_path.is_file():
+    ckpt = load_checkpoint(folder, fp)
+    if ckpt is None:
         return None
-    meta = json.loads(state_path.read_text())
-    if meta.pop("fingerprint") != fp:
-        log.info("checkpoint in %s is from other params or data; starting afresh", folder)
-        return None
-    model.load_state_dict(load_file(folder / "model.safetensors"))
-    ema.load_state_dict(load_file(folder / "ema.safetensors"))
-    best = load_file(folder / "best.safetensors") if (folder / "best.safetensors").is_file() else None
-    other = torch.load(folder / "optim.pt", weights_only=True)
-    opt.load_state_dict(other["optimizer"])
-    lr_sched.load_state_dict(other["lr_scheduler"])
-    gen.set_state(other["torch_rng"])
-    return TrainState(**meta), best
+    model.load_state_dict(ckpt.tensors["model"])
+    ema.load_state_dict(ckpt.tensors["ema"])
+    opt.load_state_dict(ckpt.torch_state["optimizer"])
+    lr_sched.load_state_dict(ckpt.torch_state["lr_scheduler"])
+    gen.set_state(ckpt.torch_state["torch_rng"])
+    return TrainState(**ckpt.state), ckpt.tensors.get("best")
 
 
 # -------------------------------------------------------------------------------------------- train
@@ -286,7 +268,7 @@ def train_diffusion(params: Params, progress: bool = True, stop_after: int | Non
     alphas_cumprod = make_scheduler(cfg.schedule).alphas_cumprod.to(device)
 
     fp = fingerprint(cfg, pairs)
-    restored = load_checkpoint(ckpt_dir, fp, model, ema, opt, lr_sched, gen)
+    restored = restore_run(ckpt_dir, fp, model, ema, opt, lr_sched, gen)
     state, best = restored if restored else (TrainState(), None)
     if restored:
         rng.bit_generator.state = state.np_rng
@@ -330,7 +312,7 @@ def train_diffusion(params: Params, progress: bool = True, stop_after: int | Non
         bar.set_postfix(loss=f"{row['total']:.4f}", val=f"{state.best_val:.4f}")
         if state.step % tc.checkpoint_every == 0 or state.stopped_early or state.step == tc.max_steps:
             state.np_rng = rng.bit_generator.state
-            save_checkpoint(ckpt_dir, fp, model, ema, best, opt, lr_sched, gen, state)
+            save_run(ckpt_dir, fp, model, ema, best, opt, lr_sched, gen, state)
             if stop_after is not None and state.step >= stop_after:
                 raise KeyboardInterrupt(f"stopped after step {state.step}")
     bar.close()
@@ -354,14 +336,12 @@ def write_outputs(out_dir: Path, model: DepthUNet, cfg: DiffusionStageConfig, st
     }
     save_model(out_dir, model, cfg.unet, cfg.schedule, {"trained": metrics})
     fields = ["step", "total", "mse", "edge", "ssim", "normal", "val_loss", "lr", "grad_norm"]
-    tmp = out_dir / ".curve.csv.tmp"
-    with tmp.open("w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
-        w.writeheader()
-        w.writerows(state.curve)
-    os.replace(tmp, out_dir / "curve.csv")
-    (out_dir / ".metrics.json.tmp").write_text(json.dumps(metrics, indent=2))
-    os.replace(out_dir / ".metrics.json.tmp", out_dir / "metrics.json")
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=fields, extrasaction="ignore")
+    w.writeheader()
+    w.writerows(state.curve)
+    write_text_atomic(out_dir / "curve.csv", buf.getvalue())
+    write_text_atomic(out_dir / "metrics.json", json.dumps(metrics, indent=2))
     log.info("trained %d steps (%.1f crops/s), best validation loss %.4f", state.step, metrics["crops_per_second"], state.best_val)
 
 
