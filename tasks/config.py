@@ -117,7 +117,7 @@ class DiffusionTrainConfig(StrictConfig):
 
     crop: int = Field(64, ge=8, description="square training crop size in pixels")
     batch_size: int = Field(8, ge=1)
-    max_steps: int = Field(400, ge=1)
+    max_steps: int = Field(800, ge=1)
     lr: float = Field(2e-3, gt=0, description="peak learning rate of the OneCycle schedule")
     warmup_frac: float = Field(0.1, gt=0, lt=1, description="fraction of max_steps spent warming up")
     weight_decay: float = Field(1e-4, ge=0)
@@ -163,7 +163,7 @@ class RefineConfig(StrictConfig):
     """The ``refine`` stage: which refiner, and how the diffusion model is sampled."""
 
     method: Literal["diffusion", "inpaint", "bilateral", "joint_bilateral", "guided"] = "diffusion"
-    steps: int = Field(4, ge=1, le=1000, description="DDIM steps per sample")
+    steps: int = Field(2, ge=1, le=1000, description="DDIM steps per sample")
     samples: int = Field(2, ge=1, description="samples per frame; their spread is depth_std")
     seed: int = 0
     tile: int = Field(640, ge=16, description="frames larger than this are refined in overlapping tiles")

@@ -79,7 +79,7 @@ def test_diffusion_refine_resumes_without_touching_finished_frames(setup, tmp_pa
     assert np.all(std >= 0) and np.any(std > 0), "two samples with different noise spread"
 
     # another model (a different fingerprint) starts afresh rather than mixing results
-    run_refine(load_params(None, setup + ["refine.steps=2"]), progress=False)
+    run_refine(load_params(None, setup + ["refine.steps=3"]), progress=False)
     assert open_store(tmp_path / "refined.zarr", "refined")["synthetic_000"]["done"][:].all()
     assert not np.array_equal(open_store(tmp_path / "refined.zarr", "refined")["synthetic_000"]["depth_refined"][:3], first3)
 
