@@ -228,7 +228,9 @@ class NerfStageConfig(StrictConfig):
     field: NeRFFieldConfig = NeRFFieldConfig(
         encoding=HashEncodingConfig(n_levels=8, log2_hashmap_size=16, max_resolution=512)
     )
-    occupancy: OccupancyGridConfig = OccupancyGridConfig(resolution=64, warmup_steps=128, n_cells=16384)
+    occupancy: OccupancyGridConfig = OccupancyGridConfig(
+        resolution=64, warmup_steps=128, n_cells=16384, decay=0.8, threshold=0.5
+    )
     train: NerfTrainConfig = NerfTrainConfig()
     export: NerfExportConfig = NerfExportConfig()
 
