@@ -166,11 +166,15 @@ def fit_scene(
     progress: bool = True,
     stop_after: int | None = None,
     on_step=None,
-) -> tuple[NeRFField, OccupancyGrid, FitState, np.ndarray]:
+    make_field=None,
+    use_occupancy: bool = True,
+) -> tuple[NeRFField, OccupancyGrid | None, FitState, np.ndarray]:
     """Fit one scene (resuming from ``ckpt_dir`` when it holds this fingerprint's run).
 
     Returns the field, its occupancy grid, the fit's state (steps, time, curve) and the scene box.
     ``on_step(step, field, grid)`` is called after every step (benchmarks use it for time-to-PSNR).
+    ``make_field(aabb) -> nn.Module`` replaces the hash-grid field (e.g. the vanilla NeRF baseline) and
+    ``use_occupancy=False`` renders without empty-space skipping (the grid is then None).
     """
     tc = cfg.train
     device = resolve_device(tc.device)
@@ -178,13 +182,18 @@ def fit_scene(
     aabb_np = scene_bounds(frames, cfg.bounds_padding, seed=cfg.seed)
     aabb = torch.from_numpy(aabb_np).to(device)
     field_, grid = make_model(cfg, aabb, device)
+    if make_field is not None:
+        torch.manual_seed(cfg.seed)
+        field_ = make_field(aabb).to(device)
+    if not use_occupancy:
+        grid = None
     opt = torch.optim.Adam(field_.parameters(), lr=tc.lr, eps=1e-15, weight_decay=tc.weight_decay)
     gamma = (tc.lr_final / tc.lr) ** (1 / max(tc.steps, 1))
     sched = torch.optim.lr_scheduler.ExponentialLR(opt, gamma)
     gen = torch.Generator(device=device).manual_seed(cfg.seed)
     sampler = RaySampler(frames, tc.patch, tc.pool_frames, tc.pool_refresh, cfg.seed)
     state = FitState(n_rays=tc.initial_rays)
-    restored = restore_fit(ckpt_dir, fingerprint, field_, grid, opt, sched, gen)
+    restored = restore_fit(ckpt_dir, fingerprint, field_, grid, opt, sched, gen) if grid is not None else None
     if restored:
         state, rng_state = restored
         sampler.rng.bit_generator.state = rng_state["rng"]
@@ -196,7 +205,7 @@ def fit_scene(
     while state.step < tc.steps:
         t0 = time.perf_counter()
         field_.train()
-        if state.step % cfg.occupancy.update_every == 0:
+        if grid is not None and state.step % cfg.occupancy.update_every == 0:
             oc = cfg.occupancy
             grid.update(state.step, field_.density, oc.warmup_steps, oc.decay, oc.threshold, oc.n_samples_per_cell,
                         n_cells=oc.n_cells, generator=gen)
@@ -214,13 +223,13 @@ def fit_scene(
         state.n_rays = int(np.clip(want, tc.min_rays, tc.max_rays))
         state.seconds += time.perf_counter() - t0
         logged.update(step=state.step, rays=len(batch["pixel"]), samples_per_ray=per_ray,
-                      occupied=grid.occupied_fraction, seconds=state.seconds)
+                      occupied=grid.occupied_fraction if grid is not None else 1.0, seconds=state.seconds)
         state.curve.append(logged)
         bar.update(1)
         bar.set_postfix(psnr=f"{logged['psnr']:.1f}", spr=f"{per_ray:.0f}")
         if on_step is not None:
             on_step(state.step, field_, grid)
-        if state.step % tc.checkpoint_every == 0 or state.step == tc.steps:
+        if grid is not None and (state.step % tc.checkpoint_every == 0 or state.step == tc.steps):
             rng_state = {"rng": sampler.rng.bit_generator.state, "calls": sampler.calls, "pool": sampler.pool_ids}
             save_fit(ckpt_dir, fingerprint, field_, grid, opt, sched, state, rng_state, gen)
             if stop_after is not None and state.step >= stop_after:
