@@ -27,7 +27,7 @@ from models.nerf.rendering import rays_from_camera, render_rays
 from models.nerf.vanilla import VanillaNeRF
 from tasks.config import load_params
 from tasks.fit_nerf import fit_scene, near_far
-from tasks.nerf_data import open_scene
+from tasks.nerf_data import open_scene, scene_bounds
 
 
 class BudgetReached(Exception):
@@ -95,8 +95,6 @@ def main() -> None:
     params = load_params(args.params, [f"paths.scenes={args.scenes}", f"nerf.depth_source={args.depth_source}",
                                        "nerf.train.steps=1000000"])
     frames = open_scene(params.paths.scenes, args.scene, args.depth_source, params.paths.noisy, params.paths.refined)
-    from tasks.nerf_data import scene_bounds
-
     aabb = torch.from_numpy(scene_bounds(frames, params.nerf.bounds_padding, seed=params.nerf.seed))
     probe = probe_rays(frames, args.probe_rays)
     hash_cfg = params.nerf

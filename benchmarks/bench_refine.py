@@ -25,6 +25,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import torch
 from rich.console import Console
 from rich.table import Table
 
@@ -138,7 +139,7 @@ def main() -> None:
 
     params = load_params(args.params, [f"paths.diffusion={args.model}"])
     model, schedule = load_model(args.model)
-    diffusion = DiffusionRefiner(model, schedule, params.refine, __import__("torch").device("cpu"))
+    diffusion = DiffusionRefiner(model, schedule, params.refine, torch.device("cpu"))
     refiners = {name: (lambda rgb, d, K, seed, r=r: r(rgb, d, K)) for name, r in make_baselines(params.refine.baselines).items()}
     refiners["diffusion"] = lambda rgb, d, K, seed: diffusion(rgb, d, seed)[0]
 

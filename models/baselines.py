@@ -172,44 +172,39 @@ def fill_holes(depth: np.ndarray, radius: int = 5, method: InpaintMethod = "ns")
 
 @dataclass(frozen=True)
 class InpaintRefiner:
-    """Holes filled by :func:`fill_holes`, nothing else."""
+    """Holes filled by :func:`fill_holes`, nothing else; the filtering refiners below smooth the result."""
 
     cfg: BaselineConfig
     name: str = field(default="inpaint", init=False)
 
     def __call__(self, rgb: np.ndarray, depth: np.ndarray, K: np.ndarray) -> np.ndarray:
-        _, depth = _check_inputs(rgb, depth, K)
-        return fill_holes(depth, self.cfg.inpaint_radius, self.cfg.inpaint_method)
+        rgb, depth = _check_inputs(rgb, depth, K)
+        filled = fill_holes(depth, self.cfg.inpaint_radius, self.cfg.inpaint_method)
+        return self.smooth(rgb, filled) if filled.any() else filled
+
+    def smooth(self, rgb: np.ndarray, filled: np.ndarray) -> np.ndarray:
+        """Filter the hole-filled depth ``[H, W]`` float32 (identity here)."""
+        return filled
 
 
 @dataclass(frozen=True)
-class BilateralRefiner:
+class BilateralRefiner(InpaintRefiner):
     """Holes filled, then a plain bilateral filter on the float32 depth (range sigma in metres)."""
 
-    cfg: BaselineConfig
     name: str = field(default="bilateral", init=False)
 
-    def __call__(self, rgb: np.ndarray, depth: np.ndarray, K: np.ndarray) -> np.ndarray:
-        _, depth = _check_inputs(rgb, depth, K)
-        filled = fill_holes(depth, self.cfg.inpaint_radius, self.cfg.inpaint_method)
-        if not filled.any():
-            return filled
+    def smooth(self, rgb: np.ndarray, filled: np.ndarray) -> np.ndarray:
         c = self.cfg
         return cv2.bilateralFilter(filled, c.bilateral_d, c.bilateral_sigma_color_m, c.bilateral_sigma_space)
 
 
 @dataclass(frozen=True)
-class JointBilateralRefiner:
+class JointBilateralRefiner(InpaintRefiner):
     """Holes filled, then a joint (cross) bilateral filter whose range kernel is computed on the RGB image."""
 
-    cfg: BaselineConfig
     name: str = field(default="joint_bilateral", init=False)
 
-    def __call__(self, rgb: np.ndarray, depth: np.ndarray, K: np.ndarray) -> np.ndarray:
-        rgb, depth = _check_inputs(rgb, depth, K)
-        filled = fill_holes(depth, self.cfg.inpaint_radius, self.cfg.inpaint_method)
-        if not filled.any():
-            return filled
+    def smooth(self, rgb: np.ndarray, filled: np.ndarray) -> np.ndarray:
         c = self.cfg
         # jointBilateralFilter needs guide and source of the same depth (CV_8U or CV_32F): a float32 guide
         # keeps 8-bit units, so sigma_color is in 8-bit colour levels.
@@ -218,17 +213,12 @@ class JointBilateralRefiner:
 
 
 @dataclass(frozen=True)
-class GuidedRefiner:
+class GuidedRefiner(InpaintRefiner):
     """Holes filled, then He et al.'s guided filter with the RGB image (in ``[0, 1]``) as a colour guide."""
 
-    cfg: BaselineConfig
     name: str = field(default="guided", init=False)
 
-    def __call__(self, rgb: np.ndarray, depth: np.ndarray, K: np.ndarray) -> np.ndarray:
-        rgb, depth = _check_inputs(rgb, depth, K)
-        filled = fill_holes(depth, self.cfg.inpaint_radius, self.cfg.inpaint_method)
-        if not filled.any():
-            return filled
+    def smooth(self, rgb: np.ndarray, filled: np.ndarray) -> np.ndarray:
         guide = rgb.astype(np.float32) / np.float32(255.0)
         out = cv2.ximgproc.guidedFilter(guide, filled, self.cfg.guided_radius, self.cfg.guided_eps)
         return out.astype(np.float32, copy=False)
