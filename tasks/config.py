@@ -214,7 +214,9 @@ class NerfTrainConfig(StrictConfig):
 
 class NerfExportConfig(StrictConfig):
     mesh_resolution: int = Field(128, ge=8)
-    mesh_level: float | None = Field(None, gt=0, description="density iso-level; null = half opacity per cell")
+    mesh_level: float | None = Field(
+        None, gt=0, description="density iso-level; null = half opacity per cell, or softer if surfaces are"
+    )
 
 
 class NerfStageConfig(StrictConfig):

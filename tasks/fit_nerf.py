@@ -306,10 +306,25 @@ def point_cloud(frames: SceneFrames, renders: list, min_opacity: float = 0.5) ->
 
 
 @torch.no_grad()
-def density_mesh(field_: NeRFField, aabb: np.ndarray, resolution: int, level: float | None, device) -> trimesh.Trimesh:
+def default_mesh_level(field_: NeRFField, surface: np.ndarray, cell: float, device) -> float:
+    """Iso-level for marching cubes: the density at which one grid cell is half opaque (``ln 2 / cell``),
+    lowered to half the median density at the rendered surface points ``surface [n, 3]`` when the field's
+    surfaces are softer than that (short fits), so the mesh follows the surfaces the renders show."""
+    level = float(np.log(2) / cell)
+    if len(surface):
+        pts = torch.from_numpy(surface[:: max(1, len(surface) // 20000)].astype(np.float32)).to(device)
+        at_surface = float(field_.density(pts).float().median())
+        if at_surface > 0:
+            level = min(level, 0.5 * at_surface)
+    return level
+
+
+@torch.no_grad()
+def density_mesh(field_: NeRFField, aabb: np.ndarray, resolution: int, level: float | None, device,
+                 surface: np.ndarray | None = None) -> trimesh.Trimesh:
     """Marching cubes (scikit-image) on the density sampled on a ``resolution^3`` grid over the scene box.
 
-    ``level`` defaults to the density at which one grid cell is half opaque: ``ln 2 / cell size``.
+    ``level`` defaults to :func:`default_mesh_level` (using the rendered ``surface`` points when given).
     """
     lo, hi = aabb
     axes = [np.linspace(lo[k], hi[k], resolution, dtype=np.float32) for k in range(3)]
@@ -321,7 +336,7 @@ def density_mesh(field_: NeRFField, aabb: np.ndarray, resolution: int, level: fl
     ]).reshape(resolution, resolution, resolution).numpy()
     spacing = (hi - lo) / (resolution - 1)
     if level is None:
-        level = float(np.log(2) / spacing.mean())
+        level = default_mesh_level(field_, surface if surface is not None else np.zeros((0, 3)), spacing.mean(), device)
     if not (dens.min() < level < dens.max()):
         log.warning("density never crosses the mesh level %.3g; the mesh is empty", level)
         return trimesh.Trimesh()
@@ -345,8 +360,11 @@ def _export_into(tmp: Path, field_, grid, frames, aabb_np, cfg: NerfStageConfig,
     views = frames.test or frames.train[:1]
     scores, renders = evaluate_views(field_, grid, frames, views, aabb, cfg, device)
     write_renders(tmp / "renders", frames, renders)
-    point_cloud(frames, renders).export(tmp / "pointcloud.ply")
-    density_mesh(field_, aabb_np, cfg.export.mesh_resolution, cfg.export.mesh_level, device).export(tmp / "mesh.ply")
+    cloud = point_cloud(frames, renders)
+    cloud.export(tmp / "pointcloud.ply")
+    mesh = density_mesh(field_, aabb_np, cfg.export.mesh_resolution, cfg.export.mesh_level, device,
+                        surface=np.asarray(cloud.vertices))
+    mesh.export(tmp / "mesh.ply")
     save_tensors(tmp / "field.safetensors", field_.state_dict())
     (tmp / "config.json").write_text(json.dumps({"nerf": cfg.model_dump(mode="json"), "aabb": aabb_np.tolist()}, indent=2))
     evals = [r for r in state.curve]

@@ -57,7 +57,9 @@ def test_short_fit_raises_test_psnr_and_exports(scene, tmp_path):
     assert len(cloud.vertices) > 100
     lo, hi = np.array(json.loads((out / "config.json").read_text())["aabb"])
     assert np.all(cloud.vertices >= lo - 1e-3) and np.all(cloud.vertices <= hi + 1e-3)
-    assert (out / "mesh.ply").is_file()
+    mesh = trimesh.load(out / "mesh.ply")
+    assert len(mesh.faces) > 100, "marching cubes finds the fitted surfaces"
+    assert np.all(mesh.vertices >= lo - 1e-3) and np.all(mesh.vertices <= hi + 1e-3)
     assert "encoding.tables" in "".join(load_file(out / "field.safetensors").keys())
 
 
