@@ -11,7 +11,9 @@ editing a file::
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated
 
@@ -20,6 +22,7 @@ from rich.console import Console
 from rich.logging import RichHandler
 from rich.table import Table
 
+from flows.server import LocalServer, configure_prefect_env
 from tasks.config import Params, ParamsError, load_params
 from tasks.errors import DataError
 
@@ -46,24 +49,69 @@ SetOpt = Annotated[
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="no progress bars")]
 
 
+class RunNameFormatter(logging.Formatter):
+    """Prefix Prefect's run logs with the task or flow run they come from (``fit_nerf/synthetic_000: ...``)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        run = getattr(record, "task_run_name", None) or getattr(record, "flow_run_name", None)
+        msg = super().format(record)
+        return f"{run}: {msg}" if run else msg
+
+
 def _setup_logging() -> None:
-    logging.basicConfig(
-        level=logging.INFO, format="%(message)s", handlers=[RichHandler(console=Console(stderr=True), show_path=False)]
-    )
+    handler = RichHandler(console=Console(stderr=True), show_path=False)
+    handler.setFormatter(RunNameFormatter("%(message)s"))
+    logging.basicConfig(level=logging.INFO, handlers=[handler])
+    for noisy in ("httpx", "httpcore"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
-def run_stage(stage: Callable[..., Path], params_file: Path, overrides: list[str] | None, quiet: bool) -> None:
-    """Load and validate params, run a stage, and turn bad input into a one-line error and exit code."""
-    _setup_logging()
-    err = Console(stderr=True)
+@app.callback()
+def _prefect_settings() -> None:
+    """Keep Prefect's state in the project (``.prefect/``) with analytics off, before Prefect is imported."""
+    configure_prefect_env(Path.cwd())
+
+
+def load_or_exit(params_file: Path, overrides: list[str] | None) -> Params:
     try:
-        params = load_params(params_file, overrides or [])
+        return load_params(params_file, overrides or [])
     except ParamsError as e:
-        err.print(f"[bold red]invalid params[/]\n{e}", highlight=False)
+        Console(stderr=True).print(f"[bold red]invalid params[/]\n{e}", highlight=False)
         raise typer.Exit(2) from None
+
+
+@contextmanager
+def api_for(params: Params) -> Iterator[None]:
+    """Runners with tasks in other processes need a real Prefect server: use ``PREFECT_API_URL`` when set,
+    else start a temporary one on loopback for this command."""
+    from flows.runners import OUT_OF_PROCESS
+
+    if params.orchestration.runner not in OUT_OF_PROCESS or os.environ.get("PREFECT_API_URL"):
+        yield
+        return
+    err = Console(stderr=True)
+    err.print(f"orchestration.runner={params.orchestration.runner} needs a Prefect server and PREFECT_API_URL is "
+              "not set: starting a temporary one (run `dnerf server` to keep one with the UI)", highlight=False)
+    with LocalServer(Path(os.environ["PREFECT_HOME"])) as server:
+        os.environ["PREFECT_API_URL"] = server.api_url
+        try:
+            yield
+        finally:
+            os.environ.pop("PREFECT_API_URL", None)
+
+
+def run_stage(stage: str, params_file: Path, overrides: list[str] | None, quiet: bool) -> None:
+    """Run a stage's Prefect flow; bad params exit 2, bad data or failed scenes exit 1 with one message."""
+    _setup_logging()
+    params = load_or_exit(params_file, overrides)
+    err = Console(stderr=True)
+    from flows.runners import RunnerError
+    from flows.stages import StageFailed, run_flow
+
     try:
-        out = stage(params, progress=not quiet)
-    except DataError as e:
+        with api_for(params):
+            out = run_flow(stage, params, progress=not quiet)
+    except (DataError, StageFailed, RunnerError) as e:
         err.print(f"[bold red]error:[/] {e}", highlight=False)
         raise typer.Exit(1) from None
     err.print(f"[green]done:[/] {out}", highlight=False)
@@ -72,41 +120,53 @@ def run_stage(stage: Callable[..., Path], params_file: Path, overrides: list[str
 @app.command()
 def download(params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None, quiet: QuietOpt = False) -> None:
     """Read a dataset (synthetic, nyu_labeled, sevenscenes, tum) into the scene store (paths.scenes)."""
-    from tasks.download import run_download
-
-    run_stage(run_download, params, set_, quiet)
+    run_stage("download", params, set_, quiet)
 
 
 @app.command()
 def corrupt(params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None, quiet: QuietOpt = False) -> None:
     """Simulate depth-sensor noise on the scene store (or pass sensor depth through) into paths.noisy."""
-    from tasks.corrupt import run_corrupt
-
-    run_stage(run_corrupt, params, set_, quiet)
+    run_stage("corrupt", params, set_, quiet)
 
 
 @app.command("train-diffusion")
 def train_diffusion(params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None, quiet: QuietOpt = False) -> None:
     """Train the diffusion depth refiner on the scene + noisy stores (resumes from its last checkpoint)."""
-    from tasks.train_diffusion import run_train_diffusion
-
-    run_stage(run_train_diffusion, params, set_, quiet)
+    run_stage("train_diffusion", params, set_, quiet)
 
 
 @app.command()
 def refine(params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None, quiet: QuietOpt = False) -> None:
     """Refine every frame of the noisy store into paths.refined (resumable; refine.method picks a baseline)."""
-    from tasks.refine import run_refine
-
-    run_stage(run_refine, params, set_, quiet)
+    run_stage("refine", params, set_, quiet)
 
 
 @app.command("fit-nerf")
 def fit_nerf(params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None, quiet: QuietOpt = False) -> None:
     """Fit a NeRF per scene with poses, supervised by nerf.depth_source; render, score and export it."""
-    from tasks.fit_nerf import run_fit_nerf
+    run_stage("fit_nerf", params, set_, quiet)
 
-    run_stage(run_fit_nerf, params, set_, quiet)
+
+@app.command()
+def server(
+    port: Annotated[int, typer.Option(help="port on 127.0.0.1 (0 = a free one)")] = 4200,
+) -> None:
+    """Run a local Prefect server with the UI on 127.0.0.1 until Ctrl-C (state in .prefect/, analytics off)."""
+    srv = LocalServer(Path(os.environ["PREFECT_HOME"]), port=port)
+    out = Console()
+    try:
+        srv.start()
+    except RuntimeError as e:
+        Console(stderr=True).print(f"[bold red]error:[/] {e}", highlight=False)
+        raise typer.Exit(1) from None
+    out.print(f"Prefect UI:  [bold]{srv.ui_url}[/]\nIn other shells, send runs here with:\n"
+              f"  export PREFECT_API_URL={srv.api_url}\nCtrl-C stops the server.", highlight=False)
+    try:
+        srv.wait()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        srv.stop()
 
 
 @app.command()
@@ -114,11 +174,7 @@ def params(params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None) -> None
     """Validate the params (with overrides) and print them as YAML with every default filled in."""
     import yaml
 
-    try:
-        p: Params = load_params(params, set_ or [])
-    except ParamsError as e:
-        Console(stderr=True).print(f"[bold red]invalid params[/]\n{e}", highlight=False)
-        raise typer.Exit(2) from None
+    p = load_or_exit(params, set_)
     typer.echo(yaml.safe_dump(p.model_dump(mode="json"), sort_keys=False))
 
 

@@ -225,6 +225,9 @@ class NerfStageConfig(StrictConfig):
     seed: int = 0
     depth_source: Literal["none", "noisy", "refined", "gt"] = "refined"
     scenes: list[str] | None = Field(None, description="fit only these scenes (default: all with poses)")
+    train_views: int | None = Field(
+        None, ge=1, description="fit on at most this many train views, evenly spaced (sparse-view studies)"
+    )
     bounds_padding: float = Field(0.05, ge=0)
     # CPU-sized defaults: fewer hash levels and a coarser occupancy grid than Instant-NGP's GPU settings.
     field: NeRFFieldConfig = NeRFFieldConfig(
@@ -237,6 +240,27 @@ class NerfStageConfig(StrictConfig):
     export: NerfExportConfig = NerfExportConfig()
 
 
+class ScheduleConfig(StrictConfig):
+    """When ``dnerf serve`` re-checks the pipeline (one of cron or interval)."""
+
+    cron: str | None = Field(None, description="cron string, e.g. '0 3 * * *'; overrides interval_minutes")
+    interval_minutes: float = Field(60.0, gt=0, description="minutes between checks when cron is null")
+
+
+class OrchestrationConfig(StrictConfig):
+    """How the Prefect flows run per-scene work (no effect on results)."""
+
+    runner: Literal["threads", "processes", "dask", "ray"] = Field(
+        "threads", description="task runner for per-scene work"
+    )
+    workers: int = Field(2, ge=1, description="scenes processed at once")
+    dask_address: str | None = Field(None, description="existing Dask scheduler (tcp://host:8786); null = local")
+    ray_address: str | None = Field(None, description="existing Ray cluster; null = local")
+    cache: bool = Field(True, description="reuse per-scene results cached by content (inputs, params, code)")
+    results: Path = Field(Path(".prefect-results"), description="Prefect result storage (never inside a DVC out)")
+    schedule: ScheduleConfig = ScheduleConfig()
+
+
 class Params(StrictConfig):
     """Everything in ``params.yaml``."""
 
@@ -246,6 +270,7 @@ class Params(StrictConfig):
     diffusion: DiffusionStageConfig = DiffusionStageConfig()
     refine: RefineConfig = RefineConfig()
     nerf: NerfStageConfig = NerfStageConfig()
+    orchestration: OrchestrationConfig = OrchestrationConfig()
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:

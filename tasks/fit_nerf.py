@@ -39,7 +39,7 @@ from models.nerf.sampling import ray_aabb_intersect
 from tasks.config import NerfStageConfig, Params
 from tasks.errors import DataError
 from tasks.files import atomic_dir, load_checkpoint, save_checkpoint, save_tensors, write_text_atomic
-from tasks.nerf_data import RaySampler, SceneFrames, open_scene, scene_bounds
+from tasks.nerf_data import RaySampler, SceneFrames, open_scene, scene_bounds, sparse_views
 from tasks.store import SceneView, open_store, scene_names
 from tasks.train_diffusion import autocast_dtype, resolve_device
 
@@ -387,15 +387,12 @@ def _export_into(tmp: Path, field_, grid, frames, aabb_np, cfg: NerfStageConfig,
 # --------------------------------------------------------------------------------------------- stage
 
 
-def run_fit_nerf(params: Params, progress: bool = True) -> Path:
-    """The ``fit_nerf`` stage over every scene with poses; writes ``paths.nerf`` and ``paths.nerf_metrics``."""
+def plan_fit_nerf(params: Params) -> tuple[list[str], dict[str, str]]:
+    """The scenes to fit, and the scenes skipped with the reason (no camera poses)."""
     cfg = params.nerf
-    out_root, ckpt_root = Path(params.paths.nerf), Path(params.paths.nerf_checkpoints)
     scenes = open_store(params.paths.scenes, "scenes")
-    names = cfg.scenes or scene_names(scenes)
-    results, skipped = {}, {}
-    device = resolve_device(cfg.train.device)
-    for name in names:
+    names, skipped = [], {}
+    for name in cfg.scenes or scene_names(scenes):
         if name not in scenes:
             raise DataError(params.paths.scenes, f"scene {name!r} (nerf.scenes) is not in the store")
         view = SceneView(scenes[name])
@@ -403,15 +400,39 @@ def run_fit_nerf(params: Params, progress: bool = True) -> Path:
             msg = "no camera poses (e.g. NYU single frames): a NeRF needs posed views; skipped"
             log.warning("%s: %s", name, msg)
             skipped[name] = msg
-            continue
-        frames = open_scene(params.paths.scenes, name, cfg.depth_source, params.paths.noisy, params.paths.refined)
-        fp = scene_fingerprint(cfg, frames, [params.paths.scenes, params.paths.noisy, params.paths.refined])
-        field_, grid, state, aabb = fit_scene(frames, cfg, ckpt_root / name, fp, progress)
-        results[name] = export_scene(out_root / name, field_, grid, frames, aabb, cfg, state, device)
-        log.info("%s: test PSNR %.2f dB, depth RMSE %.3f m", name, results[name]["test_psnr"], results[name]["test_depth_rmse"])
-    summary = {"scenes": results, "skipped": skipped}
+        else:
+            names.append(name)
+    return names, skipped
+
+
+def fit_one_scene(params: Params, name: str, out_dir: Path, progress: bool = True, on_step=None) -> dict:
+    """Fit scene ``name`` (resuming from its checkpoint) and export it into ``out_dir``; its metrics."""
+    cfg = params.nerf
+    frames = open_scene(params.paths.scenes, name, cfg.depth_source, params.paths.noisy, params.paths.refined)
+    frames = sparse_views(frames, cfg.train_views)
+    fp = scene_fingerprint(cfg, frames, [params.paths.scenes, params.paths.noisy, params.paths.refined])
+    ckpt = Path(params.paths.nerf_checkpoints) / name
+    field_, grid, state, aabb = fit_scene(frames, cfg, ckpt, fp, progress, on_step=on_step)
+    metrics = export_scene(out_dir, field_, grid, frames, aabb, cfg, state, resolve_device(cfg.train.device))
+    log.info("%s: test PSNR %.2f dB, depth RMSE %.3f m", name, metrics["test_psnr"], metrics["test_depth_rmse"])
+    return metrics
+
+
+def write_nerf_summary(params: Params, results: dict[str, dict], skipped: dict[str, str]) -> dict:
+    """``paths.nerf_metrics``: per-scene metrics, skipped scenes and the means over scenes."""
+    summary: dict = {"scenes": results, "skipped": skipped}
     if results:
         for key in ("test_psnr", "test_ssim", "test_depth_rmse", "train_seconds"):
             summary[f"mean_{key}"] = float(np.mean([r[key] for r in results.values()]))
     write_text_atomic(params.paths.nerf_metrics, json.dumps(summary, indent=2))
+    return summary
+
+
+def run_fit_nerf(params: Params, progress: bool = True) -> Path:
+    """The ``fit_nerf`` stage over every scene with poses, one after another; writes ``paths.nerf`` and
+    ``paths.nerf_metrics``. The Prefect flow (``flows.stages.fit_nerf_flow``) fits scenes in parallel."""
+    names, skipped = plan_fit_nerf(params)
+    out_root = Path(params.paths.nerf)
+    results = {name: fit_one_scene(params, name, out_root / name, progress) for name in names}
+    write_nerf_summary(params, results, skipped)
     return out_root

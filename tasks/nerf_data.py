@@ -14,7 +14,7 @@ Depth supervision per pixel is a z-depth (what sensors measure) with a standard 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Literal
 
@@ -87,6 +87,14 @@ def open_scene(
     if not train:
         raise DataError(scenes_path, f"scene {name!r} has no train views")
     return SceneFrames(view, K, c2w, train, test, depth, std, depth_source)
+
+
+def sparse_views(frames: SceneFrames, n: int | None) -> SceneFrames:
+    """``frames`` with at most ``n`` train views, evenly spaced along the sequence (``None``: all)."""
+    if n is None or n >= len(frames.train):
+        return frames
+    keep = np.unique(np.round(np.linspace(0, len(frames.train) - 1, n)).astype(int))
+    return replace(frames, train=[frames.train[k] for k in keep])
 
 
 def frame_depth(frames: SceneFrames, i: int) -> tuple[np.ndarray, np.ndarray] | None:

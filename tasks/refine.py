@@ -45,9 +45,10 @@ from models.diffusion.pipeline import (
 )
 from tasks.config import Params, RefineConfig
 from tasks.diffusion_data import check_depth_input
+from tasks.digest import code_version
 from tasks.errors import DataError
 from tasks.store import SCHEMA_VERSION, StoreBuilder, consolidate, open_store, scene_names
-from tasks.train_diffusion import WEIGHTS, load_model, resolve_device
+from tasks.train_diffusion import load_model, model_files, resolve_device
 
 log = logging.getLogger(__name__)
 
@@ -148,25 +149,33 @@ class BaselineAdapter:
         return out, np.zeros_like(out)
 
 
-def make_refiner(params: Params) -> tuple[Callable, str]:
-    """The configured refiner and a hash of what defines its output (weights for diffusion)."""
+def refiner_digest(params: Params) -> str:
+    """What defines the refiner's output besides its params: the diffusion weights, or the baseline's name."""
+    if params.refine.method == "diffusion":
+        return hashlib.sha256(model_files(params.paths.diffusion)[1].read_bytes()).hexdigest()[:16]
+    return params.refine.method
+
+
+def make_refiner(params: Params) -> Callable:
+    """The configured refiner: the diffusion model (weights from ``paths.diffusion``) or a baseline."""
     cfg = params.refine
     if cfg.method == "diffusion":
         device = resolve_device(cfg.device)
         model, schedule = load_model(params.paths.diffusion, device)
-        digest = hashlib.sha256((Path(params.paths.diffusion) / WEIGHTS).read_bytes()).hexdigest()[:16]
-        return DiffusionRefiner(model, schedule, cfg, device), digest
+        return DiffusionRefiner(model, schedule, cfg, device)
     baseline = make_baselines(cfg.baselines)[cfg.method]
-    return BaselineAdapter(baseline, K_of=lambda: np.eye(3)), cfg.method
+    return BaselineAdapter(baseline, K_of=lambda: np.eye(3))
 
 
 # ------------------------------------------------------------------------------------------- stage
 
 
 def refine_fingerprint(params: Params, model_digest: str) -> str:
+    """Identity of a refined store's content: refine params, weights, the noisy store's layout and the code."""
     cfg = params.refine.model_dump(mode="json", exclude={"device"})
     h = hashlib.sha256(json.dumps(cfg, sort_keys=True).encode() + model_digest.encode())
     h.update((Path(params.paths.noisy) / "zarr.json").read_bytes())
+    h.update(code_version().encode())
     return h.hexdigest()[:16]
 
 
@@ -233,15 +242,15 @@ def refine_scene(
     return len(pending)
 
 
-def run_refine(params: Params, progress: bool = True, on_frame: Callable[[str, int], None] | None = None) -> Path:
-    """The ``refine`` stage: ``paths.noisy`` (+ ``paths.scenes`` for RGB) -> ``paths.refined``."""
+def prepare_refine(params: Params) -> list[str]:
+    """Check the inputs and open (or create afresh) the refined store; the names of the scenes to refine."""
     noisy = open_store(params.paths.noisy, "noisy")
     scenes = open_store(params.paths.scenes, "scenes")
-    for name in scene_names(noisy):
+    names = scene_names(noisy)
+    for name in names:
         if name not in scenes:
             raise DataError(params.paths.scenes, f"scene {name!r} of {params.paths.noisy} is missing")
-    refiner, digest = make_refiner(params)
-    fp = refine_fingerprint(params, digest)
+    fp = refine_fingerprint(params, refiner_digest(params))
     attrs = {
         "created_by": "dnerf refine",
         "method": params.refine.method,
@@ -249,12 +258,46 @@ def run_refine(params: Params, progress: bool = True, on_frame: Callable[[str, i
         "noisy_store": str(params.paths.noisy),
         "schema_version": SCHEMA_VERSION,
     }
+    open_or_create(Path(params.paths.refined), noisy, scenes, fp, attrs)
+    return names
+
+
+def refine_one_scene(
+    params: Params, name: str, progress: bool = True, on_frame: Callable[[str, int], None] | None = None
+) -> dict[str, np.ndarray]:
+    """Refine the pending frames of scene ``name`` into the prepared store; its ``depth_refined`` and
+    ``depth_std`` arrays ``[N, H, W]`` (metres) once every frame is done."""
+    noisy = open_store(params.paths.noisy, "noisy")
+    scenes = open_store(params.paths.scenes, "scenes")
+    out = zarr.open_group(str(params.paths.refined), mode="r+", zarr_format=3)
+    refine_scene(name, noisy, scenes, out, make_refiner(params), params.refine.seed, progress, on_frame)
+    return {key: out[name][key][:] for key in ("depth_refined", "depth_std")}
+
+
+def write_refined_scene(params: Params, name: str, arrays: dict[str, np.ndarray]) -> None:
+    """Put a scene's refined arrays (e.g. a cached result) into the store unless it already holds them."""
+    g = zarr.open_group(str(params.paths.refined), mode="r+", zarr_format=3)[name]
+    if g["done"][:].all():
+        return
+    for key in ("depth_refined", "depth_std"):
+        g[key][:] = arrays[key]
+    g["done"][:] = True
+
+
+def finish_refine(params: Params) -> Path:
+    """Mark the refined store complete and consolidate its metadata."""
     out_path = Path(params.paths.refined)
-    out = open_or_create(out_path, noisy, scenes, fp, attrs)
-    total = 0
-    for name in scene_names(noisy):
-        total += refine_scene(name, noisy, scenes, out, refiner, params.refine.seed, progress, on_frame)
+    out = zarr.open_group(str(out_path), mode="r+", zarr_format=3)
     out.attrs["complete"] = True
     consolidate(out_path)
-    log.info("refined %d frame(s) with %s into %s", total, params.refine.method, out_path)
+    return out_path
+
+
+def run_refine(params: Params, progress: bool = True, on_frame: Callable[[str, int], None] | None = None) -> Path:
+    """The ``refine`` stage, one scene after another: ``paths.noisy`` (+ ``paths.scenes``) -> ``paths.refined``.
+    The Prefect flow (``flows.stages.refine_flow``) runs the same steps with scenes in parallel."""
+    for name in prepare_refine(params):
+        refine_one_scene(params, name, progress, on_frame)
+    out_path = finish_refine(params)
+    log.info("refined the scenes of %s with %s into %s", params.paths.noisy, params.refine.method, out_path)
     return out_path

@@ -90,13 +90,19 @@ def save_model(folder: Path, model: torch.nn.Module, unet: UNetConfig, schedule:
                     shutil.copy2(p, tmp / p.name)
 
 
-def load_model(folder: str | Path, device: torch.device | str = "cpu") -> tuple[DepthUNet, DiffusionConfig]:
-    """Load a trained refiner (safetensors weights, config beside them); errors name the file and problem."""
+def model_files(folder: str | Path) -> tuple[Path, Path]:
+    """``(config.json, model.safetensors)`` of a trained refiner; a DataError names a missing one."""
     folder = Path(folder)
-    cfg_path, w_path = folder / CONFIG, folder / WEIGHTS
-    for p in (cfg_path, w_path):
+    paths = folder / CONFIG, folder / WEIGHTS
+    for p in paths:
         if not p.is_file():
             raise DataError(p, "missing; train the model first (dnerf train-diffusion)")
+    return paths
+
+
+def load_model(folder: str | Path, device: torch.device | str = "cpu") -> tuple[DepthUNet, DiffusionConfig]:
+    """Load a trained refiner (safetensors weights, config beside them); errors name the file and problem."""
+    cfg_path, w_path = model_files(folder)
     try:
         meta = json.loads(cfg_path.read_text())
         unet_cfg = UNetConfig.model_validate(meta["unet"])

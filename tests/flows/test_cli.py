@@ -27,30 +27,33 @@ def test_help_lists_stages_and_options():
     assert res.exit_code == 0 and "--set" in res.output and "--params" in res.output
 
 
-def test_download_corrupt_info_round_trip(tiny_overrides, tmp_path):
-    res = runner.invoke(app, ["download", "--quiet", *_sets(tiny_overrides)])
-    assert res.exit_code == 0, res.output
-    res = runner.invoke(app, ["corrupt", "--quiet", *_sets(tiny_overrides)])
-    assert res.exit_code == 0, res.output
+def dnerf(*args: str) -> subprocess.CompletedProcess:
+    """The installed console script in a subprocess (stage commands run Prefect flows)."""
+    return subprocess.run(["dnerf", *args], capture_output=True, text=True, timeout=300)
+
+
+def test_download_corrupt_info_round_trip(tiny_overrides, tmp_path, prefect_api):
+    res = dnerf("download", "--quiet", *_sets(tiny_overrides))
+    assert res.returncode == 0, res.stderr
+    res = dnerf("corrupt", "--quiet", *_sets(tiny_overrides))
+    assert res.returncode == 0, res.stderr
     d = open_store(tmp_path / "noisy.zarr", "noisy")["synthetic_000"]["depth_noisy"][:]
     assert d.shape == (4, 24, 32) and np.any(d > 0)
     res = runner.invoke(app, ["info", str(tmp_path / "scenes.zarr")])
     assert res.exit_code == 0 and "synthetic_001" in res.output and "2/2" in res.output
 
 
-def test_invalid_params_exit_2_naming_key(tiny_overrides):
+def test_invalid_params_exit_2_naming_key(tiny_overrides):  # fails before any flow starts
     res = runner.invoke(app, ["download", *_sets(tiny_overrides + ["data.stride=-2"])])
     assert res.exit_code == 2
     assert "data.stride" in res.output and "-2" in res.output
 
 
-def test_bad_data_exits_1_naming_path(tmp_path):
-    res = runner.invoke(
-        app, ["download", "--set", "data.source=sevenscenes", "--set", f"data.path={tmp_path / 'nowhere'}",
-              "--set", f"paths.scenes={tmp_path / 's.zarr'}"]
-    )
-    assert res.exit_code == 1
-    assert "nowhere" in res.output and "not found" in res.output
+def test_bad_data_exits_1_naming_path(tmp_path, prefect_api):
+    res = dnerf("download", "--set", "data.source=sevenscenes", "--set", f"data.path={tmp_path / 'nowhere'}",
+                "--set", f"paths.scenes={tmp_path / 's.zarr'}")
+    assert res.returncode == 1
+    assert "nowhere" in res.stderr and "not found" in res.stderr
     assert not (tmp_path / "s.zarr").exists()
 
 

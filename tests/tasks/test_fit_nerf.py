@@ -15,7 +15,7 @@ from tasks.config import load_params
 from tasks.download import run_download
 from tasks.errors import DataError
 from tasks.fit_nerf import evaluate_views, fit_scene, make_model, run_fit_nerf, scene_fingerprint
-from tasks.nerf_data import open_scene, scene_bounds
+from tasks.nerf_data import open_scene, scene_bounds, sparse_views
 from tasks.store import SceneWriter, StoreBuilder
 
 FAST = [
@@ -111,3 +111,13 @@ def test_bad_cameras_and_depth_source_name_the_problem(tmp_path):
     g["s"]["K"][1] = np.zeros((3, 3))
     with pytest.raises(DataError, match="degenerate intrinsics"):
         open_scene(tmp_path / "t.zarr", "s", "none", None, None)
+
+
+def test_sparse_views_keep_an_even_subset_of_train_views(scene):
+    params = load_params(None, scene)
+    frames = open_scene(params.paths.scenes, "synthetic_000", "gt", None, None)
+    assert frames.train == [0, 1, 2, 4, 5, 6]
+    assert sparse_views(frames, 3).train == [0, 2, 6]
+    assert sparse_views(frames, 1).train == [0]
+    assert sparse_views(frames, None) is frames and sparse_views(frames, 10) is frames
+    assert sparse_views(frames, 3).test == frames.test

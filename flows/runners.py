@@ -1,0 +1,53 @@
+"""Task runners for per-scene work, chosen by ``orchestration.runner``.
+
+``threads`` (default) and ``processes`` come with Prefect; ``dask`` uses ``prefect-dask`` (an existing
+scheduler at ``orchestration.dask_address``, or a local cluster of ``workers`` single-threaded processes);
+``ray`` uses ``prefect-ray`` (``pip install -e ".[ray]"``).
+"""
+
+from __future__ import annotations
+
+import os
+
+from tasks.config import OrchestrationConfig
+
+#: Runners whose tasks run in other processes: they report to the Prefect API over HTTP, so they need a
+#: real server (Prefect's temporary in-process server is not reachable from them).
+OUT_OF_PROCESS = frozenset({"processes", "dask", "ray"})
+
+
+class RunnerError(RuntimeError):
+    """A task runner that cannot be built (missing optional package)."""
+
+
+def threads_per_worker(cfg: OrchestrationConfig) -> int:
+    """Torch intra-op threads for each worker, so ``workers`` scenes at once do not oversubscribe the CPU."""
+    return max(1, (os.cpu_count() or 1) // cfg.workers)
+
+
+def make_task_runner(cfg: OrchestrationConfig):
+    """The Prefect task runner for ``cfg.runner`` with ``cfg.workers`` scenes at once."""
+    from prefect.task_runners import ProcessPoolTaskRunner, ThreadPoolTaskRunner
+
+    if cfg.runner == "threads":
+        return ThreadPoolTaskRunner(max_workers=cfg.workers)
+    if cfg.runner == "processes":
+        return ProcessPoolTaskRunner(max_workers=cfg.workers)
+    if cfg.runner == "dask":
+        from prefect_dask import DaskTaskRunner
+
+        if cfg.dask_address:
+            return DaskTaskRunner(address=cfg.dask_address)
+        return DaskTaskRunner(
+            cluster_kwargs={"n_workers": cfg.workers, "threads_per_worker": 1, "processes": True,
+                            "dashboard_address": None}
+        )
+    try:
+        from prefect_ray import RayTaskRunner
+    except ImportError as err:
+        raise RunnerError(
+            "orchestration.runner=ray needs prefect-ray: pip install -e '.[ray]'"
+        ) from err
+    if cfg.ray_address:
+        return RayTaskRunner(address=cfg.ray_address)
+    return RayTaskRunner(init_kwargs={"num_cpus": cfg.workers})

@@ -1,0 +1,281 @@
+"""One Prefect flow per pipeline stage; refinement and NeRF fitting run one task per scene, in parallel.
+
+Every ``dnerf <stage>`` command (and so every ``dvc repro`` stage) runs its flow, so runs show in the
+Prefect UI when ``PREFECT_API_URL`` points at a server, and in Prefect's temporary server otherwise.
+
+Per-scene tasks (``refine/<scene>``, ``fit_nerf/<scene>``):
+
+- are cached by content (:mod:`flows.caching`); a cached result is *materialised* into the stage's
+  outputs by the flow on every run, so ``dvc repro -f`` (which deletes the outs first) still writes them;
+- fail alone: the other scenes finish and are written, then the flow fails listing the failed scenes
+  (:class:`StageFailed`);
+- publish a progress artifact while they run; each stage publishes a table of per-scene results and a
+  markdown summary.
+
+Only I/O tasks (``download``) are retried.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from prefect import flow, get_run_logger, task
+from prefect.artifacts import create_markdown_artifact, create_progress_artifact, create_table_artifact
+from prefect.artifacts import update_progress_artifact
+from prefect.cache_policies import NO_CACHE
+from prefect.settings import PREFECT_RESULTS_LOCAL_STORAGE_PATH, temporary_settings
+
+from flows.caching import SceneResultSerializer, cache_key, folder_files, key_from_parameters
+from flows.runners import make_task_runner, threads_per_worker
+from tasks.config import Params
+from tasks.digest import code_version
+from tasks.files import atomic_dir
+
+log = logging.getLogger(__name__)
+
+
+class StageFailed(RuntimeError):
+    """Some scenes of a stage failed; the others were written."""
+
+    def __init__(self, stage: str, failures: dict[str, str]):
+        self.stage, self.failures = stage, failures
+        lines = "\n".join(f"  {name}: {msg}" for name, msg in failures.items())
+        super().__init__(f"{stage}: {len(failures)} scene(s) failed:\n{lines}")
+
+
+def slug(text: str) -> str:
+    """An artifact key (lowercase letters, digits, dashes) from any name."""
+    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
+
+
+class Progress:
+    """A Prefect progress artifact for one task, updated at most every ``min_interval`` seconds."""
+
+    def __init__(self, key: str, description: str, min_interval: float = 2.0):
+        self.id = create_progress_artifact(0.0, key=slug(key), description=description)
+        self.min_interval, self.last = min_interval, 0.0
+
+    def __call__(self, fraction: float) -> None:
+        now = time.monotonic()
+        if fraction >= 1.0 or now - self.last >= self.min_interval:
+            update_progress_artifact(self.id, progress=round(100 * min(fraction, 1.0), 1))
+            self.last = now
+
+
+# ------------------------------------------------------------------------------ whole-stage tasks
+
+
+@task(name="download", retries=2, retry_delay_seconds=5, tags=["io"])
+def download_task(params: Params, progress: bool = False) -> str:
+    from tasks.download import run_download
+
+    return str(run_download(params, progress=progress))
+
+
+@task(name="corrupt")
+def corrupt_task(params: Params, progress: bool = False) -> str:
+    from tasks.corrupt import run_corrupt
+
+    return str(run_corrupt(params, progress=progress))
+
+
+@task(name="train_diffusion")
+def train_diffusion_task(params: Params, progress: bool = False) -> str:
+    from tasks.train_diffusion import train_diffusion
+
+    torch.set_num_threads(threads_per_worker(params.orchestration.model_copy(update={"workers": 1})))
+    return str(train_diffusion(params, progress=progress))
+
+
+@flow(name="download", log_prints=True)
+def download_flow(params: Params, progress: bool = False) -> Path:
+    """Stage 1: read the dataset into ``paths.scenes`` (retried on I/O errors)."""
+    return Path(download_task(params, progress))
+
+
+@flow(name="corrupt")
+def corrupt_flow(params: Params, progress: bool = False) -> Path:
+    """Stage 2: simulated (or measured) sensor depth into ``paths.noisy``."""
+    return Path(corrupt_task(params, progress))
+
+
+@flow(name="train_diffusion")
+def train_diffusion_flow(params: Params, progress: bool = False) -> Path:
+    """Stage 3: train the diffusion refiner into ``paths.diffusion``."""
+    return Path(train_diffusion_task(params, progress))
+
+
+# ------------------------------------------------------------------------------- per-scene tasks
+
+
+@task(name="refine-scene", persist_result=True, result_serializer=SceneResultSerializer(),
+      cache_key_fn=key_from_parameters)
+def refine_scene_task(params: Params, scene: str, cache_key: str, threads: int, progress: bool = False) -> dict:
+    """Refine one scene into the prepared store; its arrays (the cached result)."""
+    from tasks.refine import refine_one_scene
+
+    torch.set_num_threads(threads)
+    n = n_frames(params.paths.noisy, scene)
+    report = Progress(f"refine-{scene}", f"refine {scene}: frames done")
+    arrays = refine_one_scene(params, scene, progress, on_frame=lambda _s, i: report((i + 1) / n))
+    report(1.0)
+    return {"arrays": arrays, "meta": {"scene": scene, "frames": n}}
+
+
+@task(name="fit-nerf-scene", persist_result=True, result_serializer=SceneResultSerializer(),
+      cache_key_fn=key_from_parameters)
+def fit_nerf_scene_task(params: Params, scene: str, cache_key: str, threads: int, progress: bool = False) -> dict:
+    """Fit and export one scene into a staging folder; its files and metrics (the cached result)."""
+    import tempfile
+
+    from tasks.fit_nerf import fit_one_scene
+
+    torch.set_num_threads(threads)
+    steps = params.nerf.train.steps
+    report = Progress(f"fit-nerf-{scene}", f"fit_nerf {scene}: training steps done")
+    staging = Path(params.paths.nerf_checkpoints)
+    staging.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=staging, prefix=f".{scene}-export-") as tmp:
+        metrics = fit_one_scene(params, scene, Path(tmp) / "out", progress,
+                                on_step=lambda step, *_: report(step / steps))
+        files = folder_files(Path(tmp) / "out")
+    report(1.0)
+    return {"files": files, "meta": metrics}
+
+
+def n_frames(noisy: Path, scene: str) -> int:
+    from tasks.store import open_store
+
+    return open_store(noisy, "noisy")[scene]["depth_noisy"].shape[0]
+
+
+def run_scene_tasks(
+    stage: str, params: Params, task_fn, scenes: list[str], inputs: Callable[[str], list], key_params: dict,
+    progress: bool = False,
+) -> tuple[dict[str, dict], dict[str, str]]:
+    """Submit ``task_fn`` for every scene on the flow's task runner; ``(results, failures)`` by scene.
+
+    A failing scene does not stop the others: its error message is collected in ``failures``.
+    """
+    orch = params.orchestration
+    code = code_version()
+    threads = threads_per_worker(orch)
+    torch.set_num_threads(threads)  # thread runner: one torch pool shared by the workers
+    if not orch.cache:
+        task_fn = task_fn.with_options(cache_policy=NO_CACHE, cache_key_fn=None, persist_result=False)
+    futures = {}
+    for scene in scenes:
+        key = cache_key(stage, scene, inputs(scene), key_params, code)
+        t = task_fn.with_options(task_run_name=f"{stage}/{scene}", tags=[stage, f"scene:{scene}"])
+        futures[scene] = t.submit(params=params, scene=scene, cache_key=key, threads=threads, progress=progress)
+    results, failures = {}, {}
+    for scene, fut in futures.items():
+        try:
+            results[scene] = fut.result()
+        except Exception as err:  # noqa: BLE001 - one scene's failure must not stop the others
+            failures[scene] = f"{type(err).__name__}: {err}"
+            get_run_logger().error("%s/%s failed: %s", stage, scene, failures[scene])
+    return results, failures
+
+
+def publish(stage: str, rows: list[dict], failures: dict[str, str], extra: str = "") -> None:
+    """A table artifact of per-scene results and a markdown summary for the stage."""
+    if rows:
+        create_table_artifact(rows, key=slug(f"{stage}-scenes"), description=f"{stage}: per-scene results")
+    lines = [f"# {stage}", "", f"- scenes done: {len(rows)}", f"- scenes failed: {len(failures)}"]
+    lines += [f"  - `{name}`: {msg}" for name, msg in failures.items()]
+    if extra:
+        lines += ["", extra]
+    create_markdown_artifact("\n".join(lines), key=slug(f"{stage}-summary"), description=f"{stage} summary")
+
+
+def stage_params(cfg, exclude: set[str] | None = None) -> dict:
+    return cfg.model_dump(mode="json", exclude=exclude)
+
+
+# ------------------------------------------------------------------------------------ scene flows
+
+
+@flow(name="refine")
+def refine_flow(params: Params, progress: bool = False) -> Path:
+    """Stage 4: refine every scene of ``paths.noisy`` into ``paths.refined``, scenes in parallel."""
+    from tasks.refine import finish_refine, prepare_refine, refiner_digest, write_refined_scene
+
+    scenes = prepare_refine(params)
+    digest = refiner_digest(params)
+    key_params = {"refine": stage_params(params.refine, {"device"}), "model": digest}
+    paths = params.paths
+
+    def inputs(scene: str) -> list:
+        return [Path(paths.noisy) / scene / "depth_noisy", Path(paths.scenes) / scene / "rgb",
+                Path(paths.scenes) / scene / "K"]
+
+    results, failures = run_scene_tasks("refine", params, refine_scene_task, scenes, inputs, key_params, progress)
+    for scene, result in results.items():
+        write_refined_scene(params, scene, result["arrays"])
+    rows = [{"scene": s, "frames": r["meta"]["frames"],
+             "mean_std_m": round(float(r["arrays"]["depth_std"].mean()), 4)} for s, r in results.items()]
+    publish("refine", rows, failures)
+    if failures:
+        raise StageFailed("refine", failures)
+    return finish_refine(params)
+
+
+@flow(name="fit_nerf")
+def fit_nerf_flow(params: Params, progress: bool = False) -> Path:
+    """Stage 5: a NeRF per posed scene into ``paths.nerf`` and ``paths.nerf_metrics``, scenes in parallel."""
+    from tasks.fit_nerf import plan_fit_nerf, write_nerf_summary
+
+    scenes, skipped = plan_fit_nerf(params)
+    paths, source = params.paths, params.nerf.depth_source
+    depth_store = {"none": None, "gt": None, "noisy": paths.noisy, "refined": paths.refined}[source]
+    key_params = {"nerf": stage_params(params.nerf, {"train": {"device"}})}
+
+    def inputs(scene: str) -> list:
+        return [Path(paths.scenes) / scene, Path(depth_store) / scene if depth_store else None]
+
+    results, failures = run_scene_tasks("fit_nerf", params, fit_nerf_scene_task, scenes, inputs, key_params, progress)
+    out_root = Path(paths.nerf)
+    for scene, result in results.items():
+        with atomic_dir(out_root / scene) as tmp:
+            for rel, data in result["files"].items():
+                (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
+                (tmp / rel).write_bytes(data)
+    metrics = {s: r["meta"] for s, r in results.items()}
+    summary = write_nerf_summary(params, metrics, skipped)
+    rows = [{"scene": s, **{k: round(m[k], 4) for k in ("test_psnr", "test_ssim", "test_depth_rmse", "train_seconds")}}
+            for s, m in metrics.items()]
+    extra = "\n".join(f"- skipped `{s}`: {msg}" for s, msg in skipped.items())
+    if "mean_test_psnr" in summary:
+        extra += f"\n- mean test PSNR: {summary['mean_test_psnr']:.2f} dB"
+    publish("fit_nerf", rows, failures, extra)
+    if failures:
+        raise StageFailed("fit_nerf", failures)
+    return out_root
+
+
+FLOWS = {
+    "download": download_flow,
+    "corrupt": corrupt_flow,
+    "train_diffusion": train_diffusion_flow,
+    "refine": refine_flow,
+    "fit_nerf": fit_nerf_flow,
+}
+
+
+def run_flow(stage: str, params: Params, progress: bool = False) -> Path:
+    """Run a stage's flow with the configured task runner; returns its output path."""
+    f = FLOWS[stage]
+    if stage in ("refine", "fit_nerf"):
+        f = f.with_options(task_runner=make_task_runner(params.orchestration))
+    # Cached results go to orchestration.results; the environment carries it to worker processes.
+    results = str(Path(params.orchestration.results).resolve())
+    os.environ["PREFECT_RESULTS_LOCAL_STORAGE_PATH"] = results
+    with temporary_settings({PREFECT_RESULTS_LOCAL_STORAGE_PATH: results}):
+        return f.with_options(flow_run_name=f"{stage}-{params.data.source}")(params, progress)
