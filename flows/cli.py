@@ -170,6 +170,25 @@ def server(
 
 
 @app.command()
+def serve(
+    params: ParamsOpt = Path("params.yaml"),
+    set_: SetOpt = None,
+    repo: Annotated[Path, typer.Option(help="the DVC repository to watch")] = Path("."),
+) -> None:
+    """Serve a scheduled deployment that runs `dvc repro` when `dvc status` reports changes
+    (schedule: orchestration.schedule). Needs a server: run `dnerf server` and export PREFECT_API_URL."""
+    _setup_logging()
+    p = load_or_exit(params, set_)
+    if not os.environ.get("PREFECT_API_URL"):
+        Console(stderr=True).print("[bold red]error:[/] a schedule needs a running Prefect server: start "
+                                   "`dnerf server` and export the PREFECT_API_URL it prints", highlight=False)
+        raise typer.Exit(1)
+    from flows.schedule import serve as serve_deployment
+
+    serve_deployment(p, repo)
+
+
+@app.command()
 def params(params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None) -> None:
     """Validate the params (with overrides) and print them as YAML with every default filled in."""
     import yaml

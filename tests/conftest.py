@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -70,3 +72,45 @@ def prefect_api(tmp_path_factory) -> str:
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
+
+
+def run_checked(*cmd: str, cwd: Path) -> str:
+    """Run a command (git, dvc, dnerf) in ``cwd``; assert it succeeded; its stdout + stderr."""
+    env = {**os.environ, "DVC_NO_ANALYTICS": "1", "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t",
+           "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t"}
+    res = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, env=env, timeout=300)
+    assert res.returncode == 0, f"{' '.join(cmd)} failed:\n{res.stdout}\n{res.stderr}"
+    return res.stdout + res.stderr
+
+
+@pytest.fixture
+def sh():
+    return run_checked
+
+
+@pytest.fixture
+def dvc_repo(tmp_path, prefect_api) -> Path:
+    """A real git + DVC repository in ``tmp_path`` with the project's pipeline and tiny params."""
+    import yaml
+
+    if shutil.which("dvc") is None or shutil.which("dnerf") is None:
+        pytest.skip("dvc and the dnerf console script must be installed")
+    for name in ("dvc.yaml", "params.yaml", ".dvcignore"):
+        shutil.copy(ROOT / name, tmp_path / name)
+    for pkg in ("models", "tasks", "flows"):
+        shutil.copytree(ROOT / pkg, tmp_path / pkg, ignore=shutil.ignore_patterns("__pycache__"))
+    params = yaml.safe_load((tmp_path / "params.yaml").read_text())
+    params["data"]["synthetic"].update(n_scenes=1, n_frames=3, height=24, width=32)
+    params["data"]["test_every"] = 2
+    params["diffusion"]["unet"].update(base_channels=8, channel_mults=[1, 2], attention_heads=2)
+    params["diffusion"]["train"].update(max_steps=2, crop=16, batch_size=2, val_crops=2, val_every=1)
+    params["nerf"]["train"].update(steps=3, target_samples=2048, n_coarse=8, n_fine=4)
+    params["nerf"]["occupancy"].update(resolution=16, warmup_steps=2, n_cells=256)
+    params["nerf"]["export"].update(mesh_resolution=16)
+    params["orchestration"]["workers"] = 1
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    run_checked("git", "init", "-q", cwd=tmp_path)
+    run_checked("dvc", "init", "-q", cwd=tmp_path)
+    run_checked("dvc", "config", "core.analytics", "false", cwd=tmp_path)
+    (tmp_path / ".gitignore").write_text("/.prefect/\n/.prefect-results/\n/.checkpoints/\n")
+    return tmp_path

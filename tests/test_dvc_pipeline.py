@@ -18,45 +18,13 @@ ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
 
 
-def sh(*cmd, cwd):
-    env = {**os.environ, "DVC_NO_ANALYTICS": "1", "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t",
-           "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t"}
-    res = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, env=env, timeout=300)
-    assert res.returncode == 0, f"{' '.join(cmd)} failed:\n{res.stdout}\n{res.stderr}"
-    return res.stdout + res.stderr
-
-
-@pytest.fixture
-def repo(tmp_path, prefect_api):
-    if shutil.which("dvc") is None or shutil.which("dnerf") is None:
-        pytest.skip("dvc and the dnerf console script must be installed")
-    for name in ("dvc.yaml", "params.yaml", ".dvcignore"):
-        shutil.copy(ROOT / name, tmp_path / name)
-    for pkg in ("models", "tasks", "flows"):
-        shutil.copytree(ROOT / pkg, tmp_path / pkg, ignore=shutil.ignore_patterns("__pycache__"))
-    params = yaml.safe_load((tmp_path / "params.yaml").read_text())
-    params["data"]["synthetic"].update(n_scenes=1, n_frames=3, height=24, width=32)
-    params["data"]["test_every"] = 2
-    params["diffusion"]["unet"].update(base_channels=8, channel_mults=[1, 2], attention_heads=2)
-    params["diffusion"]["train"].update(max_steps=2, crop=16, batch_size=2, val_crops=2, val_every=1)
-    params["nerf"]["train"].update(steps=3, target_samples=2048, n_coarse=8, n_fine=4)
-    params["nerf"]["occupancy"].update(resolution=16, warmup_steps=2, n_cells=256)
-    params["nerf"]["export"].update(mesh_resolution=16)
-    params["orchestration"]["workers"] = 1
-    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    sh("git", "init", "-q", cwd=tmp_path)
-    sh("dvc", "init", "-q", cwd=tmp_path)
-    sh("dvc", "config", "core.analytics", "false", cwd=tmp_path)
-    (tmp_path / ".gitignore").write_text("/.prefect/\n/.prefect-results/\n/.checkpoints/\n")
-    return tmp_path
-
-
 def nerf_files(repo) -> dict:
     out = repo / "artifacts" / "nerf"
     return {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
 
 
-def test_repro_then_noop_then_only_changed_stage(repo):
+def test_repro_then_noop_then_only_changed_stage(dvc_repo, sh):
+    repo = dvc_repo
     out = sh("dvc", "repro", cwd=repo)
     stages = ["download", "corrupt", "train_diffusion", "refine", "fit_nerf"]
     for stage in stages:
@@ -100,7 +68,8 @@ def test_repro_then_noop_then_only_changed_stage(repo):
     assert open_store(repo / "data" / "noisy.zarr", "noisy").attrs["seed"] == 5
 
 
-def test_remote_push_pull_and_experiments(repo, tmp_path_factory):
+def test_remote_push_pull_and_experiments(dvc_repo, sh, tmp_path_factory):
+    repo = dvc_repo
     remote = tmp_path_factory.mktemp("dvc-remote")
     sh("dvc", "repro", cwd=repo)
     sh("dvc", "remote", "add", "-d", "storage", str(remote), cwd=repo)

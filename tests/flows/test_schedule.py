@@ -1,0 +1,68 @@
+"""Scheduled re-runs against a real server: the check flow reproduces only on change, and ``dnerf serve``
+registers a scheduled deployment that stays active after the server process stops serving it."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+
+import pytest
+import yaml
+
+from flows.schedule import DEPLOYMENT, check_and_reproduce, describe
+
+pytestmark = pytest.mark.slow
+
+
+def test_describe_names_stage_kind_and_key():
+    lines = describe({"fit_nerf": [{"changed deps": {"params.yaml": {"nerf.train.steps": 4}}}], "x": ["always changed"]})
+    assert lines == ['fit_nerf: changed deps: {"params.yaml": {"nerf.train.steps": 4}}', "x: always changed"]
+
+
+def test_check_flow_reproduces_only_when_something_changed(dvc_repo, sh):
+    sh("dvc", "repro", cwd=dvc_repo)
+    assert check_and_reproduce(str(dvc_repo)) == {"changed": {}, "reproduced": False}
+
+    params = yaml.safe_load((dvc_repo / "params.yaml").read_text())
+    params["nerf"]["train"]["steps"] = 4
+    (dvc_repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    result = check_and_reproduce(str(dvc_repo))
+    assert result["reproduced"] and set(result["changed"]) == {"fit_nerf"}
+    assert "nerf.train.steps" in str(result["changed"])
+    assert "Data and pipelines are up to date" in sh("dvc", "status", cwd=dvc_repo)
+    lock = yaml.safe_load((dvc_repo / "dvc.lock").read_text())
+    assert lock["stages"]["fit_nerf"]["params"]["params.yaml"]["nerf.train.steps"] == 4
+
+
+def test_serve_registers_a_scheduled_deployment_that_is_not_paused_on_exit(prefect_api, tmp_path):
+    from prefect.client.orchestration import get_client
+
+    proc = subprocess.Popen(
+        ["dnerf", "serve", "--set", "orchestration.schedule.interval_minutes=30", "--repo", str(tmp_path)],
+        cwd=tmp_path, env=os.environ, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+    try:
+        deployment = None
+        deadline = time.monotonic() + 120
+        with get_client(sync_client=True) as client:
+            while deployment is None and time.monotonic() < deadline:
+                assert proc.poll() is None, proc.stdout.read()
+                try:
+                    deployment = client.read_deployment_by_name(f"dvc-pipeline-check/{DEPLOYMENT}")
+                except Exception:  # noqa: BLE001 - not registered yet
+                    time.sleep(1)
+            assert deployment is not None, "dnerf serve did not register its deployment"
+            assert deployment.parameters == {"repo": str(tmp_path.resolve())}
+            [schedule] = deployment.schedules
+            assert schedule.schedule.interval.total_seconds() == 30 * 60 and schedule.active
+        proc.send_signal(signal.SIGINT)
+        proc.wait(timeout=60)
+        with get_client(sync_client=True) as client:
+            after = client.read_deployment_by_name(f"dvc-pipeline-check/{DEPLOYMENT}")
+            assert not after.paused and after.schedules[0].active
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()

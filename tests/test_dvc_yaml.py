@@ -1,0 +1,32 @@
+"""``dvc.yaml`` lists every leaf param of each stage, so ``dvc status`` names the exact key that changed."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+from pydantic import BaseModel
+
+from tasks.config import Params
+
+ROOT = Path(__file__).resolve().parents[1]
+STAGE_SECTION = {"download": "data", "corrupt": "noise", "train_diffusion": "diffusion", "refine": "refine",
+                 "fit_nerf": "nerf"}
+
+
+def leaves(model: BaseModel, prefix: str) -> list[str]:
+    out = []
+    for name in type(model).model_fields:
+        value, key = getattr(model, name), f"{prefix}.{name}"
+        out += leaves(value, key) if isinstance(value, BaseModel) else [key]
+    return out
+
+
+@pytest.mark.parametrize("stage", list(STAGE_SECTION))
+def test_stage_params_are_the_leaves_of_its_section(stage):
+    section = STAGE_SECTION[stage]
+    listed = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"][stage]["params"]
+    expected = [k for k in leaves(getattr(Params(), section), section) if not k.endswith(".device")]
+    assert [k for k in listed if k.startswith(f"{section}.")] == expected
+    assert all(k.startswith((f"{section}.", "paths.")) for k in listed)
