@@ -29,6 +29,7 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_progress_artifact, create_table_artifact
 from prefect.artifacts import update_progress_artifact
 from prefect.cache_policies import NO_CACHE
+from prefect.futures import as_completed
 from prefect.settings import PREFECT_RESULTS_LOCAL_STORAGE_PATH, temporary_settings
 
 from flows.caching import SceneResultSerializer, cache_key, folder_files, key_from_parameters
@@ -114,8 +115,7 @@ def train_diffusion_flow(params: Params, progress: bool = False) -> Path:
 # ------------------------------------------------------------------------------- per-scene tasks
 
 
-@task(name="refine-scene", persist_result=True, result_serializer=SceneResultSerializer(),
-      cache_key_fn=key_from_parameters)
+@task(name="refine-scene", result_serializer=SceneResultSerializer())
 def refine_scene_task(params: Params, scene: str, cache_key: str, threads: int, progress: bool = False) -> dict:
     """Refine one scene into the prepared store; its arrays (the cached result)."""
     from tasks.refine import refine_one_scene
@@ -128,8 +128,7 @@ def refine_scene_task(params: Params, scene: str, cache_key: str, threads: int, 
     return {"arrays": arrays, "meta": {"scene": scene, "frames": n}}
 
 
-@task(name="fit-nerf-scene", persist_result=True, result_serializer=SceneResultSerializer(),
-      cache_key_fn=key_from_parameters)
+@task(name="fit-nerf-scene", result_serializer=SceneResultSerializer())
 def fit_nerf_scene_task(params: Params, scene: str, cache_key: str, threads: int, progress: bool = False) -> dict:
     """Fit and export one scene into a staging folder; its files and metrics (the cached result)."""
     import tempfile
@@ -157,31 +156,38 @@ def n_frames(noisy: Path, scene: str) -> int:
 
 def run_scene_tasks(
     stage: str, params: Params, task_fn, scenes: list[str], inputs: Callable[[str], list], key_params: dict,
-    progress: bool = False,
+    write: Callable[[str, dict], dict], progress: bool = False,
 ) -> tuple[dict[str, dict], dict[str, str]]:
-    """Submit ``task_fn`` for every scene on the flow's task runner; ``(results, failures)`` by scene.
+    """Submit ``task_fn`` for every scene on the flow's task runner and ``write`` each result into the
+    stage's outputs as soon as it arrives (fresh or cached); ``(what write returned, failures)`` by scene.
 
-    A failing scene does not stop the others: its error message is collected in ``failures``.
+    A failing scene does not stop the others: its error message is collected in ``failures``. Results are
+    not kept after they are written, so memory does not grow with the number of scenes.
     """
     orch = params.orchestration
     code = code_version()
     threads = threads_per_worker(orch)
     torch.set_num_threads(threads)  # thread runner: one torch pool shared by the workers
-    if not orch.cache:
-        task_fn = task_fn.with_options(cache_policy=NO_CACHE, cache_key_fn=None, persist_result=False)
+    if orch.cache:
+        task_fn = task_fn.with_options(cache_key_fn=key_from_parameters, persist_result=True)
+    else:
+        task_fn = task_fn.with_options(cache_policy=NO_CACHE, persist_result=False)
     futures = {}
     for scene in scenes:
         key = cache_key(stage, scene, inputs(scene), key_params, code)
         t = task_fn.with_options(task_run_name=f"{stage}/{scene}", tags=[stage, f"scene:{scene}"])
-        futures[scene] = t.submit(params=params, scene=scene, cache_key=key, threads=threads, progress=progress)
-    results, failures = {}, {}
-    for scene, fut in futures.items():
+        fut = t.submit(params=params, scene=scene, cache_key=key, threads=threads, progress=progress)
+        futures[fut] = scene
+    written, failures = {}, {}
+    for fut in as_completed(list(futures)):
+        scene = futures[fut]
         try:
-            results[scene] = fut.result()
+            written[scene] = write(scene, fut.result())
         except Exception as err:  # noqa: BLE001 - one scene's failure must not stop the others
             failures[scene] = f"{type(err).__name__}: {err}"
             get_run_logger().error("%s/%s failed: %s", stage, scene, failures[scene])
-    return results, failures
+    order = {s: i for i, s in enumerate(scenes)}
+    return dict(sorted(written.items(), key=lambda kv: order[kv[0]])), failures
 
 
 def publish(stage: str, rows: list[dict], failures: dict[str, str], extra: str = "") -> None:
@@ -216,12 +222,13 @@ def refine_flow(params: Params, progress: bool = False) -> Path:
         return [Path(paths.noisy) / scene / "depth_noisy", Path(paths.scenes) / scene / "rgb",
                 Path(paths.scenes) / scene / "K"]
 
-    results, failures = run_scene_tasks("refine", params, refine_scene_task, scenes, inputs, key_params, progress)
-    for scene, result in results.items():
+    def write(scene: str, result: dict) -> dict:
         write_refined_scene(params, scene, result["arrays"])
-    rows = [{"scene": s, "frames": r["meta"]["frames"],
-             "mean_std_m": round(float(r["arrays"]["depth_std"].mean()), 4)} for s, r in results.items()]
-    publish("refine", rows, failures)
+        return {"scene": scene, "frames": result["meta"]["frames"],
+                "mean_std_m": round(float(result["arrays"]["depth_std"].mean()), 4)}
+
+    rows, failures = run_scene_tasks("refine", params, refine_scene_task, scenes, inputs, key_params, write, progress)
+    publish("refine", list(rows.values()), failures)
     if failures:
         raise StageFailed("refine", failures)
     return finish_refine(params)
@@ -240,14 +247,17 @@ def fit_nerf_flow(params: Params, progress: bool = False) -> Path:
     def inputs(scene: str) -> list:
         return [Path(paths.scenes) / scene, Path(depth_store) / scene if depth_store else None]
 
-    results, failures = run_scene_tasks("fit_nerf", params, fit_nerf_scene_task, scenes, inputs, key_params, progress)
     out_root = Path(paths.nerf)
-    for scene, result in results.items():
+
+    def write(scene: str, result: dict) -> dict:
         with atomic_dir(out_root / scene) as tmp:
             for rel, data in result["files"].items():
                 (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
                 (tmp / rel).write_bytes(data)
-    metrics = {s: r["meta"] for s, r in results.items()}
+        return result["meta"]
+
+    metrics, failures = run_scene_tasks("fit_nerf", params, fit_nerf_scene_task, scenes, inputs, key_params, write,
+                                        progress)
     summary = write_nerf_summary(params, metrics, skipped)
     rows = [{"scene": s, **{k: round(m[k], 4) for k in ("test_psnr", "test_ssim", "test_depth_rmse", "train_seconds")}}
             for s, m in metrics.items()]

@@ -88,18 +88,20 @@ def sh():
     return run_checked
 
 
-@pytest.fixture
-def dvc_repo(tmp_path, prefect_api) -> Path:
-    """A real git + DVC repository in ``tmp_path`` with the project's pipeline and tiny params."""
+@pytest.fixture(scope="session")
+def dvc_template(tmp_path_factory, prefect_api) -> tuple[Path, str]:
+    """A real git + DVC repository with the project's pipeline and tiny params, after its first
+    ``dvc repro``; ``(path, output of that repro)``. Tests work on copies (``dvc_repo``)."""
     import yaml
 
     if shutil.which("dvc") is None or shutil.which("dnerf") is None:
         pytest.skip("dvc and the dnerf console script must be installed")
+    repo = tmp_path_factory.mktemp("dvc-template")
     for name in ("dvc.yaml", "params.yaml", ".dvcignore"):
-        shutil.copy(ROOT / name, tmp_path / name)
+        shutil.copy(ROOT / name, repo / name)
     for pkg in ("models", "tasks", "flows"):
-        shutil.copytree(ROOT / pkg, tmp_path / pkg, ignore=shutil.ignore_patterns("__pycache__"))
-    params = yaml.safe_load((tmp_path / "params.yaml").read_text())
+        shutil.copytree(ROOT / pkg, repo / pkg, ignore=shutil.ignore_patterns("__pycache__"))
+    params = yaml.safe_load((repo / "params.yaml").read_text())
     params["data"]["synthetic"].update(n_scenes=1, n_frames=3, height=24, width=32)
     params["data"]["test_every"] = 2
     params["diffusion"]["unet"].update(base_channels=8, channel_mults=[1, 2], attention_heads=2)
@@ -108,9 +110,17 @@ def dvc_repo(tmp_path, prefect_api) -> Path:
     params["nerf"]["occupancy"].update(resolution=16, warmup_steps=2, n_cells=256)
     params["nerf"]["export"].update(mesh_resolution=16)
     params["orchestration"]["workers"] = 1
-    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    run_checked("git", "init", "-q", cwd=tmp_path)
-    run_checked("dvc", "init", "-q", cwd=tmp_path)
-    run_checked("dvc", "config", "core.analytics", "false", cwd=tmp_path)
-    (tmp_path / ".gitignore").write_text("/.prefect/\n/.prefect-results/\n/.checkpoints/\n")
-    return tmp_path
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    (repo / ".gitignore").write_text("/.prefect/\n/.prefect-results/\n/.checkpoints/\n")
+    run_checked("git", "init", "-q", cwd=repo)
+    run_checked("dvc", "init", "-q", cwd=repo)
+    run_checked("dvc", "config", "core.analytics", "false", cwd=repo)
+    return repo, run_checked("dvc", "repro", cwd=repo)
+
+
+@pytest.fixture
+def dvc_repo(dvc_template, tmp_path) -> Path:
+    """A fresh copy of the reproduced template repository (workspace, DVC cache, git history)."""
+    repo = tmp_path / "repo"
+    shutil.copytree(dvc_template[0], repo, symlinks=True)
+    return repo

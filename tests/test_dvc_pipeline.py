@@ -23,9 +23,8 @@ def nerf_files(repo) -> dict:
     return {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
 
 
-def test_repro_then_noop_then_only_changed_stage(dvc_repo, sh):
-    repo = dvc_repo
-    out = sh("dvc", "repro", cwd=repo)
+def test_repro_then_noop_then_only_changed_stage(dvc_template, dvc_repo, sh):
+    repo, out = dvc_repo, dvc_template[1]
     stages = ["download", "corrupt", "train_diffusion", "refine", "fit_nerf"]
     for stage in stages:
         assert f"Running stage '{stage}'" in out
@@ -71,7 +70,6 @@ def test_repro_then_noop_then_only_changed_stage(dvc_repo, sh):
 def test_remote_push_pull_and_experiments(dvc_repo, sh, tmp_path_factory):
     repo = dvc_repo
     remote = tmp_path_factory.mktemp("dvc-remote")
-    sh("dvc", "repro", cwd=repo)
     sh("dvc", "remote", "add", "-d", "storage", str(remote), cwd=repo)
     sh("dvc", "push", cwd=repo)
     assert any(remote.rglob("*")), "nothing was pushed"

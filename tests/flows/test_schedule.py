@@ -22,7 +22,6 @@ def test_describe_names_stage_kind_and_key():
 
 
 def test_check_flow_reproduces_only_when_something_changed(dvc_repo, sh):
-    sh("dvc", "repro", cwd=dvc_repo)
     assert check_and_reproduce(str(dvc_repo)) == {"changed": {}, "reproduced": False}
 
     params = yaml.safe_load((dvc_repo / "params.yaml").read_text())
