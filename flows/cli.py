@@ -148,6 +148,12 @@ def fit_nerf(params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None, quiet
 
 
 @app.command()
+def evaluate(params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None, quiet: QuietOpt = False) -> None:
+    """Score noisy / classical / refined depth against the reference and collect the NeRF metrics."""
+    run_stage("evaluate", params, set_, quiet)
+
+
+@app.command()
 def server(
     port: Annotated[int, typer.Option(help="port on 127.0.0.1 (0 = a free one)")] = 4200,
 ) -> None:

@@ -17,6 +17,7 @@ Only I/O tasks (``download``) are retried.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import re
@@ -270,12 +271,31 @@ def fit_nerf_flow(params: Params, progress: bool = False) -> Path:
     return out_root
 
 
+@task(name="evaluate")
+def evaluate_task(params: Params, progress: bool = False) -> str:
+    from tasks.evaluate import run_evaluate
+
+    return str(run_evaluate(params, progress=progress))
+
+
+@flow(name="evaluate")
+def evaluate_flow(params: Params, progress: bool = False) -> Path:
+    """Stage 6: refinement and NeRF metrics into ``paths.eval_metrics`` and ``paths.plots``."""
+    out = Path(evaluate_task(params, progress))
+    summary = json.loads(out.read_text())
+    rows = [{"method": m, **{k: v for k, v in r.items() if k in ("rmse", "mae", "abs_rel", "delta1", "edge_f1")}}
+            for m, r in summary["refinement"].items()]
+    publish("evaluate", rows, {})
+    return out
+
+
 FLOWS = {
     "download": download_flow,
     "corrupt": corrupt_flow,
     "train_diffusion": train_diffusion_flow,
     "refine": refine_flow,
     "fit_nerf": fit_nerf_flow,
+    "evaluate": evaluate_flow,
 }
 
 

@@ -194,3 +194,52 @@ def aggregate(rows: list[dict[str, float]]) -> dict[str, float]:
         vals = vals[~np.isnan(vals)]
         out[k] = float(vals.mean()) if vals.size else _NAN
     return out
+
+
+def errors_by_distance(
+    pred: np.ndarray, gt: np.ndarray, bin_edges: list[float] | np.ndarray
+) -> list[dict[str, float]]:
+    """How the error grows with depth: RMSE and MAE of ``pred`` within each reference-depth bin.
+
+    Args:
+        pred: ``[...]`` predicted depth, metres (``0`` = hole; holes are left out, as in :func:`depth_metrics`).
+        gt: Reference depth, same shape, metres (``0`` = unknown).
+        bin_edges: Increasing edges ``[b0, b1, ..., bk]`` in metres; bin ``i`` is ``b_i <= gt < b_{i+1}``.
+
+    Returns:
+        One dict per bin: ``lo``, ``hi``, ``n`` (pixels evaluated), ``rmse``, ``mae`` (NaN when ``n = 0``).
+    """
+    pred = np.asarray(pred, dtype=np.float64)
+    gt = np.asarray(gt, dtype=np.float64)
+    both = _valid_depth(gt) & _valid_depth(pred)
+    edges = np.asarray(bin_edges, dtype=np.float64)
+    rows = []
+    for lo, hi in zip(edges[:-1], edges[1:]):
+        sel = both & (gt >= lo) & (gt < hi)
+        err = pred[sel] - gt[sel]
+        n = int(sel.sum())
+        rows.append({"lo": float(lo), "hi": float(hi), "n": n,
+                     "rmse": float(np.sqrt(np.mean(err**2))) if n else _NAN,
+                     "mae": float(np.mean(np.abs(err))) if n else _NAN})
+    return rows
+
+
+def uncertainty_calibration(pred: np.ndarray, gt: np.ndarray, std: np.ndarray) -> dict[str, float]:
+    """Is the predicted per-pixel uncertainty honest? The fraction of errors within 1 and 2 sigma.
+
+    A calibrated Gaussian uncertainty gives about 0.683 and 0.954. Pixels count where both depths are valid
+    and ``std > 0``.
+
+    Args:
+        pred, gt, std: Same shape, metres.
+
+    Returns:
+        ``within_1sigma``, ``within_2sigma`` (NaN without pixels), ``n``.
+    """
+    pred, gt, std = (np.asarray(a, dtype=np.float64) for a in (pred, gt, std))
+    sel = _valid_depth(gt) & _valid_depth(pred) & np.isfinite(std) & (std > 0)
+    n = int(sel.sum())
+    if n == 0:
+        return {"within_1sigma": _NAN, "within_2sigma": _NAN, "n": 0}
+    z = np.abs(pred[sel] - gt[sel]) / std[sel]
+    return {"within_1sigma": float(np.mean(z <= 1)), "within_2sigma": float(np.mean(z <= 2)), "n": n}

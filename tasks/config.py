@@ -43,6 +43,8 @@ class PathsConfig(StrictConfig):
     nerf: Path = Path("artifacts/nerf")
     nerf_checkpoints: Path = Path(".checkpoints/nerf")
     nerf_metrics: Path = Path("metrics/nerf.json")
+    eval_metrics: Path = Path("metrics/evaluate.json")
+    plots: Path = Path("plots")
 
 
 class TumConfig(StrictConfig):
@@ -240,6 +242,31 @@ class NerfStageConfig(StrictConfig):
     export: NerfExportConfig = NerfExportConfig()
 
 
+BaselineName = Literal["inpaint", "bilateral", "joint_bilateral", "guided"]
+
+
+class EvaluateConfig(StrictConfig):
+    """The ``evaluate`` stage: refinement against the reference depth, and the NeRF results."""
+
+    split: Literal["test", "all"] = Field("test", description="frames scored: the test views, or every frame")
+    baselines: list[BaselineName] = Field(
+        default_factory=lambda: ["inpaint", "bilateral", "joint_bilateral", "guided"],
+        description="classical refiners scored beside the noisy input and the refined depth",
+    )
+    distance_bins_m: list[float] = Field(
+        default_factory=lambda: [0.0, 1.0, 2.0, 3.0, 4.0, 6.0, 10.0], description="reference-depth bin edges"
+    )
+    edge_tolerance_px: float = Field(2.0, gt=0, description="edge matching distance (pixels)")
+    edge_rel_threshold: float = Field(0.05, gt=0, description="relative depth jump that makes an edge")
+
+    @model_validator(mode="after")
+    def _check(self) -> EvaluateConfig:
+        bins = self.distance_bins_m
+        if len(bins) < 2 or any(b >= c for b, c in zip(bins, bins[1:])):
+            raise ValueError(f"evaluate.distance_bins_m must be at least two increasing edges (got {bins})")
+        return self
+
+
 class ScheduleConfig(StrictConfig):
     """When ``dnerf serve`` re-checks the pipeline (one of cron or interval)."""
 
@@ -270,6 +297,7 @@ class Params(StrictConfig):
     diffusion: DiffusionStageConfig = DiffusionStageConfig()
     refine: RefineConfig = RefineConfig()
     nerf: NerfStageConfig = NerfStageConfig()
+    evaluate: EvaluateConfig = EvaluateConfig()
     orchestration: OrchestrationConfig = OrchestrationConfig()
 
 

@@ -25,7 +25,7 @@ def nerf_files(repo) -> dict:
 
 def test_repro_then_noop_then_only_changed_stage(dvc_template, dvc_repo, sh):
     repo, out = dvc_repo, dvc_template[1]
-    stages = ["download", "corrupt", "train_diffusion", "refine", "fit_nerf"]
+    stages = ["download", "corrupt", "train_diffusion", "refine", "fit_nerf", "evaluate"]
     for stage in stages:
         assert f"Running stage '{stage}'" in out
     scenes = open_store(repo / "data" / "scenes.zarr", "scenes")
@@ -36,7 +36,7 @@ def test_repro_then_noop_then_only_changed_stage(dvc_template, dvc_repo, sh):
     lock = yaml.safe_load((repo / "dvc.lock").read_text())
     assert set(lock["stages"]) == set(stages)
     shown = sh("dvc", "metrics", "show", cwd=repo)
-    assert "metrics.json" in shown and "nerf.json" in shown
+    assert "metrics.json" in shown and "nerf.json" in shown and "evaluate.json" in shown
     assert (repo / "artifacts" / "nerf" / "synthetic_000" / "mesh.ply").is_file()
 
     out = sh("dvc", "repro", cwd=repo)

@@ -9,7 +9,9 @@ import numpy as np
 import pytest
 from scipy.ndimage import gaussian_filter
 
-from models.metrics import aggregate, depth_edges, depth_metrics, edge_f1, psnr, ssim
+from models.metrics import (
+    aggregate, depth_edges, depth_metrics, edge_f1, errors_by_distance, psnr, ssim, uncertainty_calibration,
+)
 
 H, W = 20, 24
 
@@ -152,3 +154,32 @@ def test_aggregate_ignores_nan_and_missing_keys():
     assert out["a"] == 2.0 and out["b"] == 2.0 and out["c"] == 5.0 and math.isnan(out["d"])
     assert list(out) == ["a", "b", "c", "d"]
     assert aggregate([]) == {}
+
+
+def test_errors_by_distance_hand_computed():
+    gt = np.array([0.5, 0.9, 1.5, 1.5, 3.0, 0.0])
+    pred = np.array([0.6, 0.9, 1.2, 1.9, 0.0, 2.0])  # last: unknown reference; 3.0 m: a hole in pred
+    rows = errors_by_distance(pred, gt, [0.0, 1.0, 2.0, 4.0])
+    assert [r["n"] for r in rows] == [2, 2, 0]
+    assert rows[0]["rmse"] == pytest.approx(np.sqrt((0.1**2 + 0) / 2))
+    assert rows[0]["mae"] == pytest.approx(0.05)
+    assert rows[1]["rmse"] == pytest.approx(np.sqrt((0.3**2 + 0.4**2) / 2))
+    assert rows[1]["mae"] == pytest.approx(0.35)
+    assert np.isnan(rows[2]["rmse"]) and (rows[2]["lo"], rows[2]["hi"]) == (2.0, 4.0)
+
+
+def test_uncertainty_calibration_counts_errors_within_sigma():
+    gt = np.full(5, 2.0)
+    pred = np.array([2.05, 2.15, 1.75, 2.0, 2.5])
+    std = np.array([0.1, 0.1, 0.1, 0.0, 0.1])  # std 0: left out
+    cal = uncertainty_calibration(pred, gt, std)
+    assert cal["n"] == 4
+    assert cal["within_1sigma"] == pytest.approx(1 / 4)  # 0.5 sigma
+    assert cal["within_2sigma"] == pytest.approx(2 / 4)  # 0.5 and 1.5 sigma; 2.5 and 5 sigma are out
+    rng = np.random.default_rng(0)  # a calibrated Gaussian gives the textbook fractions
+    g = np.full(200_000, 3.0)
+    s = rng.uniform(0.01, 0.2, g.shape)
+    cal = uncertainty_calibration(g + rng.normal(0, s), g, s)
+    assert cal["within_1sigma"] == pytest.approx(0.6827, abs=0.005)
+    assert cal["within_2sigma"] == pytest.approx(0.9545, abs=0.005)
+    assert np.isnan(uncertainty_calibration(g, g, np.zeros_like(g))["within_1sigma"])

@@ -1,0 +1,167 @@
+"""The ``evaluate`` stage: how much refinement improves sensor depth, and how the NeRFs came out.
+
+Depth refinement is scored on every scene with a reference depth (synthetic scenes; real scenes with sensor
+depth only are listed as skipped), on the frames of ``evaluate.split``: the noisy input, each classical
+baseline (run here on the same noisy frames) and the refined depth, against the scene store's depth.
+
+Outputs (DVC metrics and plots):
+
+- ``paths.eval_metrics`` (JSON): per method the mean over frames of RMSE, MAE, AbsRel, SqRel, δ<1.25^k,
+  coverage and edge precision / recall / F1; the same per scene; the calibration of the refinement's
+  uncertainty (fraction of errors within 1σ and 2σ); and the NeRF summary from ``paths.nerf_metrics``.
+- ``paths.plots/refinement_frames.csv``: one row per (scene, frame, method).
+- ``paths.plots/refinement_scenes.csv``: one row per scene, ``<method>_rmse`` / ``<method>_edge_f1`` columns.
+- ``paths.plots/error_vs_distance.csv``: RMSE per reference-depth bin, one column per method.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from tqdm import tqdm
+
+from models.baselines import make_baselines
+from models.metrics import depth_metrics, edge_f1, errors_by_distance, uncertainty_calibration
+from tasks.config import Params
+from tasks.errors import DataError
+from tasks.files import write_text_atomic
+from tasks.store import SceneView, open_store, scene_names
+
+log = logging.getLogger(__name__)
+
+
+class DistanceErrors:
+    """Running per-bin squared and absolute error sums, per method, pooled over frames."""
+
+    def __init__(self, bins: list[float]):
+        self.bins = bins
+        self.sums: dict[str, np.ndarray] = {}  # method -> [n_bins, 3]: n, sum sq, sum abs
+
+    def add(self, method: str, pred: np.ndarray, gt: np.ndarray) -> None:
+        rows = errors_by_distance(pred, gt, self.bins)
+        part = np.array([[r["n"], r["n"] * r["rmse"] ** 2, r["n"] * r["mae"]] if r["n"] else [0, 0, 0] for r in rows])
+        self.sums[method] = self.sums.get(method, 0) + part
+
+    def table(self) -> pd.DataFrame:
+        """``distance_m`` (bin centre), ``lo``, ``hi``, one RMSE column per method and ``n_<method>`` pixel counts."""
+        lo, hi = np.array(self.bins[:-1]), np.array(self.bins[1:])
+        df = pd.DataFrame({"distance_m": (lo + hi) / 2, "lo": lo, "hi": hi})
+        for method, s in self.sums.items():
+            with np.errstate(invalid="ignore", divide="ignore"):
+                df[method] = np.sqrt(s[:, 1] / s[:, 0])
+        for method, s in self.sums.items():
+            df[f"n_{method}"] = s[:, 0].astype(int)
+        return df
+
+
+def frame_rows(scene: str, fid: str, preds: dict[str, np.ndarray], gt: np.ndarray, params: Params) -> list[dict]:
+    """One metrics row per method for one frame."""
+    cfg = params.evaluate
+    rows = []
+    for method, pred in preds.items():
+        edges = edge_f1(pred, gt, cfg.edge_tolerance_px, cfg.edge_rel_threshold)
+        rows.append({"scene": scene, "frame": fid, "method": method, **depth_metrics(pred, gt),
+                     **{f"edge_{k}": v for k, v in edges.items()}})
+    return rows
+
+
+def evaluate_refinement(params: Params, progress: bool = True) -> tuple[pd.DataFrame, pd.DataFrame, dict, dict]:
+    """Score noisy / baselines / refined depth on every scene with a reference.
+
+    Returns ``(per-frame rows, error vs distance, calibration, skipped scenes)``.
+    """
+    cfg = params.evaluate
+    scenes = open_store(params.paths.scenes, "scenes")
+    noisy = open_store(params.paths.noisy, "noisy")
+    refined = open_store(params.paths.refined, "refined")
+    if not refined.attrs.get("complete"):
+        raise DataError(params.paths.refined, "refinement did not finish; run `dnerf refine` again to complete it")
+    baselines = make_baselines(params.refine.baselines)
+    rows, skipped = [], {}
+    dist = DistanceErrors(cfg.distance_bins_m)
+    calib = np.zeros(3)  # n, within 1 sigma, within 2 sigma
+    for name in scene_names(refined):
+        if name not in scenes or name not in noisy:
+            raise DataError(params.paths.refined, f"scene {name!r} is missing from the scene or noisy store")
+        view = SceneView(scenes[name])
+        if view.attrs.get("depth_kind") != "reference":
+            skipped[name] = "no reference depth (sensor depth only): refinement errors need a ground truth"
+            log.warning("%s: %s", name, skipped[name])
+            continue
+        frames = view.indices("test") if cfg.split == "test" else list(range(view.n_frames))
+        frames = frames or list(range(view.n_frames))
+        for i in tqdm(frames, desc=f"evaluate {name}", unit="frame", disable=not progress):
+            gt = np.asarray(view.group["depth"][i], dtype=np.float32)
+            rgb, K = view.group["rgb"][i], view.group["K"][i]
+            d_noisy = np.asarray(noisy[name]["depth_noisy"][i], dtype=np.float32)
+            preds = {"noisy": d_noisy}
+            preds.update({b: baselines[b](rgb, d_noisy, K).astype(np.float32) for b in cfg.baselines})
+            preds["refined"] = np.asarray(refined[name]["depth_refined"][i], dtype=np.float32)
+            rows += frame_rows(name, view.frame_ids[i], preds, gt, params)
+            for method, pred in preds.items():
+                dist.add(method, pred, gt)
+            cal = uncertainty_calibration(preds["refined"], gt, refined[name]["depth_std"][i])
+            if cal["n"]:
+                calib += [cal["n"], cal["n"] * cal["within_1sigma"], cal["n"] * cal["within_2sigma"]]
+    calibration = {"n": int(calib[0]),
+                   "within_1sigma": float(calib[1] / calib[0]) if calib[0] else None,
+                   "within_2sigma": float(calib[2] / calib[0]) if calib[0] else None,
+                   "gaussian_1sigma": 0.6827, "gaussian_2sigma": 0.9545}
+    return pd.DataFrame(rows), dist.table(), calibration, skipped
+
+
+def method_means(frames: pd.DataFrame, by: list[str]) -> pd.DataFrame:
+    """Mean over frames of every metric column, grouped by ``by`` (NaN ignored)."""
+    metric_cols = [c for c in frames.columns if c not in ("scene", "frame", "method")]
+    return frames.groupby(by, sort=False)[metric_cols].mean()
+
+
+def nerf_summary(path: Path) -> dict:
+    """The fit_nerf summary (per-scene test metrics and means), or an empty dict before any fit."""
+    try:
+        return json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        return {}
+    except json.JSONDecodeError as err:
+        raise DataError(path, f"not valid JSON: {err}") from None
+
+
+def _clean(value):
+    """JSON-safe: NaN -> None, numpy scalars -> Python."""
+    if isinstance(value, dict):
+        return {k: _clean(v) for k, v in value.items()}
+    if isinstance(value, float | np.floating):
+        return None if not np.isfinite(value) else round(float(value), 6)
+    return value
+
+
+def run_evaluate(params: Params, progress: bool = True) -> Path:
+    """The ``evaluate`` stage; writes ``paths.eval_metrics`` and the CSVs under ``paths.plots``."""
+    frames, distance, calibration, skipped = evaluate_refinement(params, progress)
+    plots = Path(params.paths.plots)
+    metrics: dict = {"refinement": {}, "refinement_by_scene": {}, "calibration": calibration, "skipped": skipped}
+    if not frames.empty:
+        overall = method_means(frames, ["method"])
+        metrics["refinement"] = {m: row.to_dict() for m, row in overall.iterrows()}
+        by_scene = method_means(frames, ["scene", "method"])
+        for (scene, method), row in by_scene.iterrows():
+            metrics["refinement_by_scene"].setdefault(scene, {})[method] = row.to_dict()
+        wide = by_scene[["rmse", "edge_f1"]].unstack("method")
+        wide.columns = [f"{method}_{metric}" for metric, method in wide.columns]
+        write_text_atomic(plots / "refinement_frames.csv", frames.to_csv(index=False))
+        write_text_atomic(plots / "refinement_scenes.csv", wide.reset_index().to_csv(index=False))
+        write_text_atomic(plots / "error_vs_distance.csv", distance.to_csv(index=False))
+    nerf = nerf_summary(params.paths.nerf_metrics)
+    metrics["nerf"] = {k: v for k, v in nerf.items() if k.startswith("mean_")}
+    metrics["nerf_by_scene"] = {s: {k: v for k, v in m.items() if k.startswith("test_") or k == "depth_source"}
+                                for s, m in nerf.get("scenes", {}).items()}
+    write_text_atomic(params.paths.eval_metrics, json.dumps(_clean(metrics), indent=2))
+    if metrics["refinement"]:
+        r = metrics["refinement"]
+        log.info("refinement RMSE: noisy %.4f m, refined %.4f m; edge F1 %.3f -> %.3f",
+                 r["noisy"]["rmse"], r["refined"]["rmse"], r["noisy"]["edge_f1"], r["refined"]["edge_f1"])
+    return Path(params.paths.eval_metrics)
