@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import time
+from pathlib import Path
 
 import pytest
 import yaml
@@ -14,6 +15,7 @@ import yaml
 from flows.schedule import DEPLOYMENT, check_and_reproduce, describe
 
 pytestmark = pytest.mark.slow
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_describe_names_stage_kind_and_key():
@@ -39,7 +41,8 @@ def test_serve_registers_a_scheduled_deployment_that_is_not_paused_on_exit(prefe
     from prefect.client.orchestration import get_client
 
     proc = subprocess.Popen(
-        ["dnerf", "serve", "--set", "orchestration.schedule.interval_minutes=30", "--repo", str(tmp_path)],
+        ["dnerf", "serve", "-p", str(ROOT / "params.yaml"), "--set", "orchestration.schedule.interval_minutes=30",
+         "--repo", str(tmp_path)],
         cwd=tmp_path, env=os.environ, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )
     try:
