@@ -45,6 +45,7 @@ class PathsConfig(StrictConfig):
     nerf_metrics: Path = Path("metrics/nerf.json")
     eval_metrics: Path = Path("metrics/evaluate.json")
     plots: Path = Path("plots")
+    report: Path = Path("reports")
 
 
 class TumConfig(StrictConfig):

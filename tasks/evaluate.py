@@ -1,5 +1,7 @@
 """The ``evaluate`` stage: how much refinement improves sensor depth, and how the NeRFs came out.
 
+It ends with the figures and the self-contained HTML report of :mod:`tasks.report` under ``paths.report``.
+
 Depth refinement is scored on every scene with a reference depth (synthetic scenes; real scenes with sensor
 depth only are listed as skipped), on the frames of ``evaluate.split``: the noisy input, each classical
 baseline (run here on the same noisy frames) and the refined depth, against the scene store's depth.
@@ -18,6 +20,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -29,6 +32,7 @@ from models.metrics import depth_metrics, edge_f1, errors_by_distance, uncertain
 from tasks.config import Params
 from tasks.errors import DataError
 from tasks.files import write_text_atomic
+from tasks.report import depth_histogram, distance_figure, nerf_figure, refinement_panel, save_figure, write_report
 from tasks.store import SceneView, open_store, scene_names
 
 log = logging.getLogger(__name__)
@@ -69,10 +73,13 @@ def frame_rows(scene: str, fid: str, preds: dict[str, np.ndarray], gt: np.ndarra
     return rows
 
 
-def evaluate_refinement(params: Params, progress: bool = True) -> tuple[pd.DataFrame, pd.DataFrame, dict, dict]:
+def evaluate_refinement(
+    params: Params, progress: bool = True
+) -> tuple[pd.DataFrame, pd.DataFrame, dict, dict, dict, np.ndarray]:
     """Score noisy / baselines / refined depth on every scene with a reference.
 
-    Returns ``(per-frame rows, error vs distance, calibration, skipped scenes)``.
+    Returns ``(per-frame rows, error vs distance, calibration, skipped scenes, a sample frame per scene for
+    the figures, a subsample of the scored reference depths)``.
     """
     cfg = params.evaluate
     scenes = open_store(params.paths.scenes, "scenes")
@@ -84,6 +91,8 @@ def evaluate_refinement(params: Params, progress: bool = True) -> tuple[pd.DataF
     rows, skipped = [], {}
     dist = DistanceErrors(cfg.distance_bins_m)
     calib = np.zeros(3)  # n, within 1 sigma, within 2 sigma
+    samples, depth_values = {}, []
+    rng = np.random.default_rng(0)
     for name in scene_names(refined):
         if name not in scenes or name not in noisy:
             raise DataError(params.paths.refined, f"scene {name!r} is missing from the scene or noisy store")
@@ -104,14 +113,19 @@ def evaluate_refinement(params: Params, progress: bool = True) -> tuple[pd.DataF
             rows += frame_rows(name, view.frame_ids[i], preds, gt, params)
             for method, pred in preds.items():
                 dist.add(method, pred, gt)
-            cal = uncertainty_calibration(preds["refined"], gt, refined[name]["depth_std"][i])
+            std = np.asarray(refined[name]["depth_std"][i], dtype=np.float32)
+            if name not in samples:
+                samples[name] = {"frame": view.frame_ids[i], "rgb": rgb, "preds": preds, "gt": gt, "std": std}
+            depth_values.append(rng.choice(gt.ravel(), size=min(gt.size, 20_000), replace=False))
+            cal = uncertainty_calibration(preds["refined"], gt, std)
             if cal["n"]:
                 calib += [cal["n"], cal["n"] * cal["within_1sigma"], cal["n"] * cal["within_2sigma"]]
     calibration = {"n": int(calib[0]),
                    "within_1sigma": float(calib[1] / calib[0]) if calib[0] else None,
                    "within_2sigma": float(calib[2] / calib[0]) if calib[0] else None,
                    "gaussian_1sigma": 0.6827, "gaussian_2sigma": 0.9545}
-    return pd.DataFrame(rows), dist.table(), calibration, skipped
+    depths = np.concatenate(depth_values) if depth_values else np.zeros(0, np.float32)
+    return pd.DataFrame(rows), dist.table(), calibration, skipped, samples, depths
 
 
 def method_means(frames: pd.DataFrame, by: list[str]) -> pd.DataFrame:
@@ -139,9 +153,35 @@ def _clean(value):
     return value
 
 
+def make_figures(params: Params, samples: dict, distance: pd.DataFrame | None, depths: np.ndarray) -> list[Path]:
+    """Every PNG of the report, written under ``paths.report/figures`` (replaced as a whole)."""
+    folder = Path(params.paths.report) / "figures"
+    if folder.exists():
+        shutil.rmtree(folder)
+    out = []
+    for name, s in samples.items():
+        fig = refinement_panel(s["rgb"], s["preds"], s["gt"], s["std"], f"{name}, frame {s['frame']}")
+        out.append(save_figure(fig, folder / f"refinement_{name}_{s['frame']}.png"))
+    if distance is not None:
+        out.append(save_figure(distance_figure(distance), folder / "error_vs_distance.png"))
+    if depths.size:
+        out.append(save_figure(depth_histogram(depths), folder / "depth_distribution.png"))
+    scenes = open_store(params.paths.scenes, "scenes")
+    for name in scene_names(scenes):
+        view = SceneView(scenes[name])
+        test = view.indices("test")
+        renders = Path(params.paths.nerf) / name / "renders"
+        if not test or not renders.is_dir():
+            continue
+        fig = nerf_figure(renders, view.group["rgb"][test[0]], view.frame_ids[test[0]], f"NeRF {name}")
+        if fig is not None:
+            out.append(save_figure(fig, folder / f"nerf_{name}.png"))
+    return out
+
+
 def run_evaluate(params: Params, progress: bool = True) -> Path:
     """The ``evaluate`` stage; writes ``paths.eval_metrics`` and the CSVs under ``paths.plots``."""
-    frames, distance, calibration, skipped = evaluate_refinement(params, progress)
+    frames, distance, calibration, skipped, samples, depths = evaluate_refinement(params, progress)
     plots = Path(params.paths.plots)
     metrics: dict = {"refinement": {}, "refinement_by_scene": {}, "calibration": calibration, "skipped": skipped}
     if not frames.empty:
@@ -160,6 +200,8 @@ def run_evaluate(params: Params, progress: bool = True) -> Path:
     metrics["nerf_by_scene"] = {s: {k: v for k, v in m.items() if k.startswith("test_") or k == "depth_source"}
                                 for s, m in nerf.get("scenes", {}).items()}
     write_text_atomic(params.paths.eval_metrics, json.dumps(_clean(metrics), indent=2))
+    figures = make_figures(params, samples, distance if not frames.empty else None, depths)
+    write_report(params, _clean(metrics), figures, Path(params.paths.report) / "index.html")
     if metrics["refinement"]:
         r = metrics["refinement"]
         log.info("refinement RMSE: noisy %.4f m, refined %.4f m; edge F1 %.3f -> %.3f",

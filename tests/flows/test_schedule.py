@@ -23,6 +23,17 @@ def test_describe_names_stage_kind_and_key():
     assert lines == ['fit_nerf: changed deps: {"params.yaml": {"nerf.train.steps": 4}}', "x: always changed"]
 
 
+def test_schedule_comes_from_params():
+    from datetime import timedelta
+
+    from flows.schedule import schedule_kwargs
+    from tasks.config import load_params
+
+    assert schedule_kwargs(load_params(None, ["orchestration.schedule.interval_minutes=30"])) == {
+        "interval": timedelta(minutes=30)}
+    assert schedule_kwargs(load_params(None, ["orchestration.schedule.cron='0 3 * * *'"])) == {"cron": "0 3 * * *"}
+
+
 def test_check_flow_reproduces_only_when_something_changed(dvc_repo, sh):
     assert check_and_reproduce(str(dvc_repo)) == {"changed": {}, "reproduced": False}
 
@@ -40,17 +51,19 @@ def test_check_flow_reproduces_only_when_something_changed(dvc_repo, sh):
 def test_serve_registers_a_scheduled_deployment_that_is_not_paused_on_exit(prefect_api, tmp_path):
     from prefect.client.orchestration import get_client
 
+    log = (tmp_path / "serve.log").open("w")  # a file, not a pipe: a full pipe would block the server
     proc = subprocess.Popen(
-        ["dnerf", "serve", "-p", str(ROOT / "params.yaml"), "--set", "orchestration.schedule.interval_minutes=30",
+        # a cron that never fires during the test: a run in flight would delay the shutdown
+        ["dnerf", "serve", "-p", str(ROOT / "params.yaml"), "--set", "orchestration.schedule.cron='0 3 1 1 *'",
          "--repo", str(tmp_path)],
-        cwd=tmp_path, env=os.environ, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        cwd=tmp_path, env=os.environ, stdout=log, stderr=subprocess.STDOUT, text=True,
     )
     try:
         deployment = None
         deadline = time.monotonic() + 120
         with get_client(sync_client=True) as client:
             while deployment is None and time.monotonic() < deadline:
-                assert proc.poll() is None, proc.stdout.read()
+                assert proc.poll() is None, (tmp_path / "serve.log").read_text()
                 try:
                     deployment = client.read_deployment_by_name(f"dvc-pipeline-check/{DEPLOYMENT}")
                 except Exception:  # noqa: BLE001 - not registered yet
@@ -58,9 +71,12 @@ def test_serve_registers_a_scheduled_deployment_that_is_not_paused_on_exit(prefe
             assert deployment is not None, "dnerf serve did not register its deployment"
             assert deployment.parameters == {"repo": str(tmp_path.resolve())}
             [schedule] = deployment.schedules
-            assert schedule.schedule.interval.total_seconds() == 30 * 60 and schedule.active
+            assert schedule.schedule.cron == "0 3 1 1 *" and schedule.active
         proc.send_signal(signal.SIGINT)
-        proc.wait(timeout=60)
+        try:
+            proc.wait(timeout=90)
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"dnerf serve did not stop on SIGINT:\n{(tmp_path / 'serve.log').read_text()[-3000:]}")
         with get_client(sync_client=True) as client:
             after = client.read_deployment_by_name(f"dvc-pipeline-check/{DEPLOYMENT}")
             assert not after.paused and after.schedules[0].active
@@ -68,3 +84,4 @@ def test_serve_registers_a_scheduled_deployment_that_is_not_paused_on_exit(prefe
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+        log.close()

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pandas as pd
 import pytest
+from PIL import Image
 
 from models.baselines import make_baselines
 from models.metrics import depth_metrics
@@ -23,7 +25,8 @@ def evaluated(tiny_overrides, tmp_path):
     params = load_params(None, tiny_overrides + [
         "refine.method=bilateral", f"paths.refined={tmp_path / 'refined.zarr'}",
         f"paths.eval_metrics={tmp_path / 'metrics' / 'evaluate.json'}", f"paths.plots={tmp_path / 'plots'}",
-        f"paths.nerf_metrics={tmp_path / 'metrics' / 'nerf.json'}",
+        f"paths.nerf_metrics={tmp_path / 'metrics' / 'nerf.json'}", f"paths.report={tmp_path / 'reports'}",
+        f"paths.nerf={tmp_path / 'nerf'}",
     ])
     run_download(params, progress=False)
     run_corrupt(params, progress=False)
@@ -65,3 +68,19 @@ def test_plots_csvs_have_one_row_per_frame_scene_and_bin(evaluated):
     assert {"noisy", "refined", "guided", "distance_m", "n_noisy", "n_refined"} <= set(dist)
     assert dist["n_noisy"].sum() > 0 and (dist.loc[dist["n_noisy"] > 0, "noisy"] > 0).all()
     assert (dist["n_refined"] >= dist["n_noisy"]).all()  # the filters fill holes, the noisy input has them
+
+
+def test_report_is_self_contained_with_tables_and_figures(evaluated):
+    params, _ = evaluated
+    figures = sorted(p.name for p in (params.paths.report / "figures").iterdir())
+    assert figures == ["depth_distribution.png", "error_vs_distance.png", "refinement_synthetic_000_000001.png",
+                       "refinement_synthetic_001_000001.png"]
+    for name in figures:
+        with Image.open(params.paths.report / "figures" / name) as im:
+            assert im.size[0] > 200 and im.size[1] > 100
+    page = (params.paths.report / "index.html").read_text()
+    assert page.count("<table") == 1 and "refined" in page and "edge_f1" in page
+    srcs = re.findall(r'src="([^"]*)"', page)
+    assert len(srcs) == len(figures) and all(s.startswith("data:image/png;base64,") for s in srcs)
+    assert "http://" not in page.split("<h2>Params</h2>")[0] and "<script" not in page
+    assert "depth_weight" in page  # the params of the run

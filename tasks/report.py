@@ -1,0 +1,142 @@
+"""Figures and a self-contained HTML report for the ``evaluate`` stage.
+
+Figures (PNG, matplotlib, written to ``paths.report/figures``):
+
+- ``refinement_<scene>_<frame>.png``: RGB | noisy | each baseline | refined | reference, the absolute error
+  of each method, and the refinement's uncertainty, for the first test frame of each scene;
+- ``error_vs_distance.png``: RMSE per reference-depth bin for every method;
+- ``depth_distribution.png``: the reference depth values of the scored frames;
+- ``nerf_<scene>.png``: a NeRF test view beside the ground truth, with its rendered depth.
+
+``paths.report/index.html`` embeds every figure as base64 and has the headline tables and the run's params,
+so it opens without a network or any other file.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+import yaml  # noqa: E402
+from PIL import Image  # noqa: E402
+
+from tasks.config import Params  # noqa: E402
+from tasks.files import write_text_atomic  # noqa: E402
+
+
+def save_figure(fig, path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    return path
+
+
+def refinement_panel(rgb: np.ndarray, preds: dict[str, np.ndarray], gt: np.ndarray, std: np.ndarray | None,
+                     title: str) -> plt.Figure:
+    """Top row: RGB, every method's depth and the reference; bottom row: each method's |error| and sigma."""
+    methods = list(preds)
+    cols = len(methods) + 2
+    fig, axes = plt.subplots(2, cols, figsize=(2.2 * cols, 4.4))
+    valid = gt > 0
+    lo, hi = (np.percentile(gt[valid], [2, 98]) if valid.any() else (0.0, 1.0))
+    err_max = max(0.05, float(np.percentile(np.abs(preds[methods[-1]] - gt)[valid], 98))) if valid.any() else 0.1
+    axes[0, 0].imshow(rgb)
+    axes[0, 0].set_title("RGB", fontsize=8)
+    for k, m in enumerate(methods, start=1):
+        axes[0, k].imshow(np.where(preds[m] > 0, preds[m], np.nan), cmap="turbo", vmin=lo, vmax=hi)
+        axes[0, k].set_title(m, fontsize=8)
+        err = np.where(valid & (preds[m] > 0), np.abs(preds[m] - gt), np.nan)
+        axes[1, k].imshow(err, cmap="magma", vmin=0, vmax=err_max)
+        axes[1, k].set_title(f"|error| {m}", fontsize=8)
+    axes[0, -1].imshow(np.where(valid, gt, np.nan), cmap="turbo", vmin=lo, vmax=hi)
+    axes[0, -1].set_title("reference", fontsize=8)
+    if std is not None:
+        axes[1, -1].imshow(std, cmap="viridis")
+        axes[1, -1].set_title("refined sigma", fontsize=8)
+    for ax in axes.ravel():
+        ax.axis("off")
+    fig.suptitle(title, fontsize=9)
+    return fig
+
+
+def distance_figure(distance: pd.DataFrame) -> plt.Figure:
+    fig, ax = plt.subplots(figsize=(5.5, 3.5))
+    methods = [c for c in distance.columns if c not in ("distance_m", "lo", "hi") and not c.startswith("n_")]
+    for m in methods:
+        ax.plot(distance["distance_m"], distance[m], marker="o", lw=2.5 if m == "refined" else 1.2, label=m)
+    ax.set_xlabel("reference depth (m)")
+    ax.set_ylabel("RMSE (m)")
+    ax.set_title("error against distance")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    return fig
+
+
+def depth_histogram(depths: np.ndarray) -> plt.Figure:
+    fig, ax = plt.subplots(figsize=(5.5, 3.0))
+    ax.hist(depths[depths > 0], bins=60, color="steelblue")
+    ax.set_xlabel("reference depth (m)")
+    ax.set_ylabel("pixels")
+    ax.set_title("depth values of the scored frames")
+    return fig
+
+
+def nerf_figure(renders: Path, gt_rgb: np.ndarray, frame_id: str, title: str) -> plt.Figure | None:
+    """The rendered test view beside the ground truth, and the rendered depth (16-bit mm PNG)."""
+    rgb_path, depth_path = renders / f"{frame_id}_rgb.png", renders / f"{frame_id}_depth.png"
+    if not rgb_path.is_file() or not depth_path.is_file():
+        return None
+    fig, axes = plt.subplots(1, 3, figsize=(9, 2.8))
+    axes[0].imshow(gt_rgb)
+    axes[0].set_title("ground truth", fontsize=8)
+    axes[1].imshow(np.asarray(Image.open(rgb_path)))
+    axes[1].set_title("NeRF render", fontsize=8)
+    axes[2].imshow(np.asarray(Image.open(depth_path)).astype(np.float32) / 1000, cmap="turbo")
+    axes[2].set_title("NeRF depth", fontsize=8)
+    for ax in axes:
+        ax.axis("off")
+    fig.suptitle(title, fontsize=9)
+    return fig
+
+
+def _img(path: Path) -> str:
+    data = base64.b64encode(path.read_bytes()).decode()
+    return f'<figure><img src="data:image/png;base64,{data}" alt="{html.escape(path.stem)}"><figcaption>{html.escape(path.stem)}</figcaption></figure>'
+
+
+def _table(df: pd.DataFrame, caption: str) -> str:
+    return f"<h3>{html.escape(caption)}</h3>" + df.to_html(float_format=lambda v: f"{v:.4g}", na_rep="–", border=0)
+
+
+def write_report(params: Params, metrics: dict, figures: list[Path], path: Path) -> Path:
+    """``index.html`` with the headline tables, every figure (embedded) and the params of the run."""
+    parts = ["<h1>DiffusionNeRF-3D evaluation</h1>"]
+    if metrics.get("refinement"):
+        ref = pd.DataFrame(metrics["refinement"]).T
+        cols = [c for c in ("rmse", "mae", "abs_rel", "sq_rel", "delta1", "delta2", "delta3", "coverage",
+                            "edge_precision", "edge_recall", "edge_f1") if c in ref]
+        parts.append(_table(ref[cols], "Depth refinement (mean over scored frames; metres)"))
+    cal = metrics.get("calibration", {})
+    if cal.get("n"):
+        parts.append(f"<p>Uncertainty calibration: {cal['within_1sigma']:.1%} of errors within 1σ "
+                     f"(Gaussian 68.3 %), {cal['within_2sigma']:.1%} within 2σ (95.4 %).</p>")
+    if metrics.get("nerf_by_scene"):
+        parts.append(_table(pd.DataFrame(metrics["nerf_by_scene"]).T, "NeRF test views"))
+    for name, why in metrics.get("skipped", {}).items():
+        parts.append(f"<p>Skipped {html.escape(name)}: {html.escape(why)}</p>")
+    parts += ["<h2>Figures</h2>", *(_img(f) for f in figures)]
+    parts += ["<h2>Params</h2>", f"<pre>{html.escape(yaml.safe_dump(params.model_dump(mode='json'), sort_keys=False))}</pre>"]
+    style = ("body{font-family:sans-serif;max-width:1200px;margin:2em auto;padding:0 1em}"
+             "table{border-collapse:collapse;margin:1em 0}td,th{padding:2px 8px;text-align:right}"
+             "tr:nth-child(even){background:#f3f3f3}img{max-width:100%}figure{margin:1em 0}")
+    doc = (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>DiffusionNeRF-3D evaluation</title>"
+           f"<style>{style}</style></head><body>{''.join(parts)}</body></html>")
+    write_text_atomic(path, doc)
+    return path
