@@ -72,11 +72,12 @@ def test_serve_registers_a_scheduled_deployment_that_is_not_paused_on_exit(prefe
             assert deployment.parameters == {"repo": str(tmp_path.resolve())}
             [schedule] = deployment.schedules
             assert schedule.schedule.cron == "0 3 1 1 *" and schedule.active
-        proc.send_signal(signal.SIGINT)
+        # SIGTERM, as a process manager stops a service (SIGINT is ignored by background jobs of a shell)
+        proc.send_signal(signal.SIGTERM)
         try:
             proc.wait(timeout=90)
         except subprocess.TimeoutExpired:
-            pytest.fail(f"dnerf serve did not stop on SIGINT:\n{(tmp_path / 'serve.log').read_text()[-3000:]}")
+            pytest.fail(f"dnerf serve did not stop on SIGTERM:\n{(tmp_path / 'serve.log').read_text()[-3000:]}")
         with get_client(sync_client=True) as client:
             after = client.read_deployment_by_name(f"dvc-pipeline-check/{DEPLOYMENT}")
             assert not after.paused and after.schedules[0].active
