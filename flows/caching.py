@@ -23,10 +23,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from prefect.serializers import Serializer
 from pydantic import Field
 
-from prefect.serializers import Serializer
 from tasks.digest import tree_digest
+
 
 def cache_key(stage: str, scene: str, inputs: Iterable[Path | None], params: Any, code: str) -> str:
     """``stage/scene/<digest>`` of the scene's input bytes, the stage's params (JSON-able) and the code."""
@@ -72,8 +73,3 @@ class SceneResultSerializer(Serializer):
                 else:
                     out["meta"] = json.loads(z[name].tobytes().decode())
         return out
-
-
-def folder_files(folder: Path) -> dict[str, bytes]:
-    """Every file under ``folder`` as ``{relative posix path: bytes}``."""
-    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}

@@ -27,17 +27,21 @@ from pathlib import Path
 
 import torch
 from prefect import flow, get_run_logger, task
-from prefect.artifacts import create_markdown_artifact, create_progress_artifact, create_table_artifact
-from prefect.artifacts import update_progress_artifact
+from prefect.artifacts import (
+    create_markdown_artifact,
+    create_progress_artifact,
+    create_table_artifact,
+    update_progress_artifact,
+)
 from prefect.cache_policies import NO_CACHE
 from prefect.futures import as_completed
 from prefect.settings import PREFECT_RESULTS_LOCAL_STORAGE_PATH, temporary_settings
 
-from flows.caching import SceneResultSerializer, cache_key, folder_files, key_from_parameters
+from flows.caching import SceneResultSerializer, cache_key, key_from_parameters
 from flows.runners import make_task_runner, threads_per_worker
 from tasks.config import Params
 from tasks.digest import code_version
-from tasks.files import atomic_dir
+from tasks.files import folder_files, write_folder
 
 log = logging.getLogger(__name__)
 
@@ -202,10 +206,6 @@ def publish(stage: str, rows: list[dict], failures: dict[str, str], extra: str =
     create_markdown_artifact("\n".join(lines), key=slug(f"{stage}-summary"), description=f"{stage} summary")
 
 
-def stage_params(cfg, exclude: set[str] | None = None) -> dict:
-    return cfg.model_dump(mode="json", exclude=exclude)
-
-
 # ------------------------------------------------------------------------------------ scene flows
 
 
@@ -216,7 +216,7 @@ def refine_flow(params: Params, progress: bool = False) -> Path:
 
     scenes = prepare_refine(params)
     digest = refiner_digest(params)
-    key_params = {"refine": stage_params(params.refine, {"device"}), "model": digest}
+    key_params = {"refine": params.refine.model_dump(mode="json", exclude={"device"}), "model": digest}
     paths = params.paths
 
     def inputs(scene: str) -> list:
@@ -243,7 +243,7 @@ def fit_nerf_flow(params: Params, progress: bool = False) -> Path:
     scenes, skipped = plan_fit_nerf(params)
     paths, source = params.paths, params.nerf.depth_source
     depth_store = {"none": None, "gt": None, "noisy": paths.noisy, "refined": paths.refined}[source]
-    key_params = {"nerf": stage_params(params.nerf, {"train": {"device"}})}
+    key_params = {"nerf": params.nerf.model_dump(mode="json", exclude={"train": {"device"}})}
 
     def inputs(scene: str) -> list:
         return [Path(paths.scenes) / scene, Path(depth_store) / scene if depth_store else None]
@@ -251,10 +251,7 @@ def fit_nerf_flow(params: Params, progress: bool = False) -> Path:
     out_root = Path(paths.nerf)
 
     def write(scene: str, result: dict) -> dict:
-        with atomic_dir(out_root / scene) as tmp:
-            for rel, data in result["files"].items():
-                (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
-                (tmp / rel).write_bytes(data)
+        write_folder(out_root / scene, result["files"])
         return result["meta"]
 
     metrics, failures = run_scene_tasks("fit_nerf", params, fit_nerf_scene_task, scenes, inputs, key_params, write,

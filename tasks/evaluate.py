@@ -33,7 +33,7 @@ from tasks.config import Params
 from tasks.errors import DataError
 from tasks.files import write_text_atomic
 from tasks.report import depth_histogram, distance_figure, nerf_figure, refinement_panel, save_figure, write_report
-from tasks.store import SceneView, open_store, scene_names
+from tasks.store import SceneView, open_refined, open_store, scene_names
 
 log = logging.getLogger(__name__)
 
@@ -54,12 +54,10 @@ class DistanceErrors:
         """``distance_m`` (bin centre), ``lo``, ``hi``, one RMSE column per method and ``n_<method>`` pixel counts."""
         lo, hi = np.array(self.bins[:-1]), np.array(self.bins[1:])
         df = pd.DataFrame({"distance_m": (lo + hi) / 2, "lo": lo, "hi": hi})
-        for method, s in self.sums.items():
-            with np.errstate(invalid="ignore", divide="ignore"):
-                df[method] = np.sqrt(s[:, 1] / s[:, 0])
-        for method, s in self.sums.items():
-            df[f"n_{method}"] = s[:, 0].astype(int)
-        return df
+        with np.errstate(invalid="ignore", divide="ignore"):
+            rmse = {m: np.sqrt(s[:, 1] / s[:, 0]) for m, s in self.sums.items()}
+        counts = {f"n_{m}": s[:, 0].astype(int) for m, s in self.sums.items()}
+        return df.assign(**rmse, **counts)
 
 
 def frame_rows(scene: str, fid: str, preds: dict[str, np.ndarray], gt: np.ndarray, params: Params) -> list[dict]:
@@ -84,9 +82,7 @@ def evaluate_refinement(
     cfg = params.evaluate
     scenes = open_store(params.paths.scenes, "scenes")
     noisy = open_store(params.paths.noisy, "noisy")
-    refined = open_store(params.paths.refined, "refined")
-    if not refined.attrs.get("complete"):
-        raise DataError(params.paths.refined, "refinement did not finish; run `dnerf refine` again to complete it")
+    refined = open_refined(params.paths.refined)
     baselines = make_baselines(params.refine.baselines)
     rows, skipped = [], {}
     dist = DistanceErrors(cfg.distance_bins_m)

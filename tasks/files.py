@@ -58,6 +58,19 @@ def atomic_dir(dest: str | Path) -> Iterator[Path]:
     replace_dir(tmp, dest)
 
 
+def folder_files(folder: Path) -> dict[str, bytes]:
+    """Every file under ``folder`` as ``{relative posix path: bytes}``."""
+    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def write_folder(dest: str | Path, files: dict[str, bytes]) -> None:
+    """Replace ``dest`` with a folder holding ``files`` (``{relative path: bytes}``), atomically."""
+    with atomic_dir(dest) as tmp:
+        for rel, data in files.items():
+            (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
+            (tmp / rel).write_bytes(data)
+
+
 def write_text_atomic(path: str | Path, text: str) -> None:
     """Write a text file via a temporary name and an atomic rename."""
     path = Path(path)

@@ -24,7 +24,7 @@ import zarr
 
 from models.noise import axial_sigma
 from tasks.errors import DataError
-from tasks.store import SceneView, open_store
+from tasks.store import SceneView, open_refined, open_store
 
 DepthSource = Literal["none", "noisy", "refined", "gt"]
 
@@ -79,9 +79,7 @@ def open_scene(
     elif depth_source == "noisy":
         depth = open_store(noisy_path, "noisy")[name]["depth_noisy"]
     elif depth_source == "refined":
-        refined = open_store(refined_path, "refined")
-        if not refined.attrs.get("complete"):
-            raise DataError(refined_path, "refinement did not finish; run `dnerf refine` again to complete it")
+        refined = open_refined(refined_path)
         depth, std = refined[name]["depth_refined"], refined[name]["depth_std"]
     train, test = view.indices("train"), view.indices("test")
     if not train:

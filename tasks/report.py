@@ -18,32 +18,32 @@ import base64
 import html
 from pathlib import Path
 
-import matplotlib
+import numpy as np
+import pandas as pd
+import yaml
+from matplotlib.figure import Figure
+from PIL import Image
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-import yaml  # noqa: E402
-from PIL import Image  # noqa: E402
+from tasks.config import Params
+from tasks.files import write_text_atomic
 
-from tasks.config import Params  # noqa: E402
-from tasks.files import write_text_atomic  # noqa: E402
+# Figures are built with matplotlib's object API (no pyplot): no global backend or figure registry, so
+# evaluation can run in any thread of a task runner.
 
 
-def save_figure(fig, path: Path) -> Path:
+def save_figure(fig: Figure, path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110, bbox_inches="tight")
-    plt.close(fig)
     return path
 
 
 def refinement_panel(rgb: np.ndarray, preds: dict[str, np.ndarray], gt: np.ndarray, std: np.ndarray | None,
-                     title: str) -> plt.Figure:
+                     title: str) -> Figure:
     """Top row: RGB, every method's depth and the reference; bottom row: each method's |error| and sigma."""
     methods = list(preds)
     cols = len(methods) + 2
-    fig, axes = plt.subplots(2, cols, figsize=(2.2 * cols, 4.4))
+    fig = Figure(figsize=(2.2 * cols, 4.4))
+    axes = fig.subplots(2, cols)
     valid = gt > 0
     lo, hi = (np.percentile(gt[valid], [2, 98]) if valid.any() else (0.0, 1.0))
     err_max = max(0.05, float(np.percentile(np.abs(preds[methods[-1]] - gt)[valid], 98))) if valid.any() else 0.1
@@ -66,8 +66,9 @@ def refinement_panel(rgb: np.ndarray, preds: dict[str, np.ndarray], gt: np.ndarr
     return fig
 
 
-def distance_figure(distance: pd.DataFrame) -> plt.Figure:
-    fig, ax = plt.subplots(figsize=(5.5, 3.5))
+def distance_figure(distance: pd.DataFrame) -> Figure:
+    fig = Figure(figsize=(5.5, 3.5))
+    ax = fig.subplots()
     methods = [c for c in distance.columns if c not in ("distance_m", "lo", "hi") and not c.startswith("n_")]
     for m in methods:
         ax.plot(distance["distance_m"], distance[m], marker="o", lw=2.5 if m == "refined" else 1.2, label=m)
@@ -79,8 +80,9 @@ def distance_figure(distance: pd.DataFrame) -> plt.Figure:
     return fig
 
 
-def depth_histogram(depths: np.ndarray) -> plt.Figure:
-    fig, ax = plt.subplots(figsize=(5.5, 3.0))
+def depth_histogram(depths: np.ndarray) -> Figure:
+    fig = Figure(figsize=(5.5, 3.0))
+    ax = fig.subplots()
     ax.hist(depths[depths > 0], bins=60, color="steelblue")
     ax.set_xlabel("reference depth (m)")
     ax.set_ylabel("pixels")
@@ -88,12 +90,13 @@ def depth_histogram(depths: np.ndarray) -> plt.Figure:
     return fig
 
 
-def nerf_figure(renders: Path, gt_rgb: np.ndarray, frame_id: str, title: str) -> plt.Figure | None:
+def nerf_figure(renders: Path, gt_rgb: np.ndarray, frame_id: str, title: str) -> Figure | None:
     """The rendered test view beside the ground truth, and the rendered depth (16-bit mm PNG)."""
     rgb_path, depth_path = renders / f"{frame_id}_rgb.png", renders / f"{frame_id}_depth.png"
     if not rgb_path.is_file() or not depth_path.is_file():
         return None
-    fig, axes = plt.subplots(1, 3, figsize=(9, 2.8))
+    fig = Figure(figsize=(9, 2.8))
+    axes = fig.subplots(1, 3)
     axes[0].imshow(gt_rgb)
     axes[0].set_title("ground truth", fontsize=8)
     axes[1].imshow(np.asarray(Image.open(rgb_path)))

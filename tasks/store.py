@@ -117,6 +117,14 @@ def open_store(path: str | Path, kind: StoreKind | None) -> zarr.Group:
     return root
 
 
+def open_refined(path: str | Path) -> zarr.Group:
+    """Open a refined store that the refine stage finished (resumable runs leave it incomplete)."""
+    root = open_store(path, "refined")
+    if not root.attrs.get("complete"):
+        raise DataError(path, "refinement did not finish; run `dnerf refine` again to complete it")
+    return root
+
+
 def scene_names(root: zarr.Group) -> list[str]:
     """Scene group names of a store, sorted."""
     return sorted(name for name, _ in root.groups())

@@ -55,7 +55,7 @@ def prefect_api(tmp_path_factory) -> str:
     home = tmp_path_factory.mktemp("prefect-home")
     configure_prefect_env(env=os.environ)
     server = LocalServer(home).start()
-    saved = {k: os.environ.get(k) for k in ("PREFECT_API_URL",)}
+    saved = os.environ.get("PREFECT_API_URL")
     os.environ["PREFECT_API_URL"] = server.api_url
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
@@ -67,11 +67,10 @@ def prefect_api(tmp_path_factory) -> str:
 
         APILogWorker.drain_all(timeout=10)  # send the last run logs before the server goes away
         server.stop()
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
+        if saved is None:
+            os.environ.pop("PREFECT_API_URL", None)
+        else:
+            os.environ["PREFECT_API_URL"] = saved
 
 
 def run_checked(*cmd: str, cwd: Path) -> str:

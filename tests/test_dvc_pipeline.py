@@ -4,17 +4,13 @@ from __future__ import annotations
 
 import csv
 import io
-import os
 import shutil
-import subprocess
-from pathlib import Path
 
 import pytest
 import yaml
 
 from tasks.store import open_store
 
-ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
 
 
