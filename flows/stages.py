@@ -24,6 +24,7 @@ import re
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING, TypeVar
 
 import torch
 from prefect import flow, get_run_logger, task
@@ -43,6 +44,10 @@ from tasks.config import Params
 from tasks.digest import code_version
 from tasks.files import folder_files, write_folder
 
+if TYPE_CHECKING:
+    from tasks.fit_nerf import FitJob
+
+T = TypeVar("T")
 log = logging.getLogger(__name__)
 
 
@@ -134,18 +139,19 @@ def refine_scene_task(params: Params, scene: str, cache_key: str, threads: int, 
 
 
 @task(name="fit-nerf-scene", result_serializer=SceneResultSerializer())
-def fit_nerf_scene_task(params: Params, scene: str, cache_key: str, threads: int, progress: bool = False) -> dict:
-    """Fit and export one scene into a staging folder; its files and metrics (the cached result)."""
+def fit_nerf_scene_task(params: Params, scene: FitJob, cache_key: str, threads: int, progress: bool = False) -> dict:
+    """Run one fit (a scene and a depth source) and export it into a staging folder; its files and metrics
+    (the cached result)."""
     import tempfile
 
     from tasks.fit_nerf import fit_one_scene
 
     torch.set_num_threads(threads)
     steps = params.nerf.train.steps
-    report = Progress(f"fit-nerf-{scene}", f"fit_nerf {scene}: training steps done")
+    report = Progress(f"fit-nerf-{scene.label}", f"fit_nerf {scene.label}: training steps done")
     staging = Path(params.paths.nerf_checkpoints)
     staging.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=staging, prefix=f".{scene}-export-") as tmp:
+    with tempfile.TemporaryDirectory(dir=staging, prefix=f".{scene.scene}-export-") as tmp:
         metrics = fit_one_scene(params, scene, Path(tmp) / "out", progress,
                                 on_step=lambda step, *_: report(step / steps))
         files = folder_files(Path(tmp) / "out")
@@ -160,13 +166,14 @@ def n_frames(noisy: Path, scene: str) -> int:
 
 
 def run_scene_tasks(
-    stage: str, params: Params, task_fn, scenes: list[str], inputs: Callable[[str], list], key_params: dict,
-    write: Callable[[str, dict], dict], progress: bool = False,
-) -> tuple[dict[str, dict], dict[str, str]]:
-    """Submit ``task_fn`` for every scene on the flow's task runner and ``write`` each result into the
-    stage's outputs as soon as it arrives (fresh or cached); ``(what write returned, failures)`` by scene.
+    stage: str, params: Params, task_fn, units: dict[str, T], inputs: Callable[[T], list],
+    key_params: Callable[[T], dict], write: Callable[[T, dict], dict], progress: bool = False,
+) -> tuple[dict[T, dict], dict[str, str]]:
+    """Submit ``task_fn`` for every unit of work (a scene, or a scene and a variant; ``units`` maps its label
+    to the task's ``scene`` argument) on the flow's task runner and ``write`` each result into the stage's
+    outputs as soon as it arrives (fresh or cached); ``(what write returned by unit, failures by label)``.
 
-    A failing scene does not stop the others: its error message is collected in ``failures``. Results are
+    A failing unit does not stop the others: its error message is collected in ``failures``. Results are
     not kept after they are written, so memory does not grow with the number of scenes.
     """
     orch = params.orchestration
@@ -178,21 +185,20 @@ def run_scene_tasks(
     else:
         task_fn = task_fn.with_options(cache_policy=NO_CACHE, persist_result=False)
     futures = {}
-    for scene in scenes:
-        key = cache_key(stage, scene, inputs(scene), key_params, code)
-        t = task_fn.with_options(task_run_name=f"{stage}/{scene}", tags=[stage, f"scene:{scene}"])
-        fut = t.submit(params=params, scene=scene, cache_key=key, threads=threads, progress=progress)
-        futures[fut] = scene
+    for label, unit in units.items():
+        key = cache_key(stage, label, inputs(unit), key_params(unit), code)
+        t = task_fn.with_options(task_run_name=f"{stage}/{label}", tags=[stage, f"scene:{label.split('@')[0]}"])
+        fut = t.submit(params=params, scene=unit, cache_key=key, threads=threads, progress=progress)
+        futures[fut] = label
     written, failures = {}, {}
     for fut in as_completed(list(futures)):
-        scene = futures[fut]
+        label = futures[fut]
         try:
-            written[scene] = write(scene, fut.result())
-        except Exception as err:  # noqa: BLE001 - one scene's failure must not stop the others
-            failures[scene] = f"{type(err).__name__}: {err}"
-            get_run_logger().error("%s/%s failed: %s", stage, scene, failures[scene])
-    order = {s: i for i, s in enumerate(scenes)}
-    return dict(sorted(written.items(), key=lambda kv: order[kv[0]])), failures
+            written[label] = write(units[label], fut.result())
+        except Exception as err:  # noqa: BLE001 - one unit's failure must not stop the others
+            failures[label] = f"{type(err).__name__}: {err}"
+            get_run_logger().error("%s/%s failed: %s", stage, label, failures[label])
+    return {units[label]: written[label] for label in units if label in written}, failures
 
 
 def publish(stage: str, rows: list[dict], failures: dict[str, str], extra: str = "") -> None:
@@ -228,7 +234,8 @@ def refine_flow(params: Params, progress: bool = False) -> Path:
         return {"scene": scene, "frames": result["meta"]["frames"],
                 "mean_std_m": round(float(result["arrays"]["depth_std"].mean()), 4)}
 
-    rows, failures = run_scene_tasks("refine", params, refine_scene_task, scenes, inputs, key_params, write, progress)
+    rows, failures = run_scene_tasks("refine", params, refine_scene_task, {s: s for s in scenes}, inputs,
+                                     lambda _scene: key_params, write, progress)
     publish("refine", list(rows.values()), failures)
     if failures:
         raise StageFailed("refine", failures)
@@ -237,31 +244,35 @@ def refine_flow(params: Params, progress: bool = False) -> Path:
 
 @flow(name="fit_nerf")
 def fit_nerf_flow(params: Params, progress: bool = False) -> Path:
-    """Stage 5: a NeRF per posed scene into ``paths.nerf`` and ``paths.nerf_metrics``, scenes in parallel."""
-    from tasks.fit_nerf import plan_fit_nerf, write_nerf_summary
+    """Stage 5: a NeRF per posed scene (and per ablation depth source) into ``paths.nerf`` and
+    ``paths.nerf_metrics``, fits in parallel."""
+    from tasks.fit_nerf import SUMMARY_KEYS, plan_fit_nerf, write_nerf_summary
 
-    scenes, skipped = plan_fit_nerf(params)
-    paths, source = params.paths, params.nerf.depth_source
-    depth_store = {"none": None, "gt": None, "noisy": paths.noisy, "refined": paths.refined}[source]
-    key_params = {"nerf": params.nerf.model_dump(mode="json", exclude={"train": {"device"}})}
+    jobs, skipped = plan_fit_nerf(params)
+    paths = params.paths
+    depth_stores = {"none": None, "gt": None, "noisy": paths.noisy, "refined": paths.refined}
 
-    def inputs(scene: str) -> list:
-        return [Path(paths.scenes) / scene, Path(depth_store) / scene if depth_store else None]
+    def inputs(job: FitJob) -> list:
+        store = depth_stores[job.source]
+        return [Path(paths.scenes) / job.scene, Path(store) / job.scene if store else None]
+
+    def key_params(job: FitJob) -> dict:
+        return {"nerf": job.config(params.nerf).model_dump(mode="json", exclude={"train": {"device"}})}
 
     out_root = Path(paths.nerf)
 
-    def write(scene: str, result: dict) -> dict:
-        write_folder(out_root / scene, result["files"])
+    def write(job: FitJob, result: dict) -> dict:
+        write_folder(job.folder(out_root), result["files"])
         return result["meta"]
 
-    metrics, failures = run_scene_tasks("fit_nerf", params, fit_nerf_scene_task, scenes, inputs, key_params, write,
-                                        progress)
+    metrics, failures = run_scene_tasks("fit_nerf", params, fit_nerf_scene_task, {j.label: j for j in jobs},
+                                        inputs, key_params, write, progress)
     summary = write_nerf_summary(params, metrics, skipped)
-    rows = [{"scene": s, **{k: round(m[k], 4) for k in ("test_psnr", "test_ssim", "test_depth_rmse", "train_seconds")}}
-            for s, m in metrics.items()]
+    rows = [{"scene": j.scene, "depth_source": j.source, **{k: round(m[k], 4) for k in SUMMARY_KEYS}}
+            for j, m in metrics.items()]
     extra = "\n".join(f"- skipped `{s}`: {msg}" for s, msg in skipped.items())
-    if "mean_test_psnr" in summary:
-        extra += f"\n- mean test PSNR: {summary['mean_test_psnr']:.2f} dB"
+    for source, entry in summary["by_source"].items():
+        extra += f"\n- mean test PSNR with {source} depth: {entry['mean_test_psnr']:.2f} dB"
     publish("fit_nerf", rows, failures, extra)
     if failures:
         raise StageFailed("fit_nerf", failures)

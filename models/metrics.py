@@ -243,3 +243,80 @@ def uncertainty_calibration(pred: np.ndarray, gt: np.ndarray, std: np.ndarray) -
         return {"within_1sigma": _NAN, "within_2sigma": _NAN, "n": 0}
     z = np.abs(pred[sel] - gt[sel]) / std[sel]
     return {"within_1sigma": float(np.mean(z <= 1)), "within_2sigma": float(np.mean(z <= 2)), "n": n}
+
+
+def reprojection_consistency(
+    depth_a: np.ndarray, K_a: np.ndarray, c2w_a: np.ndarray,
+    depth_b: np.ndarray, K_b: np.ndarray, c2w_b: np.ndarray, threshold_m: float = 0.05,
+) -> dict[str, float]:
+    """Multi-view agreement of two depth maps, without a ground truth: frame ``a``'s depth is lifted to 3D,
+    moved into camera ``b`` and compared with ``b``'s depth at the nearest pixel it lands on.
+
+    Pixels count where ``a`` has depth, the point lands inside ``b``'s image in front of it, and ``b`` has depth
+    there. Occluded points (hidden in ``b``) count as disagreements for every depth source alike, so compare
+    sources on the same frame pairs.
+
+    Args:
+        depth_a, depth_b: ``[H, W]`` z-depth in metres (``0`` = hole); the sizes may differ.
+        K_a, K_b: ``[3, 3]`` intrinsics. c2w_a, c2w_b: ``[4, 4]`` camera-to-world (OpenCV axes).
+        threshold_m: Agreement tolerance in metres.
+
+    Returns:
+        ``n`` (pixels compared), ``mean_abs_m`` and ``median_abs_m`` of ``|z_a->b - depth_b|``, ``consistent``
+        (fraction within ``threshold_m``); NaN when ``n = 0``.
+    """
+    from models.camera import backproject
+
+    depth_a = np.asarray(depth_a, dtype=np.float64)
+    depth_b = np.asarray(depth_b, dtype=np.float64)
+    ok_a = _valid_depth(depth_a)
+    pts = backproject(np.where(ok_a, depth_a, 0.0), np.asarray(K_a, np.float64))[ok_a]  # [n, 3] camera a
+    a2b = np.linalg.inv(np.asarray(c2w_b, np.float64)) @ np.asarray(c2w_a, np.float64)
+    p_b = pts @ a2b[:3, :3].T + a2b[:3, 3]
+    z = p_b[:, 2]
+    front = z > 1e-6
+    uvw = p_b[front] @ np.asarray(K_b, np.float64).T
+    u = np.rint(uvw[:, 0] / uvw[:, 2]).astype(np.int64)
+    v = np.rint(uvw[:, 1] / uvw[:, 2]).astype(np.int64)
+    h, w = depth_b.shape
+    inside = (u >= 0) & (u < w) & (v >= 0) & (v < h)
+    z_in_b = z[front][inside]
+    d_b = depth_b[v[inside], u[inside]]
+    sel = _valid_depth(d_b)
+    diff = np.abs(z_in_b[sel] - d_b[sel])
+    n = int(diff.size)
+    if n == 0:
+        return {"n": 0, "mean_abs_m": _NAN, "median_abs_m": _NAN, "consistent": _NAN}
+    return {"n": n, "mean_abs_m": float(diff.mean()), "median_abs_m": float(np.median(diff)),
+            "consistent": float(np.mean(diff <= threshold_m))}
+
+
+def geometry_metrics(pred_pts: np.ndarray, gt_pts: np.ndarray, threshold_m: float = 0.05) -> dict[str, float]:
+    """Reconstructed geometry against a reference, both as point samples (e.g. of two meshes' surfaces).
+
+    Accuracy is the mean distance from each predicted point to the nearest reference point, completeness the
+    reverse; the Chamfer distance is their average. Precision / recall are the fractions of predicted /
+    reference points within ``threshold_m`` of the other set, and the F-score their harmonic mean
+    (Knapitsch et al., Tanks and Temples, 2017).
+
+    Args:
+        pred_pts: ``[N, 3]`` metres. gt_pts: ``[M, 3]`` metres.
+        threshold_m: Distance for precision / recall / F-score.
+
+    Returns:
+        ``accuracy_m``, ``completeness_m``, ``chamfer_m``, ``precision``, ``recall``, ``fscore`` (NaN when either
+        set is empty; F-score 0 when precision and recall are both 0).
+    """
+    from scipy.spatial import cKDTree
+
+    pred_pts = np.asarray(pred_pts, dtype=np.float64).reshape(-1, 3)
+    gt_pts = np.asarray(gt_pts, dtype=np.float64).reshape(-1, 3)
+    if len(pred_pts) == 0 or len(gt_pts) == 0:
+        return dict.fromkeys(("accuracy_m", "completeness_m", "chamfer_m", "precision", "recall", "fscore"), _NAN)
+    to_gt, _ = cKDTree(gt_pts).query(pred_pts)
+    to_pred, _ = cKDTree(pred_pts).query(gt_pts)
+    precision, recall = float(np.mean(to_gt <= threshold_m)), float(np.mean(to_pred <= threshold_m))
+    fscore = 2 * precision * recall / (precision + recall) if precision + recall > 0 else 0.0
+    return {"accuracy_m": float(to_gt.mean()), "completeness_m": float(to_pred.mean()),
+            "chamfer_m": float(0.5 * (to_gt.mean() + to_pred.mean())), "precision": precision, "recall": recall,
+            "fscore": float(fscore)}

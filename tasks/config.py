@@ -227,6 +227,11 @@ class NerfStageConfig(StrictConfig):
 
     seed: int = 0
     depth_source: Literal["none", "noisy", "refined", "gt"] = "refined"
+    ablation_sources: list[Literal["none", "noisy", "refined", "gt"]] = Field(
+        default_factory=lambda: ["none", "noisy"],
+        description="also fit every scene with each of these depth sources, for the ablation "
+        "(into paths.nerf/ablation/<source>/<scene>; gt only where the scene has a reference depth)",
+    )
     scenes: list[str] | None = Field(None, description="fit only these scenes (default: all with poses)")
     train_views: int | None = Field(
         None, ge=1, description="fit on at most this many train views, evenly spaced (sparse-view studies)"
@@ -259,6 +264,11 @@ class EvaluateConfig(StrictConfig):
     )
     edge_tolerance_px: float = Field(2.0, gt=0, description="edge matching distance (pixels)")
     edge_rel_threshold: float = Field(0.05, gt=0, description="relative depth jump that makes an edge")
+    consistency_offset: int = Field(1, ge=1, description="multi-view consistency: compare frame i with frame i+k")
+    consistency_pairs: int = Field(16, ge=1, description="at most this many frame pairs per scene, evenly spread")
+    consistency_threshold_m: float = Field(0.05, gt=0, description="depths within this distance agree")
+    fscore_threshold_m: float = Field(0.05, gt=0, description="geometry precision / recall / F-score distance")
+    geometry_points: int = Field(20000, ge=100, description="points sampled on each mesh for Chamfer / F-score")
 
     @model_validator(mode="after")
     def _check(self) -> EvaluateConfig:

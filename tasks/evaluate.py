@@ -25,14 +25,32 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import trimesh
 from tqdm import tqdm
 
 from models.baselines import make_baselines
-from models.metrics import depth_metrics, edge_f1, errors_by_distance, uncertainty_calibration
+from models.metrics import (
+    depth_metrics,
+    edge_f1,
+    errors_by_distance,
+    geometry_metrics,
+    reprojection_consistency,
+    uncertainty_calibration,
+)
 from tasks.config import Params
 from tasks.errors import DataError
 from tasks.files import write_text_atomic
-from tasks.report import depth_histogram, distance_figure, nerf_figure, refinement_panel, save_figure, write_report
+from tasks.fit_nerf import FitJob
+from tasks.report import (
+    ablation_figure,
+    depth_histogram,
+    distance_figure,
+    edge_figure,
+    nerf_figure,
+    refinement_panel,
+    save_figure,
+    write_report,
+)
 from tasks.store import SceneView, open_refined, open_store, scene_names
 
 log = logging.getLogger(__name__)
@@ -124,6 +142,90 @@ def evaluate_refinement(
     return pd.DataFrame(rows), dist.table(), calibration, skipped, samples, depths
 
 
+def consistency_pairs(c2w: np.ndarray, offset: int, max_pairs: int) -> list[tuple[int, int]]:
+    """Frame pairs ``(i, j)`` of posed frames ``offset`` apart in the sequence, at most ``max_pairs`` of them,
+    evenly spread over it."""
+    posed = [i for i in range(len(c2w)) if np.all(np.isfinite(c2w[i]))]
+    pairs = list(zip(posed, posed[offset:]))
+    if len(pairs) > max_pairs:
+        pairs = [pairs[k] for k in np.unique(np.linspace(0, len(pairs) - 1, max_pairs).round().astype(int))]
+    return pairs
+
+
+def evaluate_consistency(params: Params) -> pd.DataFrame:
+    """Multi-view consistency of the depth sources on every posed scene, with or without a ground truth:
+    one row per (scene, frame pair, method) with :func:`models.metrics.reprojection_consistency`.
+
+    Methods: ``noisy`` (the sensor depth on real scenes), ``refined``, and ``reference`` where the scene has one
+    (its disagreement is the floor set by occlusions and pixel rounding).
+    """
+    cfg = params.evaluate
+    scenes = open_store(params.paths.scenes, "scenes")
+    noisy = open_store(params.paths.noisy, "noisy")
+    refined = open_refined(params.paths.refined)
+    rows = []
+    for name in scene_names(refined):
+        view = SceneView(scenes[name])
+        K, c2w = view.group["K"][:], view.group["c2w"][:]
+        sources = {"noisy": noisy[name]["depth_noisy"], "refined": refined[name]["depth_refined"]}
+        if view.attrs.get("depth_kind") == "reference":
+            sources["reference"] = view.group["depth"]
+        for a, b in consistency_pairs(c2w, cfg.consistency_offset, cfg.consistency_pairs):
+            for method, depth in sources.items():
+                m = reprojection_consistency(depth[a], K[a], c2w[a], depth[b], K[b], c2w[b],
+                                             cfg.consistency_threshold_m)
+                rows.append({"scene": name, "frame_a": view.frame_ids[a], "frame_b": view.frame_ids[b],
+                             "method": method, **m})
+    return pd.DataFrame(rows, columns=["scene", "frame_a", "frame_b", "method", "n", "mean_abs_m",
+                                       "median_abs_m", "consistent"])
+
+
+NERF_COLUMNS = ("test_psnr", "test_ssim", "test_depth_rmse", "test_depth_mae", "train_seconds")
+
+
+def mesh_points(path: Path, n: int, seed: int = 0) -> np.ndarray:
+    """``[n, 3]`` points sampled uniformly on the surface of the mesh at ``path`` (empty for an empty mesh)."""
+    mesh = trimesh.load(path, force="mesh")
+    if len(mesh.faces) == 0:
+        return np.zeros((0, 3))
+    return np.asarray(trimesh.sample.sample_surface(mesh, n, seed=seed)[0])
+
+
+def reference_points(view: SceneView, aabb: np.ndarray, n: int, seed: int = 0) -> np.ndarray | None:
+    """Points on the scene's ground-truth mesh inside the NeRF's box ``aabb [2, 3]`` (what it can reconstruct);
+    ``None`` without a ground-truth mesh."""
+    mesh = view.mesh()
+    if mesh is None:
+        return None
+    surface = trimesh.Trimesh(*mesh, process=False)
+    pts = np.asarray(trimesh.sample.sample_surface(surface, 4 * n, seed=seed)[0])
+    inside = np.all((pts >= aabb[0]) & (pts <= aabb[1]), axis=1)
+    return pts[inside][:n]
+
+
+def evaluate_nerf(params: Params, nerf: dict) -> pd.DataFrame:
+    """One row per (scene, depth source) of the NeRF fits: test-view PSNR / SSIM and rendered-depth errors
+    (from the fit_nerf summary), and geometry of the fit's mesh against the ground-truth mesh (Chamfer,
+    precision / recall / F-score at ``evaluate.fscore_threshold_m``) where the scene has one."""
+    cfg = params.evaluate
+    scenes = open_store(params.paths.scenes, "scenes")
+    main = nerf.get("depth_source", params.nerf.depth_source)
+    rows = []
+    for source, entry in nerf.get("by_source", {}).items():
+        for scene, m in entry["scenes"].items():
+            row = {"scene": scene, "depth_source": source, "label": f"{scene} / {source}",
+                   **{k: m.get(k, np.nan) for k in NERF_COLUMNS}}
+            folder = FitJob(scene, source, ablation=source != main).folder(params.paths.nerf)
+            if scene in scenes and (folder / "mesh.ply").is_file():
+                aabb = np.asarray(json.loads((folder / "config.json").read_text())["aabb"])
+                gt = reference_points(SceneView(scenes[scene]), aabb, cfg.geometry_points)
+                if gt is not None:
+                    pred = mesh_points(folder / "mesh.ply", cfg.geometry_points)
+                    row.update(geometry_metrics(pred, gt, cfg.fscore_threshold_m))
+            rows.append(row)
+    return pd.DataFrame(rows)
+
+
 def method_means(frames: pd.DataFrame, by: list[str]) -> pd.DataFrame:
     """Mean over frames of every metric column, grouped by ``by`` (NaN ignored)."""
     metric_cols = [c for c in frames.columns if c not in ("scene", "frame", "method")]
@@ -149,19 +251,26 @@ def _clean(value):
     return value
 
 
-def make_figures(params: Params, samples: dict, distance: pd.DataFrame | None, depths: np.ndarray) -> list[Path]:
+def make_figures(params: Params, samples: dict, distance: pd.DataFrame | None, depths: np.ndarray,
+                 ablation: pd.DataFrame) -> list[Path]:
     """Every PNG of the report, written under ``paths.report/figures`` (replaced as a whole)."""
     folder = Path(params.paths.report) / "figures"
     if folder.exists():
         shutil.rmtree(folder)
+    cfg = params.evaluate
     out = []
     for name, s in samples.items():
         fig = refinement_panel(s["rgb"], s["preds"], s["gt"], s["std"], f"{name}, frame {s['frame']}")
         out.append(save_figure(fig, folder / f"refinement_{name}_{s['frame']}.png"))
+        fig = edge_figure({m: s["preds"][m] for m in ("noisy", "refined")}, s["gt"], cfg.edge_rel_threshold,
+                          cfg.edge_tolerance_px, f"depth edges, {name}, frame {s['frame']}")
+        out.append(save_figure(fig, folder / f"edges_{name}_{s['frame']}.png"))
     if distance is not None:
         out.append(save_figure(distance_figure(distance), folder / "error_vs_distance.png"))
     if depths.size:
         out.append(save_figure(depth_histogram(depths), folder / "depth_distribution.png"))
+    if not ablation.empty:
+        out.append(save_figure(ablation_figure(ablation), folder / "nerf_ablation.png"))
     scenes = open_store(params.paths.scenes, "scenes")
     for name in scene_names(scenes):
         view = SceneView(scenes[name])
@@ -175,8 +284,16 @@ def make_figures(params: Params, samples: dict, distance: pd.DataFrame | None, d
     return out
 
 
+def _records(df: pd.DataFrame, by: str) -> dict:
+    """``{value of by: {column: mean}}`` over the numeric columns."""
+    if df.empty:
+        return {}
+    means = df.groupby(by, sort=False).mean(numeric_only=True)
+    return {k: row.to_dict() for k, row in means.iterrows()}
+
+
 def run_evaluate(params: Params, progress: bool = True) -> Path:
-    """The ``evaluate`` stage; writes ``paths.eval_metrics`` and the CSVs under ``paths.plots``."""
+    """The ``evaluate`` stage; writes ``paths.eval_metrics``, the CSVs under ``paths.plots`` and the report."""
     frames, distance, calibration, skipped, samples, depths = evaluate_refinement(params, progress)
     plots = Path(params.paths.plots)
     metrics: dict = {"refinement": {}, "refinement_by_scene": {}, "calibration": calibration, "skipped": skipped}
@@ -191,12 +308,22 @@ def run_evaluate(params: Params, progress: bool = True) -> Path:
         write_text_atomic(plots / "refinement_frames.csv", frames.to_csv(index=False))
         write_text_atomic(plots / "refinement_scenes.csv", wide.reset_index().to_csv(index=False))
         write_text_atomic(plots / "error_vs_distance.csv", distance.to_csv(index=False))
+    else:  # no scene with a reference depth: the DVC plots are written, with their headers only
+        write_text_atomic(plots / "refinement_frames.csv", "scene,frame,method\n")
+        write_text_atomic(plots / "refinement_scenes.csv", "scene\n")
+        write_text_atomic(plots / "error_vs_distance.csv", distance.to_csv(index=False))
+    consistency = evaluate_consistency(params)
+    write_text_atomic(plots / "consistency.csv", consistency.to_csv(index=False))
+    metrics["consistency"] = _records(consistency.drop(columns=["scene", "frame_a", "frame_b"]), "method")
     nerf = nerf_summary(params.paths.nerf_metrics)
     metrics["nerf"] = {k: v for k, v in nerf.items() if k.startswith("mean_")}
     metrics["nerf_by_scene"] = {s: {k: v for k, v in m.items() if k.startswith("test_") or k == "depth_source"}
                                 for s, m in nerf.get("scenes", {}).items()}
+    ablation = evaluate_nerf(params, nerf)
+    write_text_atomic(plots / "nerf_ablation.csv", ablation.to_csv(index=False))
+    metrics["nerf_ablation"] = _records(ablation.drop(columns=["scene", "label"], errors="ignore"), "depth_source")
     write_text_atomic(params.paths.eval_metrics, json.dumps(_clean(metrics), indent=2))
-    figures = make_figures(params, samples, distance if not frames.empty else None, depths)
+    figures = make_figures(params, samples, distance if not frames.empty else None, depths, ablation)
     write_report(params, _clean(metrics), figures, Path(params.paths.report) / "index.html")
     if metrics["refinement"]:
         r = metrics["refinement"]

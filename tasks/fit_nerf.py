@@ -387,14 +387,47 @@ def _export_into(tmp: Path, field_, grid, frames, aabb_np, cfg: NerfStageConfig,
 # --------------------------------------------------------------------------------------------- stage
 
 
-def plan_fit_nerf(params: Params) -> tuple[list[str], dict[str, str]]:
-    """The scenes to fit, and the scenes skipped with the reason (no camera poses)."""
+@dataclass(frozen=True)
+class FitJob:
+    """One NeRF to fit: a scene and the depth source that supervises it.
+
+    The main fit (``nerf.depth_source``) goes to ``paths.nerf/<scene>``; an ablation fit (one of
+    ``nerf.ablation_sources``) to ``paths.nerf/ablation/<source>/<scene>``, with the same layout.
+    """
+
+    scene: str
+    source: str
+    ablation: bool = False
+
+    @property
+    def label(self) -> str:
+        """``scene`` or ``scene@source``: task names, logs and result keys."""
+        return f"{self.scene}@{self.source}" if self.ablation else self.scene
+
+    def folder(self, root: Path) -> Path:
+        """This fit's folder under ``root`` (the outputs root or the checkpoints root)."""
+        return Path(root) / ABLATION / self.source / self.scene if self.ablation else Path(root) / self.scene
+
+    def config(self, cfg: NerfStageConfig) -> NerfStageConfig:
+        """The config of this one fit: its depth source, and none of the stage-level scene / ablation lists,
+        so the same fit has the same fingerprint whichever way it was asked for."""
+        return cfg.model_copy(update={"depth_source": self.source, "ablation_sources": [], "scenes": None})
+
+
+ABLATION = "ablation"
+
+
+def plan_fit_nerf(params: Params) -> tuple[list[FitJob], dict[str, str]]:
+    """The fits to run (main fits first, then the ablation) and what is skipped, with the reason: scenes
+    without camera poses, and ``gt`` ablation fits of scenes without a reference depth."""
     cfg = params.nerf
     scenes = open_store(params.paths.scenes, "scenes")
     names, skipped = [], {}
     for name in cfg.scenes or scene_names(scenes):
         if name not in scenes:
             raise DataError(params.paths.scenes, f"scene {name!r} (nerf.scenes) is not in the store")
+        if name == ABLATION:
+            raise DataError(params.paths.scenes, f"scene name {ABLATION!r} is reserved for the NeRF ablation folder")
         view = SceneView(scenes[name])
         if not np.any(np.all(np.isfinite(view.group["c2w"][:].reshape(view.n_frames, -1)), axis=1)):
             msg = "no camera poses (e.g. NYU single frames): a NeRF needs posed views; skipped"
@@ -402,37 +435,61 @@ def plan_fit_nerf(params: Params) -> tuple[list[str], dict[str, str]]:
             skipped[name] = msg
         else:
             names.append(name)
-    return names, skipped
+    jobs = [FitJob(name, cfg.depth_source) for name in names]
+    for source in dict.fromkeys(cfg.ablation_sources):
+        if source == cfg.depth_source:
+            continue
+        for name in names:
+            if source == "gt" and SceneView(scenes[name]).attrs.get("depth_kind") != "reference":
+                skipped[f"{name}@gt"] = "ablation with gt depth: the scene has sensor depth only"
+                continue
+            jobs.append(FitJob(name, source, ablation=True))
+    return jobs, skipped
 
 
-def fit_one_scene(params: Params, name: str, out_dir: Path, progress: bool = True, on_step=None) -> dict:
-    """Fit scene ``name`` (resuming from its checkpoint) and export it into ``out_dir``; its metrics."""
-    cfg = params.nerf
-    frames = open_scene(params.paths.scenes, name, cfg.depth_source, params.paths.noisy, params.paths.refined)
+def fit_one_scene(params: Params, job: FitJob, out_dir: Path, progress: bool = True, on_step=None) -> dict:
+    """Run one fit (resuming from its checkpoint) and export it into ``out_dir``; its metrics."""
+    cfg = job.config(params.nerf)
+    paths = params.paths
+    frames = open_scene(paths.scenes, job.scene, job.source, paths.noisy, paths.refined)
     frames = sparse_views(frames, cfg.train_views)
-    fp = scene_fingerprint(cfg, frames, [params.paths.scenes, params.paths.noisy, params.paths.refined])
-    ckpt = Path(params.paths.nerf_checkpoints) / name
+    fp = scene_fingerprint(cfg, frames, [paths.scenes, paths.noisy, paths.refined])
+    ckpt = job.folder(paths.nerf_checkpoints)
     field_, grid, state, aabb = fit_scene(frames, cfg, ckpt, fp, progress, on_step=on_step)
     metrics = export_scene(out_dir, field_, grid, frames, aabb, cfg, state, resolve_device(cfg.train.device))
-    log.info("%s: test PSNR %.2f dB, depth RMSE %.3f m", name, metrics["test_psnr"], metrics["test_depth_rmse"])
+    log.info("%s: test PSNR %.2f dB, depth RMSE %.3f m", job.label, metrics["test_psnr"], metrics["test_depth_rmse"])
     return metrics
 
 
-def write_nerf_summary(params: Params, results: dict[str, dict], skipped: dict[str, str]) -> dict:
-    """``paths.nerf_metrics``: per-scene metrics, skipped scenes and the means over scenes."""
-    summary: dict = {"scenes": results, "skipped": skipped}
-    if results:
-        for key in ("test_psnr", "test_ssim", "test_depth_rmse", "train_seconds"):
-            summary[f"mean_{key}"] = float(np.mean([r[key] for r in results.values()]))
+SUMMARY_KEYS = ("test_psnr", "test_ssim", "test_depth_rmse", "train_seconds")
+
+
+def _means(results: list[dict]) -> dict[str, float]:
+    return {f"mean_{k}": float(np.mean([r[k] for r in results])) for k in SUMMARY_KEYS}
+
+
+def write_nerf_summary(params: Params, results: dict[FitJob, dict], skipped: dict[str, str]) -> dict:
+    """``paths.nerf_metrics``: the main fits' per-scene metrics and means, skipped fits, and per depth source
+    (main and ablation) the per-scene metrics and means (``by_source``)."""
+    main = {job.scene: m for job, m in results.items() if not job.ablation}
+    summary: dict = {"scenes": main, "skipped": skipped, "depth_source": params.nerf.depth_source}
+    if main:
+        summary.update(_means(list(main.values())))
+    by_source: dict[str, dict] = {}
+    for job, m in results.items():
+        by_source.setdefault(job.source, {"scenes": {}})["scenes"][job.scene] = m
+    for entry in by_source.values():
+        entry.update(_means(list(entry["scenes"].values())))
+    summary["by_source"] = by_source
     write_text_atomic(params.paths.nerf_metrics, json.dumps(summary, indent=2))
     return summary
 
 
 def run_fit_nerf(params: Params, progress: bool = True) -> Path:
-    """The ``fit_nerf`` stage over every scene with poses, one after another; writes ``paths.nerf`` and
-    ``paths.nerf_metrics``. The Prefect flow (``flows.stages.fit_nerf_flow``) fits scenes in parallel."""
-    names, skipped = plan_fit_nerf(params)
+    """The ``fit_nerf`` stage, one fit after another; writes ``paths.nerf`` and ``paths.nerf_metrics``.
+    The Prefect flow (``flows.stages.fit_nerf_flow``) runs the fits in parallel."""
+    jobs, skipped = plan_fit_nerf(params)
     out_root = Path(params.paths.nerf)
-    results = {name: fit_one_scene(params, name, out_root / name, progress) for name in names}
+    results = {job: fit_one_scene(params, job, job.folder(out_root), progress) for job in jobs}
     write_nerf_summary(params, results, skipped)
     return out_root

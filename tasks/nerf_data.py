@@ -114,7 +114,6 @@ def scene_bounds(frames: SceneFrames, padding: float = 0.05, max_points: int = 2
     percentiles) and the camera centres, padded by ``padding`` of its size. Without depth, a box around the
     cameras extended 3 m along their viewing directions."""
     rng = np.random.default_rng(seed)
-    h, w = frames.shape
     pts = [frames.c2w[frames.train, :3, 3]]
     per_frame = max(1, max_points // len(frames.train))
     for i in frames.train:

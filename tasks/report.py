@@ -6,7 +6,9 @@ Figures (PNG, matplotlib, written to ``paths.report/figures``):
   of each method, and the refinement's uncertainty, for the first test frame of each scene;
 - ``error_vs_distance.png``: RMSE per reference-depth bin for every method;
 - ``depth_distribution.png``: the reference depth values of the scored frames;
-- ``nerf_<scene>.png``: a NeRF test view beside the ground truth, with its rendered depth.
+- ``edges_<scene>_<frame>.png``: depth edges of the noisy and the refined depth against the reference's;
+- ``nerf_<scene>.png``: a NeRF test view beside the ground truth, with its rendered depth;
+- ``nerf_ablation.png``: test PSNR, rendered-depth RMSE and mesh F-score per depth source and scene.
 
 ``paths.report/index.html`` embeds every figure as base64 and has the headline tables and the run's params,
 so it opens without a network or any other file.
@@ -26,6 +28,9 @@ from PIL import Image
 
 from tasks.config import Params
 from tasks.files import write_text_atomic
+
+LPIPS_NOTE = ("LPIPS is not reported: it needs pretrained AlexNet/VGG weights from a model hub, and this "
+              "pipeline runs without network access; PSNR and SSIM (scikit-image) are the image metrics.")
 
 # Figures are built with matplotlib's object API (no pyplot): no global backend or figure registry, so
 # evaluation can run in any thread of a task runner.
@@ -109,6 +114,59 @@ def nerf_figure(renders: Path, gt_rgb: np.ndarray, frame_id: str, title: str) ->
     return fig
 
 
+def edge_figure(preds: dict[str, np.ndarray], gt: np.ndarray, rel_threshold: float, tolerance_px: float,
+                title: str) -> Figure:
+    """Depth edges of each method against the reference's: matched edges (within ``tolerance_px`` of a
+    reference edge) green, spurious ones red, reference edges the method missed grey."""
+    from scipy import ndimage
+
+    from models.metrics import depth_edges
+
+    ref = depth_edges(gt, rel_threshold)
+    near_ref = ndimage.distance_transform_edt(~ref) <= tolerance_px
+    fig = Figure(figsize=(3.0 * (len(preds) + 1), 2.8))
+    axes = fig.subplots(1, len(preds) + 1)
+    for ax, (method, pred) in zip(axes, preds.items()):
+        edges = depth_edges(pred, rel_threshold)
+        near_pred = ndimage.distance_transform_edt(~edges) <= tolerance_px
+        img = np.ones(gt.shape + (3,))
+        img[ref & ~near_pred] = (0.6, 0.6, 0.6)
+        img[edges & near_ref] = (0.1, 0.6, 0.1)
+        img[edges & ~near_ref] = (0.85, 0.1, 0.1)
+        ax.imshow(img, interpolation="nearest")
+        ax.set_title(f"{method}: matched / spurious / missed", fontsize=7)
+    axes[-1].imshow(np.where(ref, 0.0, 1.0), cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+    axes[-1].set_title("reference edges", fontsize=7)
+    for ax in axes:
+        ax.axis("off")
+    fig.suptitle(title, fontsize=9)
+    return fig
+
+
+def ablation_figure(ablation: pd.DataFrame) -> Figure:
+    """The NeRF ablation: test PSNR, rendered-depth RMSE and (where measured) mesh F-score per depth source,
+    one bar group per source, one bar per scene."""
+    panels = [("test_psnr", "test PSNR (dB)"), ("test_depth_rmse", "rendered depth RMSE (m)")]
+    if "fscore" in ablation and ablation["fscore"].notna().any():
+        panels.append(("fscore", "mesh F-score"))
+    order = [s for s in ("none", "noisy", "refined", "gt") if s in set(ablation["depth_source"])]
+    scenes = list(dict.fromkeys(ablation["scene"]))
+    fig = Figure(figsize=(3.6 * len(panels), 3.2))
+    axes = np.atleast_1d(fig.subplots(1, len(panels)))
+    width = 0.8 / max(len(scenes), 1)
+    for ax, (col, label) in zip(axes, panels):
+        for k, scene in enumerate(scenes):
+            sub = ablation[ablation["scene"] == scene].set_index("depth_source").reindex(order)
+            ax.bar(np.arange(len(order)) + (k - (len(scenes) - 1) / 2) * width, sub[col], width, label=scene)
+        ax.set_xticks(np.arange(len(order)), order)
+        ax.set_xlabel("depth supervision")
+        ax.set_title(label, fontsize=9)
+        ax.grid(axis="y", alpha=0.3)
+    axes[0].legend(fontsize=7)
+    fig.suptitle("Does refined depth give a better NeRF?", fontsize=10)
+    return fig
+
+
 def _img(path: Path) -> str:
     data = base64.b64encode(path.read_bytes()).decode()
     return f'<figure><img src="data:image/png;base64,{data}" alt="{html.escape(path.stem)}"><figcaption>{html.escape(path.stem)}</figcaption></figure>'
@@ -130,8 +188,17 @@ def write_report(params: Params, metrics: dict, figures: list[Path], path: Path)
     if cal.get("n"):
         parts.append(f"<p>Uncertainty calibration: {cal['within_1sigma']:.1%} of errors within 1σ "
                      f"(Gaussian 68.3 %), {cal['within_2sigma']:.1%} within 2σ (95.4 %).</p>")
+    if metrics.get("consistency"):
+        parts.append(_table(pd.DataFrame(metrics["consistency"]).T,
+                            "Multi-view consistency (frame depth reprojected into a neighbour; no ground truth "
+                            "needed; noisy = sensor depth on real scenes)"))
+    if metrics.get("nerf_ablation"):
+        abl = pd.DataFrame(metrics["nerf_ablation"]).T
+        parts.append(_table(abl, "NeRF by depth supervision (mean over scenes; geometry against the "
+                                 "ground-truth mesh where there is one)"))
     if metrics.get("nerf_by_scene"):
-        parts.append(_table(pd.DataFrame(metrics["nerf_by_scene"]).T, "NeRF test views"))
+        parts.append(_table(pd.DataFrame(metrics["nerf_by_scene"]).T, "NeRF test views (main fit)"))
+    parts.append(f"<p>{html.escape(LPIPS_NOTE)}</p>")
     for name, why in metrics.get("skipped", {}).items():
         parts.append(f"<p>Skipped {html.escape(name)}: {html.escape(why)}</p>")
     parts += ["<h2>Figures</h2>", *(_img(f) for f in figures)]

@@ -23,7 +23,7 @@ from tasks.refine import run_refine
 FAST_NERF = [
     "nerf.depth_source=refined", "nerf.train.steps=12", "nerf.train.target_samples=2048", "nerf.train.n_coarse=8",
     "nerf.train.n_fine=4", "nerf.occupancy.resolution=16", "nerf.occupancy.warmup_steps=4",
-    "nerf.occupancy.n_cells=256", "nerf.export.mesh_resolution=16",
+    "nerf.occupancy.n_cells=256", "nerf.export.mesh_resolution=16", "nerf.ablation_sources=[]",
 ]
 
 
@@ -97,21 +97,36 @@ def test_flows_run_scenes_in_parallel_cache_by_content_and_rewrite_deleted_outs(
         np.testing.assert_array_equal(flowed[scene]["depth_refined"][:], reference[scene]["depth_refined"][:])
     assert flowed.attrs["complete"]
 
-    run_flow("fit_nerf", params)
+    with_ablation = load_params(None, stores + ["nerf.ablation_sources=[noisy]"])
+    run_flow("fit_nerf", with_ablation)
     out = params.paths.nerf
     first = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
-    assert {p.parts[0] for p in first} == {"synthetic_000", "synthetic_001"}
+    assert {p.parts[0] for p in first} == {"synthetic_000", "synthetic_001", "ablation"}
+    assert {p.parts[:3] for p in first if p.parts[0] == "ablation"} == {
+        ("ablation", "noisy", "synthetic_000"), ("ablation", "noisy", "synthetic_001")}
     run, tasks, arts = api_runs("fit_nerf")
     assert run.state.is_completed() and run.name == "fit_nerf-synthetic"
-    assert sorted(t.name for t in tasks) == ["fit_nerf/synthetic_000", "fit_nerf/synthetic_001"]
-    assert all("fit_nerf" in t.tags and f"scene:{t.name.split('/')[1]}" in t.tags for t in tasks)
+    assert sorted(t.name for t in tasks) == ["fit_nerf/synthetic_000", "fit_nerf/synthetic_000@noisy",
+                                             "fit_nerf/synthetic_001", "fit_nerf/synthetic_001@noisy"]
+    assert all("fit_nerf" in t.tags and f"scene:{t.name.split('/')[1].split('@')[0]}" in t.tags for t in tasks)
     assert not any(t.state.name == "Cached" for t in tasks)
     kinds = {(a.type, a.key) for a in arts}
     assert ("table", "fit-nerf-scenes") in kinds and ("markdown", "fit-nerf-summary") in kinds
-    assert sum(a.type == "progress" for a in arts) == 2
+    assert sum(a.type == "progress" for a in arts) == 4
     table = next(a for a in arts if a.type == "table")
     rows = json.loads(table.data) if isinstance(table.data, str) else table.data
-    assert {r["scene"] for r in rows} == {"synthetic_000", "synthetic_001"}
+    assert {(r["scene"], r["depth_source"]) for r in rows} == {
+        (s, d) for s in ("synthetic_000", "synthetic_001") for d in ("refined", "noisy")}
+    summary = json.loads(params.paths.nerf_metrics.read_text())
+    assert set(summary["by_source"]) == {"refined", "noisy"} and set(summary["scenes"]) == {"synthetic_000", "synthetic_001"}
+    assert summary["by_source"]["refined"]["mean_test_psnr"] == pytest.approx(summary["mean_test_psnr"])
+
+    shutil.rmtree(out)  # the main fits do not depend on which ablation fits were asked for
+    run_flow("fit_nerf", params)
+    _, tasks, _ = api_runs("fit_nerf")
+    assert sorted(t.name for t in tasks) == ["fit_nerf/synthetic_000", "fit_nerf/synthetic_001"]
+    assert all(t.state.name == "Cached" for t in tasks), [t.state.name for t in tasks]
+    first = {p: b for p, b in first.items() if p.parts[0] != "ablation"}
 
     shutil.rmtree(out)  # what `dvc repro -f` does before running the stage
     run_flow("fit_nerf", params)

@@ -10,6 +10,8 @@ import pytest
 from scipy.ndimage import gaussian_filter
 
 from models.metrics import (
+    geometry_metrics,
+    reprojection_consistency,
     aggregate, depth_edges, depth_metrics, edge_f1, errors_by_distance, psnr, ssim, uncertainty_calibration,
 )
 
@@ -183,3 +185,36 @@ def test_uncertainty_calibration_counts_errors_within_sigma():
     assert cal["within_1sigma"] == pytest.approx(0.6827, abs=0.005)
     assert cal["within_2sigma"] == pytest.approx(0.9545, abs=0.005)
     assert np.isnan(uncertainty_calibration(g, g, np.zeros_like(g))["within_1sigma"])
+
+
+def test_geometry_metrics_hand_computed():
+    gt = np.array([[0.0, 0, 0], [1, 0, 0]])
+    pred = np.array([[0.0, 0, 0.1], [1, 0, 0.1], [5, 0, 0]])
+    m = geometry_metrics(pred, gt, threshold_m=0.2)
+    assert m["accuracy_m"] == pytest.approx((0.1 + 0.1 + 4.0) / 3)
+    assert m["completeness_m"] == pytest.approx(0.1)
+    assert m["chamfer_m"] == pytest.approx(0.5 * (1.4 + 0.1))
+    assert m["precision"] == pytest.approx(2 / 3) and m["recall"] == 1.0
+    assert m["fscore"] == pytest.approx(2 * (2 / 3) / (5 / 3))
+    assert geometry_metrics(pred, gt, threshold_m=0.05)["fscore"] == 0.0
+    assert math.isnan(geometry_metrics(np.zeros((0, 3)), gt)["chamfer_m"])
+
+
+def test_reprojection_consistency_of_a_plane_seen_from_two_cameras():
+    h, w, f, z0, baseline = 40, 60, 50.0, 2.0, 0.2
+    K = np.array([[f, 0, (w - 1) / 2], [0, f, (h - 1) / 2], [0, 0, 1]])
+    a, b = np.eye(4), np.eye(4)
+    b[0, 3] = baseline  # camera b moved 0.2 m to the right, same fronto-parallel plane at z = 2 m
+    plane = np.full((h, w), z0)
+    m = reprojection_consistency(plane, K, a, plane, K, b)
+    shift = f * baseline / z0  # 5 px: that many columns of a fall outside b
+    assert m["n"] == h * (w - shift)
+    assert m["mean_abs_m"] == pytest.approx(0.0, abs=1e-12) and m["consistent"] == 1.0
+    off = reprojection_consistency(plane, K, a, plane + 0.1, K, b, threshold_m=0.05)
+    assert off["mean_abs_m"] == pytest.approx(0.1) and off["median_abs_m"] == pytest.approx(0.1)
+    assert off["consistent"] == 0.0
+    holes = plane.copy()
+    holes[:, :10] = 0  # holes in b: those pixels are not compared
+    assert reprojection_consistency(plane, K, a, holes, K, b)["n"] == h * (w - shift - 10)
+    behind = reprojection_consistency(plane, K, a, plane, K, np.diag([-1.0, 1, -1, 1]))  # b looks away
+    assert behind["n"] == 0 and math.isnan(behind["consistent"])

@@ -73,14 +73,102 @@ def test_plots_csvs_have_one_row_per_frame_scene_and_bin(evaluated):
 def test_report_is_self_contained_with_tables_and_figures(evaluated):
     params, _ = evaluated
     figures = sorted(p.name for p in (params.paths.report / "figures").iterdir())
-    assert figures == ["depth_distribution.png", "error_vs_distance.png", "refinement_synthetic_000_000001.png",
+    assert figures == ["depth_distribution.png", "edges_synthetic_000_000001.png", "edges_synthetic_001_000001.png",
+                       "error_vs_distance.png", "refinement_synthetic_000_000001.png",
                        "refinement_synthetic_001_000001.png"]
     for name in figures:
         with Image.open(params.paths.report / "figures" / name) as im:
             assert im.size[0] > 200 and im.size[1] > 100
     page = (params.paths.report / "index.html").read_text()
-    assert page.count("<table") == 1 and "refined" in page and "edge_f1" in page
+    assert page.count("<table") == 2 and "refined" in page and "edge_f1" in page and "consistent" in page
+    assert "LPIPS is not reported" in page
     srcs = re.findall(r'src="([^"]*)"', page)
     assert len(srcs) == len(figures) and all(s.startswith("data:image/png;base64,") for s in srcs)
     assert "http://" not in page.split("<h2>Params</h2>")[0] and "<script" not in page
     assert "depth_weight" in page  # the params of the run
+
+
+def test_multi_view_consistency_ranks_the_reference_above_noisy_depth(evaluated):
+    params, m = evaluated
+    rows = pd.read_csv(params.paths.plots / "consistency.csv")
+    # 4 frames per scene, offset 1: 3 pairs x 3 methods x 2 scenes
+    assert len(rows) == 2 * 3 * 3 and set(rows["method"]) == {"noisy", "refined", "reference"}
+    c = m["consistency"]
+    assert c["reference"]["consistent"] > c["noisy"]["consistent"]
+    assert c["reference"]["median_abs_m"] < c["noisy"]["median_abs_m"]
+    assert c["noisy"]["consistent"] == pytest.approx(rows[rows["method"] == "noisy"]["consistent"].mean())
+
+
+FAST_NERF = [
+    "nerf.train.steps=60", "nerf.train.lr=0.02", "nerf.scenes=[synthetic_000]", "nerf.train.target_samples=2048", "nerf.train.n_coarse=8", "nerf.train.n_fine=4",
+    "nerf.occupancy.resolution=16", "nerf.occupancy.warmup_steps=4", "nerf.occupancy.n_cells=256",
+    "nerf.export.mesh_resolution=24", "nerf.ablation_sources=[none, gt]",
+]
+
+
+def test_nerf_ablation_table_geometry_and_chart(evaluated):
+    from tasks.fit_nerf import run_fit_nerf
+
+    params, _ = evaluated
+    params = load_params(None, [f"{k}={v}" for k, v in _flat_paths(params)] + FAST_NERF
+                         + ["refine.method=bilateral", "data.synthetic.n_scenes=2"])
+    run_fit_nerf(params, progress=False)
+    run_evaluate(params, progress=False)
+    m = json.loads(params.paths.eval_metrics.read_text())
+    nerf = json.loads(params.paths.nerf_metrics.read_text())
+    assert list(m["nerf_ablation"]) == ["refined", "none", "gt"]
+    rows = pd.read_csv(params.paths.plots / "nerf_ablation.csv")
+    assert len(rows) == 3 and set(rows["scene"]) == {"synthetic_000"}
+    for _, r in rows.iterrows():
+        fit = nerf["by_source"][r["depth_source"]]["scenes"][r["scene"]]
+        assert r["test_psnr"] == pytest.approx(fit["test_psnr"])
+        assert 0 <= r["fscore"] <= 1 and r["chamfer_m"] > 0 and r["recall"] >= 0
+    assert (params.paths.nerf / "ablation" / "gt" / "synthetic_000" / "mesh.ply").is_file()
+    assert m["nerf_ablation"]["gt"]["test_psnr"] == pytest.approx(
+        rows[rows["depth_source"] == "gt"]["test_psnr"].mean())
+    assert (params.paths.report / "figures" / "nerf_ablation.png").is_file()
+    page = (params.paths.report / "index.html").read_text()
+    assert "NeRF by depth supervision" in page and "fscore" in page
+
+
+def _flat_paths(params):
+    return [(f"paths.{k}", v) for k, v in params.paths.model_dump().items()]
+
+
+PROBE = """<script>window.addEventListener('load', () => {
+  const imgs = [...document.images];
+  const out = document.createElement('pre');
+  out.id = 'probe';
+  out.textContent = JSON.stringify({images: imgs.length,
+    loaded: imgs.filter(i => i.complete && i.naturalWidth > 0).length,
+    tables: document.querySelectorAll('table').length,
+    rows: document.querySelectorAll('table tr').length});
+  document.body.appendChild(out);
+});</script>"""
+
+
+def browser() -> str | None:
+    import shutil
+
+    return next((p for p in map(shutil.which, ("chromium", "chromium-browser", "google-chrome")) if p), None)
+
+
+def test_report_opens_in_headless_chromium_with_every_image_loaded(evaluated, tmp_path):
+    import os
+    import subprocess
+
+    exe = browser()
+    if exe is None:
+        if os.environ.get("DNERF_REQUIRE_BROWSER"):
+            pytest.fail("DNERF_REQUIRE_BROWSER is set but no chromium is installed")
+        pytest.skip("no chromium on this machine (.ci/run installs Debian's chromium)")
+    params, _ = evaluated
+    page = (params.paths.report / "index.html").read_text()
+    probed = tmp_path / "probed.html"  # the report as written, plus a script that counts what loaded
+    probed.write_text(page.replace("</body>", PROBE + "</body>"))
+    out = subprocess.run([exe, "--headless", "--no-sandbox", "--disable-gpu", "--dump-dom", probed.as_uri()],
+                         capture_output=True, text=True, timeout=120, check=True).stdout
+    found = json.loads(re.search(r'<pre id="probe">([^<]*)</pre>', out).group(1))
+    n_figures = len(list((params.paths.report / "figures").iterdir()))
+    assert found["images"] == n_figures and found["loaded"] == n_figures, found
+    assert found["tables"] == 2 and found["rows"] > 8, found

@@ -14,7 +14,15 @@ from safetensors.torch import load_file
 from tasks.config import load_params
 from tasks.download import run_download
 from tasks.errors import DataError
-from tasks.fit_nerf import evaluate_views, fit_scene, make_model, run_fit_nerf, scene_fingerprint
+from tasks.fit_nerf import (
+    FitJob,
+    evaluate_views,
+    fit_scene,
+    make_model,
+    plan_fit_nerf,
+    run_fit_nerf,
+    scene_fingerprint,
+)
 from tasks.nerf_data import open_scene, scene_bounds, sparse_views
 from tasks.store import SceneWriter, StoreBuilder
 
@@ -23,6 +31,7 @@ FAST = [
     "nerf.depth_source=gt", "nerf.train.target_samples=4096", "nerf.train.n_coarse=24", "nerf.train.n_fine=8",
     "nerf.occupancy.warmup_steps=16", "nerf.occupancy.resolution=32", "nerf.occupancy.n_cells=2048",
     "nerf.export.mesh_resolution=32", "nerf.train.checkpoint_every=20", "nerf.train.lr=0.02",
+    "nerf.ablation_sources=[]",
 ]
 
 
@@ -121,3 +130,18 @@ def test_sparse_views_keep_an_even_subset_of_train_views(scene):
     assert sparse_views(frames, 1).train == [0]
     assert sparse_views(frames, None) is frames and sparse_views(frames, 10) is frames
     assert sparse_views(frames, 3).test == frames.test
+
+
+def test_the_ablation_plans_one_fit_per_scene_and_source(tmp_path):
+    _posed_store(tmp_path / "s.zarr", [np.eye(4), np.eye(4)])  # sensor depth only: no gt ablation
+    base = [f"paths.scenes={tmp_path / 's.zarr'}", "nerf.depth_source=refined"]
+    jobs, skipped = plan_fit_nerf(load_params(None, base + ["nerf.ablation_sources=[none, refined, gt, none]"]))
+    assert [(j.scene, j.source, j.ablation) for j in jobs] == [("s", "refined", False), ("s", "none", True)]
+    assert "sensor depth only" in skipped["s@gt"]
+    assert [j.label for j in jobs] == ["s", "s@none"]
+    assert jobs[0].folder(tmp_path) == tmp_path / "s"
+    assert jobs[1].folder(tmp_path) == tmp_path / "ablation" / "none" / "s"
+    # the same fit has the same config (so the same checkpoint and cache key) however it was asked for
+    alone = load_params(None, base + ["nerf.ablation_sources=[]", "nerf.scenes=[s]"]).nerf
+    assert jobs[0].config(load_params(None, base).nerf) == FitJob("s", "refined").config(alone)
+    assert FitJob("s", "none", True).config(alone).depth_source == "none"
