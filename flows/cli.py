@@ -10,6 +10,7 @@ editing a file::
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 from collections.abc import Iterator
@@ -100,19 +101,30 @@ def api_for(params: Params) -> Iterator[None]:
             os.environ.pop("PREFECT_API_URL", None)
 
 
+DISK_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EFBIG}
+
+
 def run_stage(stage: str, params_file: Path, overrides: list[str] | None, quiet: bool) -> None:
     """Run a stage's Prefect flow; bad params exit 2, bad data or failed scenes exit 1 with one message."""
     _setup_logging()
     params = load_or_exit(params_file, overrides)
     err = Console(stderr=True)
     from flows.runners import RunnerError
-    from flows.stages import StageFailed, run_flow
+    from flows.stages import STAGE_OUTPUT, StageFailed, run_flow
 
     try:
         with api_for(params):
             out = run_flow(stage, params, progress=not quiet)
     except (DataError, StageFailed, RunnerError) as e:
         err.print(f"[bold red]error:[/] {e}", highlight=False)
+        raise typer.Exit(1) from None
+    except OSError as e:
+        if e.errno not in DISK_ERRORS:
+            raise
+        where = e.filename or getattr(params.paths, STAGE_OUTPUT[stage])
+        err.print(f"[bold red]error:[/] {where}: {e.strerror}; nothing was published (outputs are written under "
+                  "a temporary name and renamed when complete): free space or fix permissions, then run again",
+                  highlight=False)
         raise typer.Exit(1) from None
     err.print(f"[green]done:[/] {out}", highlight=False)
 

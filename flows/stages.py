@@ -43,6 +43,7 @@ from flows.runners import make_task_runner, threads_per_worker
 from tasks.config import Params
 from tasks.digest import code_version
 from tasks.files import folder_files, write_folder
+from tasks.locks import output_lock
 
 if TYPE_CHECKING:
     from tasks.fit_nerf import FitJob
@@ -307,8 +308,18 @@ FLOWS = {
 }
 
 
+STAGE_OUTPUT = {"download": "scenes", "corrupt": "noisy", "train_diffusion": "diffusion", "refine": "refined",
+                "fit_nerf": "nerf", "evaluate": "report"}  # the ``paths`` entry each stage's run is locked on
+
+
 def run_flow(stage: str, params: Params, progress: bool = False) -> Path:
-    """Run a stage's flow with the configured task runner; returns its output path."""
+    """Run a stage's flow with the configured task runner, holding the lock on its output (a second run on
+    the same output stops at once with :class:`tasks.locks.OutputBusy`); returns its output path."""
+    with output_lock(getattr(params.paths, STAGE_OUTPUT[stage]), stage):
+        return _run_flow(stage, params, progress)
+
+
+def _run_flow(stage: str, params: Params, progress: bool) -> Path:
     f = FLOWS[stage]
     if stage in ("refine", "fit_nerf"):
         f = f.with_options(task_runner=make_task_runner(params.orchestration))

@@ -24,8 +24,23 @@ log = logging.getLogger(__name__)
 
 
 def temporary_sibling(path: Path) -> Path:
-    """A hidden, unique name next to ``path`` (same file system, so a rename is atomic)."""
+    """A hidden, unique name next to ``path`` (same file system, so a rename is atomic).
+
+    Leftovers of an earlier writer of ``path`` that was killed (``.<name>.tmp-*``, ``.<name>.old-*``) are
+    removed first: one writer per output at a time (stages hold :func:`tasks.locks.output_lock`), so they
+    cannot belong to a live run.
+    """
+    remove_leftovers(path)
     return path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
+
+
+def remove_leftovers(path: Path) -> list[Path]:
+    """Delete the temporary siblings a killed writer of ``path`` left behind; the ones removed."""
+    stale = [p for pattern in (f".{path.name}.tmp-*", f".{path.name}.old-*") for p in path.parent.glob(pattern)]
+    for p in stale:
+        log.info("removing %s, left by an interrupted run", p)
+        shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
+    return stale
 
 
 def replace_dir(src: Path, dest: Path) -> None:

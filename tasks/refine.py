@@ -250,6 +250,8 @@ def prepare_refine(params: Params) -> list[str]:
     for name in names:
         if name not in scenes:
             raise DataError(params.paths.scenes, f"scene {name!r} of {params.paths.noisy} is missing")
+    if params.refine.method == "diffusion":
+        load_model(params.paths.diffusion, "cpu")  # a damaged or mismatched model fails before anything is written
     fp = refine_fingerprint(params, refiner_digest(params))
     attrs = {
         "created_by": "dnerf refine",

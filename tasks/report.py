@@ -158,6 +158,8 @@ def ablation_figure(ablation: pd.DataFrame) -> Figure:
         for k, scene in enumerate(scenes):
             sub = ablation[ablation["scene"] == scene].set_index("depth_source").reindex(order)
             ax.bar(np.arange(len(order)) + (k - (len(scenes) - 1) / 2) * width, sub[col], width, label=scene)
+        if col == "test_psnr" and ablation[col].notna().any():  # PSNR differences are small next to its value
+            ax.set_ylim(max(0.0, float(ablation[col].min()) - 3.0), float(ablation[col].max()) + 1.0)
         ax.set_xticks(np.arange(len(order)), order)
         ax.set_xlabel("depth supervision")
         ax.set_title(label, fontsize=9)

@@ -25,14 +25,16 @@ sampling used at inference and for the losses computed on the x0 estimate during
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 import torch
-from diffusers import DDIMScheduler
 from pydantic import Field
 
 from models.config import StrictConfig
+
+if TYPE_CHECKING:
+    from diffusers import DDIMScheduler
 
 PredictionType = Literal["v_prediction", "epsilon", "sample"]
 
@@ -53,6 +55,8 @@ def make_scheduler(cfg: DiffusionConfig) -> DDIMScheduler:
     Trailing spacing makes a few-step schedule start at the last training timestep (pure noise), which
     short schedules need (Lin et al. 2024, "Common diffusion noise schedules and sample steps are flawed").
     """
+    from diffusers import DDIMScheduler  # imported here: diffusers pulls in torch._dynamo (~2 s at start-up)
+
     return DDIMScheduler(
         num_train_timesteps=cfg.num_train_timesteps,
         beta_schedule="squaredcos_cap_v2",

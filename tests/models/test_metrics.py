@@ -10,9 +10,16 @@ import pytest
 from scipy.ndimage import gaussian_filter
 
 from models.metrics import (
+    aggregate,
+    depth_edges,
+    depth_metrics,
+    edge_f1,
+    errors_by_distance,
     geometry_metrics,
+    psnr,
     reprojection_consistency,
-    aggregate, depth_edges, depth_metrics, edge_f1, errors_by_distance, psnr, ssim, uncertainty_calibration,
+    ssim,
+    uncertainty_calibration,
 )
 
 H, W = 20, 24

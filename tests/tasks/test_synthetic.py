@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-
 import numpy as np
 import pytest
 import trimesh
@@ -11,13 +10,13 @@ from pydantic import ValidationError
 from models.camera import backproject, camera_rays, intrinsics_from_fov, look_at
 from tasks.datasets.base import check_frame
 from tasks.datasets.synthetic import (
+    TEXTURE_KINDS,
     Box,
     CameraPath,
     Cylinder,
     Room,
     Sphere,
     SyntheticConfig,
-    TEXTURE_KINDS,
     camera_poses,
     cast_rays,
     random_texture,
