@@ -37,7 +37,7 @@ def depth_metrics(pred: np.ndarray, gt: np.ndarray, valid: np.ndarray | None = N
 
     Returns:
         ``rmse``, ``mae`` (metres), ``abs_rel`` (mean ``|p - g| / g``), ``sq_rel`` (mean ``(p - g)^2 / g``,
-        metres), ``delta1``/``delta2``/``delta3`` (fraction with ``max(p/g, g/p) < 1.25^k``), ``coverage``.
+        metres), ``rmse_log`` (RMSE of ``ln p - ln g``), ``delta1``/``delta2``/``delta3`` (fraction with ``max(p/g, g/p) < 1.25^k``), ``coverage``.
         Error metrics are NaN when no pixel is evaluated; ``coverage`` is NaN when no pixel is gt-valid.
     """
     pred = np.asarray(pred, dtype=np.float64)
@@ -51,7 +51,7 @@ def depth_metrics(pred: np.ndarray, gt: np.ndarray, valid: np.ndarray | None = N
     n_gt, n = int(gt_ok.sum()), int(both.sum())
     out = {"coverage": n / n_gt if n_gt else _NAN}
     if n == 0:
-        return {k: _NAN for k in ("rmse", "mae", "abs_rel", "sq_rel", "delta1", "delta2", "delta3")} | out
+        return {k: _NAN for k in ("rmse", "mae", "abs_rel", "sq_rel", "rmse_log", "delta1", "delta2", "delta3")} | out
     p, g = pred[both], gt[both]
     err = p - g
     ratio = np.maximum(p / g, g / p)
@@ -60,6 +60,7 @@ def depth_metrics(pred: np.ndarray, gt: np.ndarray, valid: np.ndarray | None = N
         "mae": float(np.mean(np.abs(err))),
         "abs_rel": float(np.mean(np.abs(err) / g)),
         "sq_rel": float(np.mean(err**2 / g)),
+        "rmse_log": float(np.sqrt(np.mean((np.log(p) - np.log(g)) ** 2))),
         "delta1": float(np.mean(ratio < _DELTA)),
         "delta2": float(np.mean(ratio < _DELTA**2)),
         "delta3": float(np.mean(ratio < _DELTA**3)),

@@ -8,7 +8,7 @@ baseline (run here on the same noisy frames) and the refined depth, against the 
 
 Outputs (DVC metrics and plots):
 
-- ``paths.eval_metrics`` (JSON): per method the mean over frames of RMSE, MAE, AbsRel, SqRel, δ<1.25^k,
+- ``paths.eval_metrics`` (JSON): per method the mean over frames of RMSE, MAE, AbsRel, SqRel, RMSE(log), δ<1.25^k,
   coverage and edge precision / recall / F1; the same per scene; the calibration of the refinement's
   uncertainty (fraction of errors within 1σ and 2σ); and the NeRF summary from ``paths.nerf_metrics``.
 - ``paths.plots/refinement_frames.csv``: one row per (scene, frame, method).

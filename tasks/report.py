@@ -183,7 +183,7 @@ def write_report(params: Params, metrics: dict, figures: list[Path], path: Path)
     parts = ["<h1>DiffusionNeRF-3D evaluation</h1>"]
     if metrics.get("refinement"):
         ref = pd.DataFrame(metrics["refinement"]).T
-        cols = [c for c in ("rmse", "mae", "abs_rel", "sq_rel", "delta1", "delta2", "delta3", "coverage",
+        cols = [c for c in ("rmse", "mae", "abs_rel", "sq_rel", "rmse_log", "delta1", "delta2", "delta3", "coverage",
                             "edge_precision", "edge_recall", "edge_f1") if c in ref]
         parts.append(_table(ref[cols], "Depth refinement (mean over scored frames; metres)"))
     cal = metrics.get("calibration", {})

@@ -43,6 +43,7 @@ def test_depth_metrics_hand_computed():
     assert m["mae"] == pytest.approx(0.1)
     assert m["abs_rel"] == pytest.approx(np.mean([0.1, 0.1, 0.0]))
     assert m["sq_rel"] == pytest.approx(np.mean(err**2 / g))
+    assert m["rmse_log"] == pytest.approx(math.sqrt((math.log(1.1) ** 2 + math.log(0.9) ** 2 + 0.0) / 3))
     assert m["delta1"] == 1.0
     assert m["coverage"] == 1.0
 
