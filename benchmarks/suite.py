@@ -1,0 +1,419 @@
+"""The benchmark suite: speed, memory and quality measured side by side in one run, on one machine.
+
+    python benchmarks/suite.py --quick                 # about 5 minutes on 2 CPU cores
+    python benchmarks/suite.py                         # longer fits, more repeats
+    python benchmarks/suite.py --kitchen ../shared/data/rgbd/7scenes-redkitchen   # + the peer comparison
+    python benchmarks/suite.py --device cuda --quick   # the same measurements on a GPU (benchmarks/gpu.sh)
+
+Sections (each case runs in a fresh child process, so its peak memory is its own):
+
+- machine: CPU / GPU, threads, and two ceilings measured here: fp32 matrix-multiply GFLOP/s and copy
+  bandwidth GB/s;
+- nerf: training throughput (network samples per second, forward + backward) with the share of the
+  ceilings it reaches (MLP FLOPs against the matmul ceiling, hash-table traffic against the bandwidth), step
+  time and peak memory as the frame count and the resolution grow (they should stay flat: rays come from a
+  small pool of frames read on the fly), samples per ray with and without the occupancy grid, full-image
+  render time, and time-to-PSNR against the original NeRF on the same scene;
+- refine: seconds per frame and peak memory against DDIM steps (640x480) and against resolution, frames per
+  second, and the classical baselines on the same frames;
+- peer (``--kitchen``): the 7-Scenes kitchen at 320x240 with every 8th frame held out (43 train / 7 eval),
+  our NeRF with sensor depth against nerfstudio 1.1.5 ``nerfacto`` as measured on this kind of machine (the
+  reference figures of issue 7; nerfacto itself is not installed).
+
+Every table is printed and the whole run is written to ``benchmarks/results/<UTC time>-<host>-<device>.json``
+and ``.md``, so runs can be compared. Times are medians over ``--repeats``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import os
+import platform
+import resource
+import socket
+import statistics
+import sys
+import tempfile
+import time
+from concurrent.futures import ProcessPoolExecutor
+from datetime import UTC, datetime
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(ROOT), str(ROOT / "benchmarks")]
+
+# nerfstudio 1.1.5 nerfacto on the 7-Scenes kitchen, 320x240, 43/7 split, 2 CPU cores (issue 7)
+PEER = {"name": "nerfacto (nerfstudio 1.1.5, 1024 rays)", "psnr_at_s": [(140, 22.1), (380, 24.1), (585, 24.4)],
+        "ssim": 0.72, "render_s": 54.0, "peak_gb": 2.5}
+
+
+# ------------------------------------------------------------------------------------------- isolation
+
+
+def _child(fn_name: str, kwargs: dict) -> tuple[dict, float, float]:
+    import torch
+
+    result = globals()[fn_name](**kwargs)
+    rss_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux
+    gpu_gb = torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else float("nan")
+    return result, rss_gb, gpu_gb
+
+
+def isolated(fn_name: str, **kwargs) -> dict:
+    """Run ``fn_name(**kwargs)`` in a fresh spawned process; its result plus ``peak_rss_gb`` / ``peak_gpu_gb``."""
+    with ProcessPoolExecutor(1, mp_context=mp.get_context("spawn")) as pool:
+        result, rss, gpu = pool.submit(_child, fn_name, kwargs).result()
+    return {**result, "peak_rss_gb": round(rss, 3), "peak_gpu_gb": round(gpu, 3)}
+
+
+def median_time(fn, repeats: int, sync=None) -> float:
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        if sync is not None:
+            sync()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+# ------------------------------------------------------------------------------------------- machine
+
+
+def machine_ceilings(device: str, repeats: int, n: int, mbytes: int) -> dict:
+    """fp32 matmul GFLOP/s (``n x n``) and copy bandwidth GB/s (read + write of ``mbytes`` MB)."""
+    import torch
+
+    dev = torch.device(device)
+    sync = torch.cuda.synchronize if dev.type == "cuda" else None
+    a, b = torch.randn(n, n, device=dev), torch.randn(n, n, device=dev)
+    torch.mm(a, b)
+    t = median_time(lambda: torch.mm(a, b), repeats, sync)
+    src = torch.empty(mbytes * 2**20 // 4, device=dev)
+    dst = torch.empty_like(src)
+    dst.copy_(src)
+    t_copy = median_time(lambda: dst.copy_(src), repeats, sync)
+    cpu = next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
+                if ln.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").exists() else ""
+    return {"cpu": cpu, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
+            "device": torch.cuda.get_device_name() if dev.type == "cuda" else "cpu",
+            "matmul_gflops": round(2 * n**3 / t / 1e9, 1), "copy_gbs": round(2 * src.nbytes / t_copy / 1e9, 1)}
+
+
+# ------------------------------------------------------------------------------------------- data
+
+
+def synthetic_store(folder: Path, n_frames: int, height: int, width: int, test_every: int = 8) -> Path:
+    from tasks.config import load_params
+    from tasks.download import run_download
+
+    path = folder / f"scenes-{n_frames}-{height}x{width}.zarr"
+    if not path.exists():
+        run_download(load_params(None, [
+            f"paths.scenes={path}", f"paths.raw={folder / 'raw'}", "data.synthetic.n_scenes=1",
+            f"data.synthetic.n_frames={n_frames}", f"data.synthetic.height={height}", f"data.synthetic.width={width}",
+            f"data.test_every={test_every}"]), progress=False)
+    return path
+
+
+def nerf_params(scenes: Path, device: str, steps: int, overrides: list[str] | None = None):
+    from tasks.config import load_params
+
+    return load_params(ROOT / "params.yaml", [f"paths.scenes={scenes}", "nerf.depth_source=gt",
+                                              f"nerf.train.steps={steps}", f"nerf.train.device={device}",
+                                              *(overrides or [])])
+
+
+# ------------------------------------------------------------------------------------------- nerf
+
+
+def mlp_params(field_) -> int:
+    """Weights of the field's linear layers (the matmul work per sample)."""
+    import torch
+
+    return sum(m.weight.numel() for m in field_.modules() if isinstance(m, torch.nn.Linear))
+
+
+def nerf_fit_case(scenes: str, device: str, steps: int, skip: int, occupancy: bool = True) -> dict:
+    """Fit ``steps`` steps; throughput and step time over the steps after ``skip`` (warm-up excluded)."""
+    import torch
+
+    from tasks.fit_nerf import fit_scene
+    from tasks.nerf_data import open_scene
+
+    params = nerf_params(Path(scenes), device, steps)
+    frames = open_scene(params.paths.scenes, "synthetic_000", "gt", None, None)
+    with tempfile.TemporaryDirectory() as tmp:
+        field_, grid, state, _ = fit_scene(frames, params.nerf, Path(tmp), "bench", progress=False,
+                                           use_occupancy=occupancy)
+    curve = state.curve[skip:]
+    step_s = [b["seconds"] - a["seconds"] for a, b in zip(curve, curve[1:])]
+    samples = sum(r["rays"] * r["samples_per_ray"] for r in curve[1:])
+    enc = params.nerf.field.encoding
+    return {"frames": frames.view.n_frames, "resolution": f"{frames.shape[1]}x{frames.shape[0]}",
+            "step_ms": round(1000 * statistics.median(step_s), 1),
+            "samples_per_s": round(samples / (curve[-1]["seconds"] - curve[0]["seconds"])),
+            "samples_per_ray": round(statistics.mean(r["samples_per_ray"] for r in curve[-20:]), 1),
+            "occupied": round(statistics.mean(r["occupied"] for r in curve[-20:]), 3),
+            "flops_per_sample": 6 * mlp_params(field_),  # forward 2x, backward 4x the weights
+            "table_bytes_per_sample": 3 * enc.n_levels * 8 * enc.features_per_level * 4,  # gather + 2x scatter
+            "train_psnr": round(statistics.mean(r["psnr"] for r in curve[-20:]), 2),
+            "device": str(torch.device(device))}
+
+
+def nerf_render_case(scenes: str, device: str, steps: int) -> dict:
+    """Seconds to render one full test image (RGB + depth) after a fit of ``steps`` (past the occupancy
+    grid's warm-up, so empty space is skipped as in a finished fit)."""
+    import torch
+
+    from tasks.fit_nerf import evaluate_views, fit_scene
+    from tasks.nerf_data import open_scene
+
+    params = nerf_params(Path(scenes), device, steps)
+    frames = open_scene(params.paths.scenes, "synthetic_000", "gt", None, None)
+    with tempfile.TemporaryDirectory() as tmp:
+        field_, grid, _, aabb = fit_scene(frames, params.nerf, Path(tmp), "bench", progress=False)
+    box = torch.from_numpy(aabb).to(device)
+    view = frames.test[:1]
+    evaluate_views(field_, grid, frames, view, box, params.nerf, device)
+    t = median_time(lambda: evaluate_views(field_, grid, frames, view, box, params.nerf, device), 3)
+    return {"resolution": f"{frames.shape[1]}x{frames.shape[0]}", "render_s": round(t, 3)}
+
+
+def vanilla_case(scenes: str, device: str, seconds: float) -> dict:
+    """Time-to-PSNR: hash grid + occupancy against the original NeRF (benchmarks/bench_nerf.py)."""
+    import torch
+    from bench_nerf import probe_rays, run, time_to
+
+    from models.nerf.vanilla import VanillaNeRF
+    from tasks.nerf_data import open_scene, scene_bounds
+
+    params = nerf_params(Path(scenes), device, 1_000_000)
+    frames = open_scene(params.paths.scenes, "synthetic_000", "gt", None, None)
+    aabb = torch.from_numpy(scene_bounds(frames, params.nerf.bounds_padding, seed=params.nerf.seed))
+    probe = probe_rays(frames, 2048)
+    vanilla_cfg = params.nerf.model_copy(
+        update={"train": params.nerf.train.model_copy(update={"lr": 5e-4, "lr_final": 5e-5})})
+    ours = run(frames, params.nerf, None, True, seconds, 25, probe, aabb)
+    base = run(frames, vanilla_cfg, lambda box: VanillaNeRF(aabb=box), False, seconds, 25, probe, aabb)
+    target = max(p for _, _, p in base[-3:])
+    t_ours, t_base = time_to(ours, target), time_to(base, target)
+    return {"budget_s": seconds, "vanilla_final_psnr": round(target, 2), "ours_final_psnr": round(ours[-1][2], 2),
+            "ours_time_to_vanilla_s": round(t_ours, 1), "vanilla_time_s": round(t_base, 1),
+            "speedup": round(t_base / t_ours, 1)}
+
+
+# ------------------------------------------------------------------------------------------- refine
+
+
+def refine_case(device: str, height: int, width: int, steps: int, samples: int, repeats: int) -> dict:
+    """Seconds per frame of the diffusion refiner (default UNet; speed does not depend on the weights)."""
+    import numpy as np
+    import torch
+
+    from models.diffusion.unet import DepthUNet
+    from tasks.config import load_params
+    from tasks.refine import DiffusionRefiner
+
+    params = load_params(ROOT / "params.yaml", [f"refine.steps={steps}", f"refine.samples={samples}"])
+    torch.manual_seed(0)
+    model = DepthUNet(params.diffusion.unet).to(device).eval()
+    refiner = DiffusionRefiner(model, params.diffusion.schedule, params.refine, torch.device(device))
+    rng = np.random.default_rng(0)
+    rgb = rng.integers(0, 255, (height, width, 3), dtype=np.uint8)
+    depth = rng.uniform(0.5, 4.0, (height, width)).astype(np.float32)
+    depth[rng.random((height, width)) < 0.1] = 0
+    refiner(rgb, depth, 0)
+    sync = torch.cuda.synchronize if device.startswith("cuda") else None
+    t = median_time(lambda: refiner(rgb, depth, 0), repeats, sync)
+    return {"resolution": f"{width}x{height}", "steps": steps, "samples": samples, "s_per_frame": round(t, 3),
+            "frames_per_s": round(1 / t, 2)}
+
+
+def baselines_case(height: int, width: int, repeats: int) -> dict:
+    import numpy as np
+
+    from models.baselines import make_baselines
+    from models.camera import intrinsics_from_fov
+    from tasks.config import load_params
+
+    rng = np.random.default_rng(0)
+    rgb = rng.integers(0, 255, (height, width, 3), dtype=np.uint8)
+    depth = rng.uniform(0.5, 4.0, (height, width)).astype(np.float32)
+    depth[rng.random((height, width)) < 0.1] = 0
+    K = intrinsics_from_fov(width, height, 60)
+    out = {}
+    for name, fn in make_baselines(load_params(ROOT / "params.yaml").refine.baselines).items():
+        out[f"{name}_s"] = round(median_time(lambda fn=fn: fn(rgb, depth, K), repeats), 4)
+    return out
+
+
+# ------------------------------------------------------------------------------------------- peer
+
+
+def kitchen_case(kitchen: str, device: str, seconds: float, work: str) -> dict:
+    """Our NeRF on the kitchen (320x240, 43/7 split, sensor depth) for ``seconds``: PSNR over time, render
+    time per eval image."""
+    import torch
+    from bench_nerf import BudgetReached
+
+    from tasks.config import load_params
+    from tasks.corrupt import run_corrupt
+    from tasks.download import run_download
+    from tasks.fit_nerf import evaluate_views, fit_scene
+    from tasks.nerf_data import open_scene, scene_bounds
+
+    w = Path(work)
+    params = load_params(ROOT / "params.yaml", [
+        "data.source=sevenscenes", f"data.path={kitchen}", "data.height=240", "data.width=320", "data.test_every=8",
+        f"paths.scenes={w / 'k.zarr'}", f"paths.noisy={w / 'kn.zarr'}", "noise.mode=sensor",
+        "nerf.depth_source=noisy", "nerf.train.steps=1000000", f"nerf.train.device={device}"])
+    if not (w / "k.zarr").exists():
+        run_download(params, progress=False)
+        run_corrupt(params, progress=False)
+    frames = open_scene(params.paths.scenes, "7scenes-redkitchen", "noisy", params.paths.noisy, None)
+    checkpoints = sorted({s for s in (30, 60, 140, 380, 585) if s <= seconds} | {seconds})
+    curve, box = [], None
+    clock = {"excluded": 0.0, "start": time.perf_counter()}
+
+    def on_step(step, field_, grid):
+        t = time.perf_counter() - clock["start"] - clock["excluded"]
+        if checkpoints and t >= checkpoints[0]:
+            checkpoints.pop(0)
+            t0 = time.perf_counter()
+            scores, _ = evaluate_views(field_, grid, frames, frames.test, box, params.nerf, device)
+            render_s = (time.perf_counter() - t0) / len(frames.test)
+            curve.append({"train_s": round(t, 1), "step": step, "psnr": round(scores["psnr"], 2),
+                          "ssim": round(scores["ssim"], 3), "depth_rmse": round(scores["depth_rmse"], 3),
+                          "render_s": round(render_s, 2)})
+            clock["excluded"] += time.perf_counter() - t0
+            if not checkpoints:
+                raise BudgetReached
+
+    box = torch.from_numpy(scene_bounds(frames, params.nerf.bounds_padding, seed=params.nerf.seed)).to(device)
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            fit_scene(frames, params.nerf, Path(tmp), "bench", progress=False, on_step=on_step)
+        except BudgetReached:
+            pass
+    return {"train_views": len(frames.train), "eval_views": len(frames.test), "curve": curve}
+
+
+# ------------------------------------------------------------------------------------------- report
+
+
+def table(title: str, rows: list[dict]) -> str:
+    """A markdown table (also printed with rich)."""
+    from rich.console import Console
+    from rich.table import Table
+
+    if not rows:
+        return ""
+    cols = list(dict.fromkeys(k for r in rows for k in r))
+    t = Table(title=title)
+    for c in cols:
+        t.add_column(c, justify="right")
+    for r in rows:
+        t.add_row(*(str(r.get(c, "")) for c in cols))
+    Console(width=200).print(t)
+    lines = [f"### {title}", "", "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    lines += ["| " + " | ".join(str(r.get(c, "")) for c in cols) + " |" for r in rows]
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="short fits, fewer repeats (a few minutes)")
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--kitchen", type=Path, help="7-Scenes kitchen folder: run the peer comparison")
+    ap.add_argument("--kitchen-seconds", type=float, default=None, help="training budget on the kitchen")
+    ap.add_argument("--skip", nargs="*", default=[], choices=["nerf", "vanilla", "refine", "peer"])
+    ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
+    args = ap.parse_args()
+    q = args.quick
+    repeats = 3 if q else 7
+    steps = 60 if q else 200
+    dev = args.device
+    results: dict = {"when": datetime.now(UTC).isoformat(timespec="seconds"), "host": socket.gethostname(),
+                     "quick": q, "argv": sys.argv[1:]}
+    md = []
+    work = Path(tempfile.mkdtemp(prefix="dnerf-bench-"))
+
+    m = isolated("machine_ceilings", device=dev, repeats=repeats, n=1024 if q else 2048, mbytes=256)
+    results["machine"] = m
+    md.append(table("machine", [m]))
+
+    if "nerf" not in args.skip:
+        base = synthetic_store(work, 16, 120, 160)
+        main_fit = isolated("nerf_fit_case", scenes=str(base), device=dev, steps=steps + 150, skip=150)
+        no_grid = isolated("nerf_fit_case", scenes=str(base), device=dev, steps=steps, skip=10, occupancy=False)
+        rows = []
+        for name, r in (("hash grid + occupancy", main_fit), ("hash grid, no occupancy", no_grid)):
+            mlp_gflops = r["samples_per_s"] * r["flops_per_sample"] / 1e9
+            table_gbs = r["samples_per_s"] * r["table_bytes_per_sample"] / 1e9
+            rows.append({"config": name, "samples/s": r["samples_per_s"], "step ms": r["step_ms"],
+                         "samples/ray": r["samples_per_ray"], "occupied": r["occupied"],
+                         "MLP GFLOP/s": round(mlp_gflops, 2), "% matmul ceiling": round(100 * mlp_gflops / m["matmul_gflops"], 1),
+                         "table GB/s": round(table_gbs, 2), "% copy ceiling": round(100 * table_gbs / m["copy_gbs"], 1),
+                         "peak GB": r["peak_rss_gb"]})
+        rows.append({"config": "occupancy: samples/ray cut",
+                     "samples/ray": f"{no_grid['samples_per_ray'] / main_fit['samples_per_ray']:.1f}x"})
+        results["nerf_throughput"] = rows
+        md.append(table("NeRF training throughput (160x120, 16 frames, forward + backward)", rows))
+
+        scaling = []
+        for n in (8, 32, 64) if q else (8, 32, 128):
+            r = isolated("nerf_fit_case", scenes=str(synthetic_store(work, n, 120, 160)), device=dev, steps=40, skip=10)
+            scaling.append({"frames": n, "resolution": r["resolution"], "step ms": r["step_ms"], "peak GB": r["peak_rss_gb"]})
+        for h, w in ((60, 80), (240, 320)) + (() if q else ((480, 640),)):
+            r = isolated("nerf_fit_case", scenes=str(synthetic_store(work, 16, h, w)), device=dev, steps=40, skip=10)
+            scaling.append({"frames": 16, "resolution": r["resolution"], "step ms": r["step_ms"], "peak GB": r["peak_rss_gb"]})
+        results["nerf_scaling"] = scaling
+        md.append(table("NeRF step time and memory against frames and resolution", scaling))
+
+        renders = [isolated("nerf_render_case", scenes=str(synthetic_store(work, 16, h, w)), device=dev, steps=200)
+                   for h, w in ((120, 160), (240, 320))]
+        results["nerf_render"] = renders
+        md.append(table("NeRF full-image render (RGB + depth)", [
+            {"resolution": r["resolution"], "s / image": r["render_s"], "peak GB": r["peak_rss_gb"]} for r in renders]))
+
+    if "vanilla" not in args.skip:
+        v = isolated("vanilla_case", scenes=str(synthetic_store(work, 16, 120, 160)), device=dev,
+                     seconds=30.0 if q else 90.0)
+        results["vanilla"] = v
+        md.append(table("time-to-PSNR against the original NeRF (same scene, renderer, machine)", [v]))
+
+    if "refine" not in args.skip:
+        rows = [isolated("refine_case", device=dev, height=480, width=640, steps=s, samples=2, repeats=repeats)
+                for s in ((1, 2, 4) if q else (1, 2, 4, 8))]
+        rows += [isolated("refine_case", device=dev, height=h, width=w, steps=2, samples=2, repeats=repeats)
+                 for h, w in ((120, 160), (240, 320))]
+        results["refine"] = rows
+        md.append(table("diffusion refinement per frame (2 samples)", [
+            {k: r[k] for k in ("resolution", "steps", "samples", "s_per_frame", "frames_per_s", "peak_rss_gb")}
+            for r in rows]))
+        b = isolated("baselines_case", height=480, width=640, repeats=repeats)
+        results["baselines"] = b
+        md.append(table("classical baselines per 640x480 frame (s)", [b]))
+
+    if args.kitchen is not None and "peer" not in args.skip:
+        seconds = args.kitchen_seconds or (60.0 if q else 300.0)
+        k = isolated("kitchen_case", kitchen=str(args.kitchen.resolve()), device=dev, seconds=seconds, work=str(work))
+        results["peer"] = {"ours": k, "peer": PEER}
+        rows = [{"method": "ours (hash grid + sensor depth)", **c, "peak GB": k["peak_rss_gb"]} for c in k["curve"]]
+        rows += [{"method": PEER["name"], "train_s": s, "psnr": p, "render_s": PEER["render_s"],
+                  "peak GB": PEER["peak_gb"]} for s, p in PEER["psnr_at_s"]]
+        md.append(table(f"7-Scenes kitchen 320x240, {k['train_views']} train / {k['eval_views']} eval views", rows))
+
+    args.out.mkdir(parents=True, exist_ok=True)
+    stem = f"{results['when'].replace(':', '')[:17]}-{results['host']}-{dev.replace(':', '')}"
+    (args.out / f"{stem}.json").write_text(json.dumps(results, indent=2))
+    header = f"# Benchmark {results['when']} on {m['cpu']} ({m['cores']} cores, {m['device']})\n\n"
+    (args.out / f"{stem}.md").write_text(header + "\n".join(md))
+    print(f"written {args.out / stem}.json and .md")
+
+
+if __name__ == "__main__":
+    main()
