@@ -77,6 +77,18 @@ def kill_when(stage: str, overrides: list[str], ready: Callable[[], bool], max_d
         pytest.fail(f"dnerf {stage} finished (rc {proc.returncode}) before it could be killed; kill it sooner")
 
 
+def checkpoint_reached(state_json: Path, step: int) -> Callable[[], bool]:
+    """A kill point: the checkpoint at ``state_json`` exists and is at ``step`` or later."""
+
+    def reached() -> bool:
+        try:
+            return json.loads(state_json.read_text())["step"] >= step
+        except (FileNotFoundError, json.JSONDecodeError, KeyError):
+            return False
+
+    return reached
+
+
 @pytest.fixture
 def base(tiny_overrides, tmp_path, prefect_api):
     """Tiny synthetic stores, every output under ``tmp_path``, caching off (a resumed run must not be served
@@ -102,14 +114,7 @@ def test_killed_training_resumes_to_the_same_weights(base, tmp_path):
     dnerf("train-diffusion", train + outputs(tmp_path, "straight"))
     run = outputs(tmp_path, "killed")
     ckpt = tmp_path / "killed" / "diffusion_checkpoints" / "state.json"
-
-    def checkpointed() -> bool:
-        try:
-            return json.loads(ckpt.read_text())["step"] >= 8
-        except (FileNotFoundError, json.JSONDecodeError, KeyError):
-            return False
-
-    kill_when("train-diffusion", train + run, checkpointed, max_delay_s=0.5)
+    kill_when("train-diffusion", train + run, checkpoint_reached(ckpt, 8), max_delay_s=0.5)
     assert not (tmp_path / "killed" / "diffusion" / "model.safetensors").exists()  # nothing looks finished
     killed_at = json.loads(ckpt.read_text())["step"]
     assert 8 <= killed_at < 28
@@ -161,14 +166,7 @@ def test_killed_nerf_fit_resumes_to_the_same_field(base, tmp_path):
     dnerf("fit-nerf", fit + outputs(tmp_path, "straight"))
     run = outputs(tmp_path, "killed")
     ckpt = tmp_path / "killed" / "nerf_checkpoints" / "synthetic_000" / "state.json"
-
-    def checkpointed() -> bool:
-        try:
-            return json.loads(ckpt.read_text())["step"] >= 20
-        except (FileNotFoundError, json.JSONDecodeError, KeyError):
-            return False
-
-    kill_when("fit-nerf", fit + run, checkpointed, max_delay_s=0.3)
+    kill_when("fit-nerf", fit + run, checkpoint_reached(ckpt, 20), max_delay_s=0.3)
     assert not (tmp_path / "killed" / "nerf" / "synthetic_000").exists()
     assert not (tmp_path / "killed" / "nerf.json").exists()
     dnerf("fit-nerf", fit + run)
