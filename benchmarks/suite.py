@@ -16,6 +16,8 @@ Sections (each case runs in a fresh child process, so its peak memory is its own
   render time, and time-to-PSNR against the original NeRF on the same scene;
 - refine: seconds per frame and peak memory against DDIM steps (640x480) and against resolution, frames per
   second, and the classical baselines on the same frames;
+- pipeline (``--pipeline``): the default ``dvc repro`` from a fresh clone, per stage, and the orchestration
+  overhead (stage wall time not spent in the stage's flow run), then a no-op ``dvc repro``;
 - peer (``--kitchen``): the 7-Scenes kitchen at 320x240 with every 8th frame held out (43 train / 7 eval),
   our NeRF with sensor depth against nerfstudio 1.1.5 ``nerfacto`` as measured on this kind of machine (the
   reference figures of issue 7; nerfacto itself is not installed).
@@ -253,7 +255,7 @@ def baselines_case(height: int, width: int, repeats: int) -> dict:
 # ------------------------------------------------------------------------------------------- peer
 
 
-def kitchen_case(kitchen: str, device: str, seconds: float, work: str) -> dict:
+def kitchen_case(kitchen: str, device: str, seconds: float, work: str, overrides: list[str] | None = None) -> dict:
     """Our NeRF on the kitchen (320x240, 43/7 split, sensor depth) for ``seconds``: PSNR over time, render
     time per eval image."""
     import torch
@@ -269,7 +271,7 @@ def kitchen_case(kitchen: str, device: str, seconds: float, work: str) -> dict:
     params = load_params(ROOT / "params.yaml", [
         "data.source=sevenscenes", f"data.path={kitchen}", "data.height=240", "data.width=320", "data.test_every=8",
         f"paths.scenes={w / 'k.zarr'}", f"paths.noisy={w / 'kn.zarr'}", "noise.mode=sensor",
-        "nerf.depth_source=noisy", "nerf.train.steps=1000000", f"nerf.train.device={device}"])
+        "nerf.depth_source=noisy", "nerf.train.steps=1000000", f"nerf.train.device={device}", *(overrides or [])])
     if not (w / "k.zarr").exists():
         run_download(params, progress=False)
         run_corrupt(params, progress=False)
@@ -301,6 +303,68 @@ def kitchen_case(kitchen: str, device: str, seconds: float, work: str) -> dict:
     return {"train_views": len(frames.train), "eval_views": len(frames.test), "curve": curve}
 
 
+# ------------------------------------------------------------------------------------------- pipeline
+
+
+def set_dotted(params: dict, overrides: list[str]) -> dict:
+    import yaml
+
+    for item in overrides:
+        key, value = item.split("=", 1)
+        *parents, leaf = key.split(".")
+        node = params
+        for k in parents:
+            node = node[k]
+        node[leaf] = yaml.safe_load(value)
+    return params
+
+
+def pipeline_case(work: str, overrides: list[str]) -> dict:
+    """``dvc repro`` from a fresh clone of this repository's committed HEAD (code from this working tree),
+    against a local Prefect server: wall time per stage (from DVC's stage markers), the stage's flow run time
+    (from the Prefect API), the rest as orchestration overhead; then a no-op ``dvc repro``."""
+    import subprocess
+
+    import yaml
+
+    from flows.server import LocalServer, configure_prefect_env
+
+    repo = Path(work) / "pipeline"
+    subprocess.run(["git", "clone", "-q", str(ROOT), str(repo)], check=True)
+    params_file = repo / "params.yaml"
+    params_file.write_text(yaml.safe_dump(set_dotted(yaml.safe_load(params_file.read_text()), overrides),
+                                          sort_keys=False))
+    env = configure_prefect_env(repo, dict(os.environ))
+    with LocalServer(Path(work) / "prefect-home") as server:
+        env.update(PREFECT_API_URL=server.api_url, DVC_NO_ANALYTICS="1")
+        os.environ.update(PREFECT_API_URL=server.api_url)
+        marks, t0 = [], time.perf_counter()
+        proc = subprocess.Popen(["dvc", "repro"], cwd=repo, env=env, stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, text=True)
+        for line in proc.stdout:
+            if line.startswith("Running stage '"):
+                marks.append((line.split("'")[1], time.perf_counter() - t0))
+        if proc.wait() != 0:
+            raise RuntimeError("dvc repro failed")
+        total = time.perf_counter() - t0
+        noop = median_time(lambda: subprocess.run(["dvc", "repro"], cwd=repo, env=env, check=True,
+                                                   capture_output=True), 1)
+        from prefect.client.orchestration import get_client
+
+        with get_client(sync_client=True) as client:
+            runs = client.read_flow_runs(limit=50)
+        flow_s = {r.name.rsplit("-", 1)[0]: r.total_run_time.total_seconds() for r in runs}
+    rows = []
+    for k, (stage, start) in enumerate(marks):
+        end = marks[k + 1][1] if k + 1 < len(marks) else total
+        f = flow_s.get(stage, float("nan"))
+        rows.append({"stage": stage, "wall_s": round(end - start, 1), "flow_s": round(f, 1),
+                     "overhead_s": round(end - start - f, 1)})
+    overhead = sum(r["overhead_s"] for r in rows)
+    return {"stages": rows, "total_s": round(total, 1), "overhead_s": round(overhead, 1),
+            "overhead_share": round(overhead / total, 3), "noop_s": round(noop, 2)}
+
+
 # ------------------------------------------------------------------------------------------- report
 
 
@@ -329,6 +393,11 @@ def main() -> None:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--kitchen", type=Path, help="7-Scenes kitchen folder: run the peer comparison")
     ap.add_argument("--kitchen-seconds", type=float, default=None, help="training budget on the kitchen")
+    ap.add_argument("--kitchen-set", action="append", default=[], metavar="KEY=VALUE",
+                    help="params override for the kitchen fit (repeatable), e.g. nerf.train.lr=0.02")
+    ap.add_argument("--pipeline", action="store_true", help="also time `dvc repro` from a fresh clone (~15 min)")
+    ap.add_argument("--pipeline-set", action="append", default=[], metavar="KEY=VALUE",
+                    help="params override for that run (repeatable), e.g. data.synthetic.n_frames=8")
     ap.add_argument("--skip", nargs="*", default=[], choices=["nerf", "vanilla", "refine", "peer"])
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
     args = ap.parse_args()
@@ -400,12 +469,19 @@ def main() -> None:
 
     if args.kitchen is not None and "peer" not in args.skip:
         seconds = args.kitchen_seconds or (60.0 if q else 300.0)
-        k = isolated("kitchen_case", kitchen=str(args.kitchen.resolve()), device=dev, seconds=seconds, work=str(work))
+        k = isolated("kitchen_case", kitchen=str(args.kitchen.resolve()), device=dev, seconds=seconds, work=str(work),
+                     overrides=args.kitchen_set)
         results["peer"] = {"ours": k, "peer": PEER}
         rows = [{"method": "ours (hash grid + sensor depth)", **c, "peak GB": k["peak_rss_gb"]} for c in k["curve"]]
         rows += [{"method": PEER["name"], "train_s": s, "psnr": p, "render_s": PEER["render_s"],
                   "peak GB": PEER["peak_gb"]} for s, p in PEER["psnr_at_s"]]
         md.append(table(f"7-Scenes kitchen 320x240, {k['train_views']} train / {k['eval_views']} eval views", rows))
+
+    if args.pipeline:
+        p = isolated("pipeline_case", work=str(work), overrides=args.pipeline_set)
+        results["pipeline"] = p
+        md.append(table(f"dvc repro from a fresh clone: {p['total_s']} s, orchestration overhead {p['overhead_s']} s "
+                        f"({100 * p['overhead_share']:.1f} %), no-op repro {p['noop_s']} s", p["stages"]))
 
     args.out.mkdir(parents=True, exist_ok=True)
     stem = f"{results['when'].replace(':', '')[:17]}-{results['host']}-{dev.replace(':', '')}"
