@@ -13,6 +13,8 @@ import numpy as np
 from scipy import ndimage
 from skimage.metrics import structural_similarity
 
+from models.camera import backproject
+
 _DELTA = 1.25
 _NAN = float("nan")
 
@@ -98,6 +100,30 @@ def depth_edges(depth: np.ndarray, rel_threshold: float = 0.05, min_valid: float
     return edges
 
 
+def _within(mask: np.ndarray, tolerance_px: float) -> np.ndarray:
+    """Pixels within ``tolerance_px`` (Euclidean) of a True pixel of ``mask`` (none if ``mask`` is empty)."""
+    if not mask.any():
+        return np.zeros_like(mask)
+    return ndimage.distance_transform_edt(~mask) <= tolerance_px
+
+
+def edge_matches(
+    pred: np.ndarray, gt: np.ndarray, tolerance_px: float = 2.0, rel_threshold: float = 0.05
+) -> dict[str, np.ndarray]:
+    """Depth edges of ``pred`` and ``gt`` and how they match (the masks behind :func:`edge_f1`).
+
+    Returns:
+        ``[H, W]`` bool masks: ``gt`` (reference edges), ``pred`` (predicted edges where ``gt`` is valid),
+        ``matched`` (predicted edges within ``tolerance_px`` of a reference edge) and ``found`` (reference
+        edges within ``tolerance_px`` of a predicted edge).
+    """
+    gt = np.asarray(gt, dtype=np.float64)
+    gt_edges = depth_edges(gt, rel_threshold)
+    pred_edges = depth_edges(pred, rel_threshold) & _valid_depth(gt)
+    return {"gt": gt_edges, "pred": pred_edges, "matched": pred_edges & _within(gt_edges, tolerance_px),
+            "found": gt_edges & _within(pred_edges, tolerance_px)}
+
+
 def edge_f1(
     pred: np.ndarray, gt: np.ndarray, tolerance_px: float = 2.0, rel_threshold: float = 0.05
 ) -> dict[str, float]:
@@ -118,18 +144,14 @@ def edge_f1(
     Returns:
         ``precision``, ``recall``, ``f1`` in ``[0, 1]``.
     """
-    gt = np.asarray(gt, dtype=np.float64)
-    gt_edges = depth_edges(gt, rel_threshold)
-    pred_edges = depth_edges(pred, rel_threshold) & _valid_depth(gt)
-    n_gt, n_pred = int(gt_edges.sum()), int(pred_edges.sum())
+    e = edge_matches(pred, gt, tolerance_px, rel_threshold)
+    n_gt, n_pred = int(e["gt"].sum()), int(e["pred"].sum())
     if n_gt == 0 and n_pred == 0:
         return {"precision": 1.0, "recall": 1.0, "f1": 1.0}
     if n_gt == 0 or n_pred == 0:
         return {"precision": 0.0, "recall": 0.0, "f1": 0.0}
-    dist_to_gt = ndimage.distance_transform_edt(~gt_edges)
-    dist_to_pred = ndimage.distance_transform_edt(~pred_edges)
-    precision = float(np.mean(dist_to_gt[pred_edges] <= tolerance_px))
-    recall = float(np.mean(dist_to_pred[gt_edges] <= tolerance_px))
+    precision = float(e["matched"].sum() / n_pred)
+    recall = float(e["found"].sum() / n_gt)
     f1 = 2 * precision * recall / (precision + recall) if precision + recall > 0 else 0.0
     return {"precision": precision, "recall": recall, "f1": float(f1)}
 
@@ -266,8 +288,6 @@ def reprojection_consistency(
         ``n`` (pixels compared), ``mean_abs_m`` and ``median_abs_m`` of ``|z_a->b - depth_b|``, ``consistent``
         (fraction within ``threshold_m``); NaN when ``n = 0``.
     """
-    from models.camera import backproject
-
     depth_a = np.asarray(depth_a, dtype=np.float64)
     depth_b = np.asarray(depth_b, dtype=np.float64)
     ok_a = _valid_depth(depth_a)

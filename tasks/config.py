@@ -222,12 +222,15 @@ class NerfExportConfig(StrictConfig):
     )
 
 
+DepthSource = Literal["none", "noisy", "refined", "gt"]  # what supervises a NeRF's depth (gt: synthetic only)
+
+
 class NerfStageConfig(StrictConfig):
     """The ``fit_nerf`` stage."""
 
     seed: int = 0
-    depth_source: Literal["none", "noisy", "refined", "gt"] = "refined"
-    ablation_sources: list[Literal["none", "noisy", "refined", "gt"]] = Field(
+    depth_source: DepthSource = "refined"
+    ablation_sources: list[DepthSource] = Field(
         default_factory=lambda: ["none", "noisy"],
         description="also fit every scene with each of these depth sources, for the ablation "
         "(into paths.nerf/ablation/<source>/<scene>; gt only where the scene has a reference depth)",

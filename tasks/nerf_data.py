@@ -16,17 +16,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Literal
 
 import numpy as np
 import torch
 import zarr
 
 from models.noise import axial_sigma
+from tasks.config import DepthSource
 from tasks.errors import DataError
 from tasks.store import SceneView, open_refined, open_store
-
-DepthSource = Literal["none", "noisy", "refined", "gt"]
 
 
 @dataclass(frozen=True)

@@ -118,24 +118,19 @@ def edge_figure(preds: dict[str, np.ndarray], gt: np.ndarray, rel_threshold: flo
                 title: str) -> Figure:
     """Depth edges of each method against the reference's: matched edges (within ``tolerance_px`` of a
     reference edge) green, spurious ones red, reference edges the method missed grey."""
-    from scipy import ndimage
+    from models.metrics import edge_matches
 
-    from models.metrics import depth_edges
-
-    ref = depth_edges(gt, rel_threshold)
-    near_ref = ndimage.distance_transform_edt(~ref) <= tolerance_px
     fig = Figure(figsize=(3.0 * (len(preds) + 1), 2.8))
     axes = fig.subplots(1, len(preds) + 1)
     for ax, (method, pred) in zip(axes, preds.items()):
-        edges = depth_edges(pred, rel_threshold)
-        near_pred = ndimage.distance_transform_edt(~edges) <= tolerance_px
+        e = edge_matches(pred, gt, tolerance_px, rel_threshold)
         img = np.ones(gt.shape + (3,))
-        img[ref & ~near_pred] = (0.6, 0.6, 0.6)
-        img[edges & near_ref] = (0.1, 0.6, 0.1)
-        img[edges & ~near_ref] = (0.85, 0.1, 0.1)
+        img[e["gt"] & ~e["found"]] = (0.6, 0.6, 0.6)
+        img[e["matched"]] = (0.1, 0.6, 0.1)
+        img[e["pred"] & ~e["matched"]] = (0.85, 0.1, 0.1)
         ax.imshow(img, interpolation="nearest")
         ax.set_title(f"{method}: matched / spurious / missed", fontsize=7)
-    axes[-1].imshow(np.where(ref, 0.0, 1.0), cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+    axes[-1].imshow(np.where(e["gt"], 0.0, 1.0), cmap="gray", vmin=0, vmax=1, interpolation="nearest")
     axes[-1].set_title("reference edges", fontsize=7)
     for ax in axes:
         ax.axis("off")
