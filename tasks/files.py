@@ -39,7 +39,10 @@ def remove_leftovers(path: Path) -> list[Path]:
     stale = [p for pattern in (f".{path.name}.tmp-*", f".{path.name}.old-*") for p in path.parent.glob(pattern)]
     for p in stale:
         log.info("removing %s, left by an interrupted run", p)
-        shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
+        if p.is_dir():
+            shutil.rmtree(p, ignore_errors=True)
+        else:
+            p.unlink(missing_ok=True)
     return stale
 
 
