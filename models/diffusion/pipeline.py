@@ -34,7 +34,7 @@ from pydantic import Field
 from models.config import StrictConfig
 
 if TYPE_CHECKING:
-    from diffusers import DDIMScheduler
+    from diffusers.schedulers.scheduling_ddim import DDIMScheduler
 
 PredictionType = Literal["v_prediction", "epsilon", "sample"]
 
@@ -55,7 +55,9 @@ def make_scheduler(cfg: DiffusionConfig) -> DDIMScheduler:
     Trailing spacing makes a few-step schedule start at the last training timestep (pure noise), which
     short schedules need (Lin et al. 2024, "Common diffusion noise schedules and sample steps are flawed").
     """
-    from diffusers import DDIMScheduler  # imported here: diffusers pulls in torch._dynamo (~2 s at start-up)
+    # Imported here (diffusers pulls in torch._dynamo, ~2 s at start-up), from its module rather than through
+    # the package's lazy attribute lookup, which is not thread-safe (scenes are refined in parallel threads).
+    from diffusers.schedulers.scheduling_ddim import DDIMScheduler
 
     return DDIMScheduler(
         num_train_timesteps=cfg.num_train_timesteps,
