@@ -14,6 +14,9 @@ Sections (each case runs in a fresh child process, so its peak memory is its own
   time and peak memory as the frame count and the resolution grow (they should stay flat: rays come from a
   small pool of frames read on the fly), samples per ray with and without the occupancy grid, full-image
   render time, and time-to-PSNR against the original NeRF on the same scene;
+- parallel: two scenes' NeRF fits one after the other (all cores each) against two at once (half the cores
+  each, as the ``threads`` runner does), and a single fit on all cores against half of them: two workers can
+  only win the share of the cores that one fit leaves idle, so ``2 / intra-op speed-up`` bounds their gain;
 - refine: seconds per frame and peak memory against DDIM steps (640x480) and against resolution, frames per
   second, and the classical baselines on the same frames;
 - pipeline (``--pipeline``): the default ``dvc repro`` from a fresh clone, per stage, and the orchestration
@@ -163,6 +166,30 @@ def nerf_fit_case(scenes: str, device: str, steps: int, skip: int, occupancy: bo
             "table_bytes_per_sample": 3 * enc.n_levels * 8 * enc.features_per_level * 4,  # gather + 2x scatter
             "train_psnr": round(statistics.mean(r["psnr"] for r in curve[-20:]), 2),
             "device": str(torch.device(device))}
+
+
+def parallel_case(scenes: str, device: str, steps: int, fits: int, workers: int, threads: int) -> dict:
+    """Wall seconds for ``fits`` NeRF fits of ``steps`` steps (one per scene seed), ``workers`` at once in one
+    process (as ``orchestration.runner=threads``), with ``threads`` torch intra-op threads shared by them."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import torch
+
+    from tasks.fit_nerf import fit_scene
+    from tasks.nerf_data import open_scene
+
+    torch.set_num_threads(threads)
+    params = nerf_params(Path(scenes), device, steps)
+    frames = open_scene(params.paths.scenes, "synthetic_000", "gt", None, None)
+
+    def fit(seed: int) -> None:
+        with tempfile.TemporaryDirectory() as tmp:
+            fit_scene(frames, params.nerf.model_copy(update={"seed": seed}), Path(tmp), "bench", progress=False)
+
+    t0 = time.perf_counter()
+    with ThreadPoolExecutor(workers) as pool:
+        list(pool.map(fit, range(fits)))
+    return {"wall_s": round(time.perf_counter() - t0, 1)}
 
 
 def nerf_render_case(scenes: str, device: str, steps: int) -> dict:
@@ -399,7 +426,7 @@ def main() -> None:
     ap.add_argument("--pipeline", action="store_true", help="also time `dvc repro` from a fresh clone (~15 min)")
     ap.add_argument("--pipeline-set", action="append", default=[], metavar="KEY=VALUE",
                     help="params override for that run (repeatable), e.g. data.synthetic.n_frames=8")
-    ap.add_argument("--skip", nargs="*", default=[], choices=["nerf", "vanilla", "refine", "peer"])
+    ap.add_argument("--skip", nargs="*", default=[], choices=["nerf", "parallel", "vanilla", "refine", "peer"])
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
     args = ap.parse_args()
     q = args.quick
@@ -448,6 +475,28 @@ def main() -> None:
         results["nerf_render"] = renders
         md.append(table("NeRF full-image render (RGB + depth)", [
             {"resolution": r["resolution"], "s / image": r["render_s"], "peak GB": r["peak_rss_gb"]} for r in renders]))
+
+    if "parallel" not in args.skip:
+        cores = os.cpu_count() or 1
+        store = str(synthetic_store(work, 16, 120, 160))
+        fits, pst = 2, 100 if q else 300
+        one_fast = isolated("parallel_case", scenes=store, device=dev, steps=pst, fits=1, workers=1, threads=cores)
+        one_slow = isolated("parallel_case", scenes=store, device=dev, steps=pst, fits=1, workers=1,
+                            threads=max(1, cores // 2))
+        serial = isolated("parallel_case", scenes=store, device=dev, steps=pst, fits=fits, workers=1, threads=cores)
+        both = isolated("parallel_case", scenes=store, device=dev, steps=pst, fits=fits, workers=2,
+                        threads=max(1, cores // 2))
+        intra = one_slow["wall_s"] / one_fast["wall_s"]
+        rows = [
+            {"run": f"1 fit, {cores} threads", "wall s": one_fast["wall_s"]},
+            {"run": f"1 fit, {max(1, cores // 2)} thread(s)", "wall s": one_slow["wall_s"],
+             "ratio": f"{intra:.2f}x slower (intra-op speed-up)"},
+            {"run": f"{fits} fits, 1 worker x {cores} threads", "wall s": serial["wall_s"]},
+            {"run": f"{fits} fits, 2 workers x {max(1, cores // 2)} thread(s)", "wall s": both["wall_s"],
+             "ratio": f"{serial['wall_s'] / both['wall_s']:.2f}x faster (bound {2 / intra:.2f}x)"},
+        ]
+        results["parallel"] = rows
+        md.append(table(f"scene-parallel NeRF fits ({pst} steps each; bound = 2 / intra-op speed-up)", rows))
 
     if "vanilla" not in args.skip:
         v = isolated("vanilla_case", scenes=str(synthetic_store(work, 16, 120, 160)), device=dev,

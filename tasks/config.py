@@ -201,6 +201,10 @@ class NerfTrainConfig(StrictConfig):
     sigma_floor: float = Field(0.01, gt=0, description="metres: least uncertainty of any depth reference")
     edge_weight: float = Field(0.1, ge=0, description="weight of the patch depth-edge term (metres, L1)")
     ds_weight: float = Field(0.0, ge=0, description="weight of the DS-NeRF ray-termination term")
+    guide_spread: float = Field(
+        3.0, ge=0, description="depth-guided sampling of training rays: fine samples ~ N(reference depth, "
+        "(spread * sigma)^2), no coarse pass; 0 = off (coarse-pass importance sampling)"
+    )
     pool_frames: int = Field(16, ge=1, description="frames held in memory while sampling rays")
     pool_refresh: int = Field(50, ge=1, description="steps between pool refreshes")
     chunk: int = Field(8192, ge=64, description="rays per rendering chunk")

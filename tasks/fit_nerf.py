@@ -131,12 +131,15 @@ def training_step(
     tc = cfg.train
     rays_o, rays_d, z_scale = batch_rays(frames, batch["frame"], batch["pixel"], device)
     near, far = near_far(rays_o, rays_d, aabb, tc.near)
+    rgb, z_ref, sigma = batch["rgb"].to(device), batch["z"].to(device), batch["sigma"].to(device)
+    guide = None
+    if cfg.depth_source != "none" and tc.guide_spread > 0:  # z-depth -> distance along the unit ray
+        guide = (z_ref / z_scale, tc.guide_spread * torch.sqrt(sigma**2 + tc.sigma_floor**2) / z_scale)
     with torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
         out = render_rays(
             field_, rays_o, rays_d, near, far, n_coarse=tc.n_coarse, n_fine=tc.n_fine, occupancy=grid,
-            perturb=True, chunk=max(tc.chunk, len(rays_o)), z_scale=z_scale, generator=gen,
+            perturb=True, chunk=max(tc.chunk, len(rays_o)), z_scale=z_scale, generator=gen, guide=guide,
         )
-    rgb, z_ref, sigma = batch["rgb"].to(device), batch["z"].to(device), batch["sigma"].to(device)
     terms = {"rgb": rgb_loss(out["rgb"].float(), rgb)}
     loss = terms["rgb"]
     if cfg.depth_source != "none":

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import torch
 
-from models.nerf.sampling import occupancy_filter, sample_pdf, stratified_samples
+from models.nerf.sampling import gaussian_samples, occupancy_filter, sample_pdf, stratified_samples
 
 if TYPE_CHECKING:
     from models.nerf.occupancy import OccupancyGrid
@@ -219,6 +219,44 @@ def _evaluate(
     return rgb, sigma
 
 
+def _fine_edges(
+    field: RadianceField,
+    rays_o: Tensor,
+    rays_d: Tensor,
+    near: Tensor,
+    far: Tensor,
+    t_starts_c: Tensor,
+    t_ends_c: Tensor,
+    n_fine: int,
+    occupancy: OccupancyGrid | None,
+    perturb: bool,
+    generator: torch.Generator | None,
+    guide: tuple[Tensor, Tensor] | None,
+    out: dict[str, Any],
+) -> Tensor:
+    """Bin edges ``[n, n_coarse + n_fine + 1]``: the coarse bins refined by ``n_fine`` extra edges, drawn from the
+    guide's truncated normal when given, otherwise from the coarse pass's weights (evaluated here, density
+    only, without autograd; its counts and weights go into ``out``)."""
+    bins_c = torch.cat([t_starts_c, t_ends_c[:, -1:]], dim=-1)  # [n, n_coarse + 1]
+    with torch.no_grad():
+        if guide is not None:
+            t_fine = gaussian_samples(guide[0], guide[1], near, far, n_fine, not perturb, generator)
+        else:
+            d_len = rays_d.norm(dim=-1, keepdim=True)
+            t_mid_c = 0.5 * (t_starts_c + t_ends_c)
+            keep_c = occupancy_filter(rays_o, rays_d, t_mid_c, occupancy)
+            x_c = rays_o[:, None, :] + t_mid_c[..., None] * rays_d[:, None, :]
+            _, sigma_c = _evaluate(_density_fn(field), x_c, rays_d[:, None, :].expand_as(x_c), keep_c, False)
+            weights_c, _ = render_weights(sigma_c, (t_ends_c - t_starts_c) * d_len)
+            t_fine = sample_pdf(
+                bins_c, dilate_weights(weights_c), n_fine, deterministic=not perturb, generator=generator
+            )
+            out["n_evaluated"] += int(keep_c.sum())
+            out["n_samples"] += keep_c.numel()
+            out["weights_coarse"], out["t_starts_coarse"], out["t_ends_coarse"] = weights_c, t_starts_c, t_ends_c
+        return torch.sort(torch.cat([bins_c, t_fine], dim=-1), dim=-1).values
+
+
 def _render_chunk(
     field: RadianceField,
     rays_o: Tensor,
@@ -230,27 +268,14 @@ def _render_chunk(
     occupancy: OccupancyGrid | None,
     perturb: bool,
     generator: torch.Generator | None,
+    guide: tuple[Tensor, Tensor] | None = None,
 ) -> dict[str, Any]:
     d_len = rays_d.norm(dim=-1, keepdim=True)  # world length per unit of t
     t_starts_c, t_ends_c = stratified_samples(rays_o, rays_d, near, far, n_coarse, perturb, generator)
     out: dict[str, Any] = {"n_evaluated": 0, "n_samples": 0}
-
     if n_fine > 0:
-        # Coarse pass: density only, without autograd (it only places the fine samples).
-        with torch.no_grad():
-            t_mid_c = 0.5 * (t_starts_c + t_ends_c)
-            keep_c = occupancy_filter(rays_o, rays_d, t_mid_c, occupancy)
-            x_c = rays_o[:, None, :] + t_mid_c[..., None] * rays_d[:, None, :]
-            _, sigma_c = _evaluate(_density_fn(field), x_c, rays_d[:, None, :].expand_as(x_c), keep_c, False)
-            weights_c, _ = render_weights(sigma_c, (t_ends_c - t_starts_c) * d_len)
-            bins_c = torch.cat([t_starts_c, t_ends_c[:, -1:]], dim=-1)  # [n, n_coarse + 1]
-            t_fine = sample_pdf(
-                bins_c, dilate_weights(weights_c), n_fine, deterministic=not perturb, generator=generator
-            )
-            edges = torch.sort(torch.cat([bins_c, t_fine], dim=-1), dim=-1).values  # [n, n_coarse + n_fine + 1]
-        out["n_evaluated"] += int(keep_c.sum())
-        out["n_samples"] += keep_c.numel()
-        out["weights_coarse"], out["t_starts_coarse"], out["t_ends_coarse"] = weights_c, t_starts_c, t_ends_c
+        edges = _fine_edges(field, rays_o, rays_d, near, far, t_starts_c, t_ends_c, n_fine, occupancy, perturb,
+                            generator, guide, out)
         t_starts, t_ends = edges[:, :-1], edges[:, 1:]
     else:
         t_starts, t_ends = t_starts_c, t_ends_c
@@ -290,6 +315,7 @@ def render_rays(
     background: Tensor | None = None,
     z_scale: Tensor | None = None,
     generator: torch.Generator | None = None,
+    guide: tuple[Tensor, Tensor] | None = None,
 ) -> dict[str, Any]:
     """Render rays hierarchically with empty-space skipping.
 
@@ -298,7 +324,9 @@ def render_rays(
        ``field.density`` (no autograd).
     2. ``n_fine`` inverse-CDF samples from the coarse weights (dilated by :func:`dilate_weights`) are
        inserted as extra bin edges, giving ``n_coarse + n_fine`` bins that still tile ``[near, far]``,
-       finest where the coarse pass saw matter (``n_fine = 0`` skips the coarse pass).
+       finest where the coarse pass saw matter (``n_fine = 0`` skips the coarse pass). With a depth ``guide``
+       the coarse pass is skipped and the ``n_fine`` edges follow the guide's normal instead
+       (:func:`models.nerf.sampling.gaussian_samples`; depth-guided sampling for training rays).
     3. The field gives colour and density at those bins' midpoints (again only in occupied cells); the
        result is composited. Gradients flow through this pass only.
 
@@ -318,11 +346,13 @@ def render_rays(
         z_scale: ``[n]`` ``dot(unit d, camera forward)``; when given, ``z_depth = depth * z_scale`` is added
             (assumes unit ``rays_d``).
         generator: For the jitter and the fine samples.
+        guide: ``(center [n], std [n])`` in units of ``t``: where the surface is expected (``center <= 0``:
+            unknown, the fine edges are then uniform) and how sure that is.
 
     Returns:
         ``rgb [n, 3]``, ``depth [n]`` (normalised expected ``t``), ``depth_var [n]``, ``opacity [n]``,
         ``weights / t_starts / t_ends [n, n_coarse + n_fine]`` (final bins, for losses),
-        ``weights_coarse / t_starts_coarse / t_ends_coarse [n, n_coarse]`` (if ``n_fine > 0``; no gradient),
+        ``weights_coarse / t_starts_coarse / t_ends_coarse [n, n_coarse]`` (if ``n_fine > 0`` and no guide; no gradient),
         ``z_depth [n]`` (if ``z_scale``), ``n_evaluated`` (int, network evaluations incl. the coarse pass) and
         ``n_samples`` (int, evaluations there would have been without the occupancy grid).
     """
@@ -345,6 +375,7 @@ def render_rays(
             occupancy,
             perturb,
             generator,
+            None if guide is None else (guide[0][i : i + chunk], guide[1][i : i + chunk]),
         )
         for i in range(0, max(n, 1), chunk)
     ]

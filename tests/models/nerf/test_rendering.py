@@ -137,6 +137,26 @@ def test_fine_samples_concentrate_on_the_surface(sphere_field) -> None:
     assert np.abs(coarse_only["depth"].numpy() - expected).max() > 0.05
 
 
+def test_depth_guided_sampling_skips_the_coarse_pass_and_finds_the_surface(sphere_field) -> None:
+    """With a guide at the surface, the fine samples sit around it without a coarse density pass; a guide
+    that is off by much more than its spread misses the surface (the guide really places the samples)."""
+    impact = np.array([0.0, 0.2, 0.4])
+    expected = 3.0 - np.sqrt(0.25 - impact**2)
+    rays_o, rays_d = _rays_towards_sphere(impact.tolist())
+    field = sphere_field(radius=0.5, sigma=500.0)
+    center, std = torch.tensor(expected, dtype=torch.float32), torch.full((3,), 0.02)
+    out = render_rays(field, rays_o, rays_d, 1.0, 5.0, n_coarse=16, n_fine=64, guide=(center, std))
+    np.testing.assert_allclose(out["depth"].numpy(), expected, atol=0.01)
+    assert field.n_calls == out["n_evaluated"] == 3 * (16 + 64)  # one pass: the fine one
+    assert "weights_coarse" not in out
+    wrong = render_rays(sphere_field(radius=0.5, sigma=500.0), rays_o, rays_d, 1.0, 5.0, n_coarse=16, n_fine=64,
+                        guide=(center + 0.6, std))
+    assert np.abs(wrong["depth"].numpy() - expected).max() > 0.05
+    # Rays without a guide (center 0) fall back to uniform fine edges, still inside [near, far].
+    none = render_rays(field, rays_o, rays_d, 1.0, 5.0, n_coarse=16, n_fine=64, guide=(torch.zeros(3), std))
+    assert bool((none["t_starts"] >= 1.0).all()) and bool((none["t_ends"] <= 5.0).all())
+
+
 def test_chunking_and_direction_length_do_not_change_the_result(sphere_field) -> None:
     field = sphere_field(radius=0.8, sigma=1.5)
     rays_o, rays_d = _rays_towards_sphere(list(np.linspace(0, 1, 11)))

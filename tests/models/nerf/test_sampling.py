@@ -8,7 +8,13 @@ import torch
 from scipy import stats
 
 from models.nerf.occupancy import OccupancyGrid
-from models.nerf.sampling import occupancy_filter, ray_aabb_intersect, sample_pdf, stratified_samples
+from models.nerf.sampling import (
+    gaussian_samples,
+    occupancy_filter,
+    ray_aabb_intersect,
+    sample_pdf,
+    stratified_samples,
+)
 
 # A piecewise-constant pdf with unequal bin widths: mass 0.2 on [0, 1], 0.5 on [1, 3], 0.3 on [3, 4].
 EDGES = np.array([0.0, 1.0, 3.0, 4.0])
@@ -161,3 +167,29 @@ def test_occupancy_filter_uses_the_grid() -> None:
     # Ray 1 (x = 0, an occupied cell): y = 4 (outside), 0.5, -0.5 (inside), -2 (outside).
     assert mask.tolist() == [[False, False, True, False], [False, True, True, False]]
     assert bool(occupancy_filter(rays_o, rays_d, t_mid, None).all())
+
+
+def test_gaussian_samples_follow_the_truncated_normal_ks() -> None:
+    gen = torch.Generator().manual_seed(5)
+    n = 3000
+    center, std = torch.full((n,), 2.0), torch.full((n,), 0.3)
+    # Truncated on the near side: [1.8, 6.0] cuts the normal at -2/3 sigma.
+    t = gaussian_samples(center, std, 1.8, 6.0, 1, deterministic=False, generator=gen)
+    ref = stats.truncnorm(a=(1.8 - 2.0) / 0.3, b=(6.0 - 2.0) / 0.3, loc=2.0, scale=0.3)
+    assert t.shape == (n, 1)
+    assert stats.kstest(t.numpy().ravel(), ref.cdf).pvalue > 0.01
+    # Stratified draws, pooled over rays, follow it too; rows are sorted and inside [near, far].
+    t = gaussian_samples(center[:200], std[:200], 1.8, 6.0, 16, deterministic=False, generator=gen)
+    assert stats.kstest(t.numpy().ravel(), ref.cdf).pvalue > 0.01
+    assert bool((t[:, 1:] >= t[:, :-1]).all()) and bool(((t >= 1.8) & (t <= 6.0)).all())
+
+
+def test_gaussian_samples_deterministic_quantiles_and_unguided_rays() -> None:
+    center = torch.tensor([3.0, 0.0, 10.0])  # guided, no guide, guide beyond far
+    std = torch.tensor([0.1, 0.1, 0.1])
+    near, far = torch.tensor([1.0, 1.0, 1.0]), torch.tensor([5.0, 5.0, 5.0])
+    t = gaussian_samples(center, std, near, far, 8, deterministic=True)
+    q = (np.arange(8) + 0.5) / 8
+    np.testing.assert_allclose(t[0].numpy(), stats.norm(3.0, 0.1).ppf(q), atol=1e-4)
+    np.testing.assert_allclose(t[1].numpy(), 1.0 + 4.0 * q, atol=1e-5)  # uniform over [near, far]
+    assert bool(((t[2] >= 4.5) & (t[2] <= 5.0)).all())  # piled up at far, never beyond
