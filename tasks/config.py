@@ -197,7 +197,7 @@ class NerfTrainConfig(StrictConfig):
     n_coarse: int = Field(32, ge=2)
     n_fine: int = Field(16, ge=0)
     near: float = Field(0.05, ge=0, description="metres in front of the camera before sampling starts")
-    depth_weight: float = Field(1e-4, ge=0, description="weight of the Gaussian NLL depth term")
+    depth_weight: float = Field(3e-5, ge=0, description="weight of the Gaussian NLL depth term")
     sigma_floor: float = Field(0.01, gt=0, description="metres: least uncertainty of any depth reference")
     edge_weight: float = Field(0.1, ge=0, description="weight of the patch depth-edge term (metres, L1)")
     ds_weight: float = Field(0.0, ge=0, description="weight of the DS-NeRF ray-termination term")
