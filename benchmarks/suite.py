@@ -214,7 +214,7 @@ def nerf_render_case(scenes: str, device: str, steps: int) -> dict:
 def vanilla_case(scenes: str, device: str, seconds: float) -> dict:
     """Time-to-PSNR: hash grid + occupancy against the original NeRF (benchmarks/bench_nerf.py)."""
     import torch
-    from bench_nerf import probe_rays, run, time_to
+    from bench_nerf import probe_rays, run, time_to, vanilla_config
 
     from models.nerf.vanilla import VanillaNeRF
     from tasks.nerf_data import open_scene, scene_bounds
@@ -223,8 +223,7 @@ def vanilla_case(scenes: str, device: str, seconds: float) -> dict:
     frames = open_scene(params.paths.scenes, "synthetic_000", "gt", None, None)
     aabb = torch.from_numpy(scene_bounds(frames, params.nerf.bounds_padding, seed=params.nerf.seed))
     probe = probe_rays(frames, 2048)
-    vanilla_cfg = params.nerf.model_copy(
-        update={"train": params.nerf.train.model_copy(update={"lr": 5e-4, "lr_final": 5e-5})})
+    vanilla_cfg = vanilla_config(params.nerf)
     ours = run(frames, params.nerf, None, True, seconds, 25, probe, aabb)
     base = run(frames, vanilla_cfg, lambda box: VanillaNeRF(aabb=box), False, seconds, 25, probe, aabb)
     target = max(p for _, _, p in base[-3:])
