@@ -22,8 +22,9 @@ from tasks.fit_nerf import (
     plan_fit_nerf,
     run_fit_nerf,
     scene_fingerprint,
+    training_step,
 )
-from tasks.nerf_data import open_scene, scene_bounds, sparse_views
+from tasks.nerf_data import RaySampler, open_scene, scene_bounds, sparse_views
 from tasks.store import SceneWriter, StoreBuilder
 
 FAST = [
@@ -70,6 +71,25 @@ def test_short_fit_raises_test_psnr_and_exports(scene, tmp_path):
     assert len(mesh.faces) > 100, "marching cubes finds the fitted surfaces"
     assert np.all(mesh.vertices >= lo - 1e-3) and np.all(mesh.vertices <= hi + 1e-3)
     assert "encoding.tables" in "".join(load_file(out / "field.safetensors").keys())
+
+
+@pytest.mark.parametrize(("source", "spread", "guided"), [("gt", 3.0, True), ("gt", 0.0, False), ("none", 3.0, False)])
+def test_training_rays_are_depth_guided_only_with_depth(scene, source, spread, guided):
+    """With depth supervision and ``guide_spread > 0`` a training step makes one network pass (no coarse
+    density pass); colour-only fits and ``guide_spread = 0`` keep hierarchical sampling. The fresh occupancy
+    grid marks every cell occupied, so the evaluation counts are exact."""
+    params = load_params(None, scene + [f"nerf.depth_source={source}", f"nerf.train.guide_spread={spread}"])
+    cfg, tc = params.nerf, params.nerf.train
+    frames = open_scene(params.paths.scenes, "synthetic_000", source, None, None)
+    aabb = torch.from_numpy(scene_bounds(frames))
+    field_, grid = make_model(cfg, aabb, torch.device("cpu"))
+    batch = RaySampler(frames, tc.patch, tc.pool_frames, tc.pool_refresh, seed=0).sample(64)
+    gen = torch.Generator().manual_seed(0)
+    loss, logged, n_eval = training_step(field_, grid, frames, batch, aabb, cfg, torch.device("cpu"), gen, None)
+    n = len(batch["pixel"])
+    fine_pass = n * (tc.n_coarse + tc.n_fine)
+    assert n_eval == (fine_pass if guided else fine_pass + n * tc.n_coarse)
+    assert torch.isfinite(loss) and ("depth" in logged) == (source != "none")
 
 
 def test_interrupted_fit_resumes_to_the_same_field(scene, tmp_path):
