@@ -132,9 +132,11 @@ def training_step(
     rays_o, rays_d, z_scale = batch_rays(frames, batch["frame"], batch["pixel"], device)
     near, far = near_far(rays_o, rays_d, aabb, tc.near)
     rgb, z_ref, sigma = batch["rgb"].to(device), batch["z"].to(device), batch["sigma"].to(device)
+    # The reference as a distance along the unit ray and its spread (z-depth / z_scale), for sampling and DS-NeRF.
+    t_ref, sigma_t = z_ref / z_scale, torch.sqrt(sigma**2 + tc.sigma_floor**2) / z_scale
     guide = None
-    if cfg.depth_source != "none" and tc.guide_spread > 0:  # z-depth -> distance along the unit ray
-        guide = (z_ref / z_scale, tc.guide_spread * torch.sqrt(sigma**2 + tc.sigma_floor**2) / z_scale)
+    if cfg.depth_source != "none" and tc.guide_spread > 0:
+        guide = (t_ref, tc.guide_spread * sigma_t)
     with torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
         out = render_rays(
             field_, rays_o, rays_d, near, far, n_coarse=tc.n_coarse, n_fine=tc.n_fine, occupancy=grid,
@@ -153,8 +155,7 @@ def training_step(
         if tc.ds_weight > 0:
             t_mid = 0.5 * (out["t_starts"] + out["t_ends"])
             deltas = out["t_ends"] - out["t_starts"]
-            sigma_t = torch.sqrt(sigma**2 + tc.sigma_floor**2) / z_scale
-            terms["ds"] = ds_nerf_loss(out["weights"].float(), t_mid, deltas, z_ref / z_scale, sigma_t)
+            terms["ds"] = ds_nerf_loss(out["weights"].float(), t_mid, deltas, t_ref, sigma_t)
             loss = loss + tc.ds_weight * terms["ds"]
     logged = {k: float(v.detach()) for k, v in terms.items()}
     logged["psnr"] = -10 * math.log10(max(logged["rgb"], 1e-10))

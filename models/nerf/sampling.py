@@ -119,14 +119,6 @@ def sample_pdf(
     return torch.sort(t, dim=-1).values.to(bins.dtype)
 
 
-def _normal_cdf(x: Tensor) -> Tensor:
-    return 0.5 * (1.0 + torch.erf(x * 0.7071067811865476))
-
-
-def _normal_icdf(p: Tensor) -> Tensor:
-    return 1.4142135623730951 * torch.erfinv(2.0 * p - 1.0)
-
-
 @torch.no_grad()
 def gaussian_samples(
     center: Tensor,
@@ -168,10 +160,10 @@ def gaussian_samples(
     else:
         xi = torch.rand(n, n_samples, device=center.device, generator=generator)
     u = (k + xi) / n_samples  # [n, k] in [0, 1), sorted along the row
-    lo = _normal_cdf((near_t - c) / s)[:, None]
-    hi = _normal_cdf((far_t - c) / s)[:, None]
+    lo = torch.special.ndtr((near_t - c) / s)[:, None]
+    hi = torch.special.ndtr((far_t - c) / s)[:, None]
     p = (lo + u * (hi - lo)).clamp(1e-7, 1.0 - 1e-7)
-    t_gauss = c[:, None] + s[:, None] * _normal_icdf(p)
+    t_gauss = c[:, None] + s[:, None] * torch.special.ndtri(p)
     t_uniform = near_t[:, None] + u * (far_t - near_t)[:, None]
     t = torch.where(guided[:, None], t_gauss, t_uniform)
     t = torch.minimum(torch.maximum(t, near_t[:, None]), far_t[:, None])
