@@ -8,12 +8,17 @@ For every scene, number of train views and depth source, one NeRF is fitted with
 and rendered-depth RMSE against the scene store's depth (the ground truth for synthetic scenes, the sensor
 depth for real ones). ``--data`` is a folder with ``scenes.zarr``, ``noisy.zarr`` and ``refined.zarr``; for a
 real scene corrupted in ``sensor`` mode, ``noisy`` is the sensor depth itself. The last table gives refined
-against noisy: the PSNR gain and the relative depth-RMSE reduction.
+against noisy: the PSNR gain and the relative depth-RMSE reduction. Every fit of a scene gets the same scene box
+(from the cameras and the observed depth), whatever its depth source. The numbers are written to
+``benchmarks/results/<UTC time>-ablation.json`` (``--out`` to change the folder).
 """
 
 from __future__ import annotations
 
 import argparse
+import datetime as dt
+import json
+import sys
 import tempfile
 from pathlib import Path
 
@@ -48,6 +53,7 @@ def main() -> None:
     ap.add_argument("--sources", default="none,noisy,refined,gt")
     ap.add_argument("--views", default="10,all", help="comma-separated train-view counts; 'all' = every train view")
     ap.add_argument("--set", action="append", default=[], help="params override, dotted.key=value")
+    ap.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results")
     args = ap.parse_args()
 
     paths = [f"paths.{k}={args.data / f'{k}.zarr'}" for k in ("scenes", "noisy", "refined")]
@@ -92,6 +98,14 @@ def main() -> None:
             sgain = np.mean([b["ssim"] - a["ssim"] for a, b in zip(n, r)])
             table.add_row("all" if views is None else str(views), f"{gain:+.2f}", f"{red:.0%}", f"{sgain:+.3f}")
         console.print(table)
+
+    stamp = dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H%M%S")
+    args.out.mkdir(parents=True, exist_ok=True)
+    rows = [{"scene": sc, "views": "all" if v is None else v, "source": so, **r} for (sc, v, so), r in results.items()]
+    record = {"command": "python benchmarks/bench_ablation.py " + " ".join(sys.argv[1:]), "steps": steps, "fits": rows}
+    path = args.out / f"{stamp}-ablation.json"
+    path.write_text(json.dumps(record, indent=2, default=float))
+    console.print(f"wrote {path}")
 
 
 if __name__ == "__main__":

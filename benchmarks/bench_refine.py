@@ -2,7 +2,8 @@
 baselines, side by side, plus refinement speed and peak memory at 640x480.
 
     python benchmarks/bench_refine.py --model artifacts/diffusion \\
-        [--scenes data/scenes.zarr --noisy data/noisy.zarr] [--kitchen ../shared/data/rgbd/7scenes-redkitchen]
+        [--scenes data/scenes.zarr --noisy data/noisy.zarr] [--kitchen ../shared/data/rgbd/7scenes-redkitchen] \\
+        [--tune-on VAL_SCENES.zarr VAL_NOISY.zarr [--tune-frames 8]]
 
 Quality is measured on the test views of the given stores (the synthetic default: exact reference depth)
 and, with ``--kitchen``, on real 7-Scenes frames corrupted by the same noise model (reference = the real
@@ -10,6 +11,11 @@ sensor depth where it is valid). Metrics: RMSE / MAE (m), AbsRel, delta<1.25, ed
 discontinuities within 2 px) and coverage (fraction of reference pixels with a refined value).
 Speed: seconds to refine one 640x480 frame with the params' default steps and samples (median of
 ``--repeats``), peak resident memory of that process, and per-frame time of each baseline.
+
+Baseline parameters: ``refine.baselines`` of the params file as given, or, with ``--tune-on``, chosen by
+:func:`models.baselines.tune_baselines` (grid search, lowest pooled RMSE) on frames of a separate validation
+store pair (its scenes with role ``val`` if it has any, else all of them); the chosen values are printed and
+every table then scores the tuned baselines. Tune on other scenes than those scored.
 """
 
 from __future__ import annotations
@@ -25,18 +31,16 @@ import time
 from pathlib import Path
 
 import numpy as np
-import torch
 from rich.console import Console
 from rich.table import Table
 
-from models.baselines import make_baselines
+from models.baselines import BASELINE_NAMES, TuningFrame, make_baselines, tune_baselines
 from models.metrics import aggregate, depth_metrics, edge_f1
 from tasks.config import load_params
 from tasks.corrupt import run_corrupt
 from tasks.download import run_download
-from tasks.refine import DiffusionRefiner, frame_seed
+from tasks.refine import diffusion_refiner, frame_seed
 from tasks.store import SceneView, open_store, scene_names
-from tasks.train_diffusion import load_model
 
 COLUMNS = ["rmse", "rmse_measured", "rmse_holes", "mae", "abs_rel", "delta1", "edge_f1", "coverage"]
 
@@ -76,6 +80,28 @@ def evaluate(scenes_path: Path, noisy_path: Path, refiners: dict, split: str, ma
     return result
 
 
+def tuning_frames(scenes_path: Path, noisy_path: Path, max_frames: int) -> list[TuningFrame]:
+    """At most ``max_frames`` frames ``(rgb, noisy, reference, K)``, evenly spread over the store pair's scenes
+    with role ``val`` (all its scenes when none has that role)."""
+    scenes, noisy = open_store(scenes_path, "scenes"), open_store(noisy_path, "noisy")
+    views = [SceneView(scenes[name]) for name in scene_names(scenes)]
+    views = [v for v in views if v.attrs.get("role", "eval") == "val"] or views
+    pool = [(v, i) for v in views for i in range(v.n_frames)]
+    keep = np.unique(np.linspace(0, len(pool) - 1, min(max_frames, len(pool))).round().astype(int)) if pool else []
+    return [(v.group["rgb"][i], noisy[v.name]["depth_noisy"][i], v.group["depth"][i], v.group["K"][i])
+            for v, i in (pool[k] for k in keep)]
+
+
+def tuning_table(scores: dict[str, dict], n_frames: int) -> Table:
+    t = Table(title=f"baseline parameters tuned on {n_frames} validation frames (pooled RMSE, m)")
+    for c in ("baseline", "chosen", "RMSE tuned", "RMSE untuned", "settings tried"):
+        t.add_column(c, justify="left" if c in ("baseline", "chosen") else "right")
+    for name, s in scores.items():
+        chosen = ", ".join(f"{k}={v}" for k, v in s["params"].items())
+        t.add_row(name, chosen, f"{s['rmse']:.4f}", f"{s['base_rmse']:.4f}", str(len(s["grid"])))
+    return t
+
+
 def build_kitchen(kitchen: Path, workdir: Path, frames: int) -> tuple[Path, Path]:
     overrides = [
         "data.source=sevenscenes", f"data.path={kitchen}", f"data.max_frames={frames}", "data.stride=5",
@@ -107,18 +133,16 @@ SPEED_SNIPPET = """
 import json, resource, statistics, sys, time
 import numpy as np, torch
 from tasks.config import load_params
-from tasks.refine import DiffusionRefiner
-from tasks.train_diffusion import load_model
+from tasks.refine import diffusion_refiner
 params = load_params(sys.argv[1], [f"paths.diffusion={sys.argv[2]}"])
-model, schedule = load_model(params.paths.diffusion)
-ref = DiffusionRefiner(model, schedule, params.refine, torch.device("cpu"))
+ref = diffusion_refiner(params.paths.diffusion, params.refine)
 rng = np.random.default_rng(0)
 rgb = rng.integers(0, 256, (480, 640, 3), dtype=np.uint8)
 depth = (2.0 + 0.3 * rng.standard_normal((480, 640))).clip(0.5, 4).astype(np.float32)
 depth[rng.random(depth.shape) < 0.1] = 0
 times = []
 for k in range(int(sys.argv[3]) + 1):
-    t0 = time.perf_counter(); ref(rgb, depth, k); times.append(time.perf_counter() - t0)
+    t0 = time.perf_counter(); ref.refine(rgb, depth, 525.0, k); times.append(time.perf_counter() - t0)
 print(json.dumps({"median_s": statistics.median(times[1:]), "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
                   "steps": params.refine.steps, "samples": params.refine.samples, "threads": torch.get_num_threads()}))
 """
@@ -135,16 +159,31 @@ def main() -> None:
     ap.add_argument("--max-frames", type=int, default=8, help="test frames per scene")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--json", type=Path, default=None, help="also write the numbers here")
+    ap.add_argument("--tune-on", nargs=2, type=Path, default=None, metavar=("SCENES", "NOISY"),
+                    help="tune the baselines' parameters on this validation store pair before scoring")
+    ap.add_argument("--tune-frames", type=int, default=8, help="validation frames used by --tune-on")
     args = ap.parse_args()
 
     params = load_params(args.params, [f"paths.diffusion={args.model}"])
-    model, schedule = load_model(args.model)
-    diffusion = DiffusionRefiner(model, schedule, params.refine, torch.device("cpu"))
-    refiners = {name: (lambda rgb, d, K, seed, r=r: r(rgb, d, K)) for name, r in make_baselines(params.refine.baselines).items()}
-    refiners["diffusion"] = lambda rgb, d, K, seed: diffusion(rgb, d, seed)[0]
-
     console = Console(width=160)
     report = {}
+    baseline_cfg = params.refine.baselines
+    if args.tune_on is not None:
+        if args.tune_on[0].resolve() == args.scenes.resolve():
+            console.print("[yellow]warning: tuning on the scored store: the baselines' scores are optimistic[/]")
+        frames = tuning_frames(*args.tune_on, args.tune_frames)
+        t0 = time.perf_counter()
+        baseline_cfg, scores = tune_baselines(frames, BASELINE_NAMES, base=baseline_cfg)
+        console.print(tuning_table(scores, len(frames)))
+        console.print(f"tuned in {time.perf_counter() - t0:.1f} s; refine.baselines to reproduce: "
+                      f"{json.dumps(baseline_cfg.model_dump())}")
+        report["tuning"] = {"frames": len(frames), "params": baseline_cfg.model_dump(),
+                            "scores": {n: {k: s[k] for k in ("params", "rmse", "base_rmse")}
+                                       for n, s in scores.items()}}
+    diffusion = diffusion_refiner(args.model, params.refine)
+    refiners = {name: (lambda rgb, d, K, seed, r=r: r(rgb, d, K)) for name, r in make_baselines(baseline_cfg).items()}
+    refiners["diffusion"] = lambda rgb, d, K, seed: diffusion.refine(rgb, d, float(K[0, 0]), seed).depth
+
     result = evaluate(args.scenes, args.noisy, refiners, "test", args.max_frames)
     report["synthetic"] = result
     console.print(table(f"refinement quality: {args.scenes} (test views)", result))

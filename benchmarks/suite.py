@@ -243,19 +243,24 @@ def refine_case(device: str, height: int, width: int, steps: int, samples: int, 
 
     from models.diffusion.unet import DepthUNet
     from tasks.config import load_params
-    from tasks.refine import DiffusionRefiner
+    from models.diffusion.calibration import Calibration
+    from models.diffusion.refiner import DiffusionRefiner
+    from models.noise import SensorPrior
 
     params = load_params(ROOT / "params.yaml", [f"refine.steps={steps}", f"refine.samples={samples}"])
     torch.manual_seed(0)
     model = DepthUNet(params.diffusion.unet).to(device).eval()
-    refiner = DiffusionRefiner(model, params.diffusion.schedule, params.refine, torch.device(device))
+    rc = params.refine
+    refiner = DiffusionRefiner(model, params.diffusion.schedule, SensorPrior.from_noise(params.noise), Calibration(),
+                               rc.steps, rc.samples, rc.tile, rc.overlap, device)
     rng = np.random.default_rng(0)
     rgb = rng.integers(0, 255, (height, width, 3), dtype=np.uint8)
     depth = rng.uniform(0.5, 4.0, (height, width)).astype(np.float32)
     depth[rng.random((height, width)) < 0.1] = 0
-    refiner(rgb, depth, 0)
+    focal = 525.0 * width / 640
+    refiner.refine(rgb, depth, focal, 0)
     sync = torch.cuda.synchronize if device.startswith("cuda") else None
-    t = median_time(lambda: refiner(rgb, depth, 0), repeats, sync)
+    t = median_time(lambda: refiner.refine(rgb, depth, focal, 0), repeats, sync)
     return {"resolution": f"{width}x{height}", "steps": steps, "samples": samples, "s_per_frame": round(t, 3),
             "frames_per_s": round(1 / t, 2)}
 

@@ -217,7 +217,7 @@ def params(params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None) -> None
 
 @app.command()
 def info(store: Annotated[Path, typer.Argument(help="a scenes.zarr or noisy.zarr store")]) -> None:
-    """Summarise a store: scenes, frames, resolution, split, poses and depth coverage."""
+    """Summarise a store: scenes, their roles, frames, resolution, split, poses and depth coverage."""
     import numpy as np
 
     from tasks.store import SceneView, open_store
@@ -229,9 +229,10 @@ def info(store: Annotated[Path, typer.Argument(help="a scenes.zarr or noisy.zarr
         raise typer.Exit(1) from None
     kind = root.attrs["schema"].removeprefix("dnerf.")
     key = {"scenes": "depth", "noisy": "depth_noisy", "refined": "depth_refined"}[kind]
-    table = Table(title=f"{store} ({root.attrs.get('schema')} v{root.attrs.get('schema_version')})")
-    for col in ("scene", "frames", "H x W", "train/test", "poses", "valid depth"):
-        table.add_column(col)
+    table = Table(title=f"{store} ({root.attrs.get('schema')} v{root.attrs.get('schema_version')})",
+                  caption="valid: share of frame 0's pixels with depth")
+    for col in ("scene", "role", "frames", "H x W", "train/test", "poses", "valid"):
+        table.add_column(col, no_wrap=True)
     for name, group in sorted(root.groups()):
         d = group[key]
         valid = float(np.mean(d[0] > 0)) if d.shape[0] else 0.0
@@ -239,9 +240,12 @@ def info(store: Annotated[Path, typer.Argument(help="a scenes.zarr or noisy.zarr
             v = SceneView(group)
             split = f"{len(v.indices('train'))}/{len(v.indices('test'))}"
             poses = "yes" if v.has_poses else "no"
+            role = v.role
         else:
-            split, poses = "-", "-"
-        table.add_row(name, str(d.shape[0]), f"{d.shape[1]} x {d.shape[2]}", split, poses, f"{valid:.0%} (frame 0)")
+            split, poses, role = "-", "-", "-"
+        table.add_row(
+            name, role, str(d.shape[0]), f"{d.shape[1]}x{d.shape[2]}", split, poses, f"{valid:.0%}"
+        )
     Console().print(table)
 
 

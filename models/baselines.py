@@ -6,12 +6,16 @@ their inputs and config (no module state, no randomness) and are built on OpenCV
 
 ================== ======================================================================================
 ``inpaint``        :func:`fill_holes` only (``cv2.inpaint``, Navier-Stokes by default).
+``median``         fill holes, then a ``median_ksize`` x ``median_ksize`` median filter (5x5 by default).
 ``bilateral``      fill holes, then ``cv2.bilateralFilter`` on the float32 depth (range sigma in metres).
 ``joint_bilateral`` fill holes, then ``cv2.ximgproc.jointBilateralFilter`` with the RGB image as the guide
                    (range sigma in 8-bit colour units).
 ``guided``         fill holes, then ``cv2.ximgproc.guidedFilter`` with the RGB image (scaled to ``[0, 1]``)
                    as the guide; ``eps`` is a variance on that normalised guide.
 ================== ======================================================================================
+
+Their parameters are not meant to be set by hand: :func:`tune_baselines` picks each baseline's own parameters
+by a small grid search (:data:`TUNING_GRID`) on validation frames with a reference depth.
 
 Conventions follow :mod:`models.camera`: ``depth`` is z-depth in metres, ``0`` = hole. ``K`` is part of the
 interface (the diffusion refiner and later baselines may need it); these baselines only validate it.
@@ -23,16 +27,23 @@ Notes on ``cv2.inpaint`` with float32 depth (measured with OpenCV 5.0, see ``tes
   plane with 10 % random holes plus 8x8 px blocks).
 * ``INPAINT_TELEA`` is *not* scale-invariant: on depth in metres it returns values off by ~1 m. It behaves
   once the values are in millimetres, so ``method="telea"`` inpaints ``depth * 1000`` and divides back.
+
+The median filter is exact at every allowed size (3, 5, 7, 9): ``cv2.medianBlur`` only takes float32 input for
+ksize 3 and 5, so 7 and 9 use ``scipy.ndimage.median_filter`` with ``mode="nearest"`` (the same replicated
+border; both give identical results at 3 and 5, see the tests). Depth is never quantised to 8 bits for it.
 """
 
 from __future__ import annotations
 
+import itertools
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Literal, Protocol, runtime_checkable
+from typing import Any, Literal, Protocol, runtime_checkable
 
 import cv2
 import numpy as np
-from pydantic import Field
+import scipy.ndimage
+from pydantic import Field, field_validator
 
 from models.config import StrictConfig
 
@@ -61,6 +72,7 @@ class BaselineConfig(StrictConfig):
             (larger = smoother, less edge-preserving).
         inpaint_radius: Neighbourhood radius (pixels) of ``cv2.inpaint``.
         inpaint_method: ``"ns"`` (Navier-Stokes, the default) or ``"telea"``.
+        median_ksize: Window size (pixels, odd, 3 to 9) of the median filter.
     """
 
     bilateral_d: int = Field(default=5, ge=1, le=31)
@@ -73,6 +85,14 @@ class BaselineConfig(StrictConfig):
     guided_eps: float = Field(default=1e-2, gt=0.0, le=10.0)
     inpaint_radius: int = Field(default=5, ge=1, le=50)
     inpaint_method: InpaintMethod = "ns"
+    median_ksize: int = Field(default=5, ge=3, le=9)
+
+    @field_validator("median_ksize")
+    @classmethod
+    def _odd_ksize(cls, value: int) -> int:
+        if value % 2 == 0:
+            raise ValueError(f"median_ksize must be odd (3, 5, 7 or 9), got {value}")
+        return value
 
 
 # -------------------------------------------------------------------------------------------- interface
@@ -187,6 +207,30 @@ class InpaintRefiner:
         return filled
 
 
+def median_filter(depth: np.ndarray, ksize: int) -> np.ndarray:
+    """Exact ``ksize`` x ``ksize`` median of a float32 depth map ``[H, W]`` (border replicated).
+
+    ``cv2.medianBlur`` for ksize 3 / 5 (the only sizes it takes on float32), ``scipy.ndimage.median_filter``
+    with the same border rule for larger windows.
+    """
+    if ksize < 3 or ksize % 2 == 0:
+        raise ValueError(f"ksize must be odd and >= 3, got {ksize}")
+    depth = np.ascontiguousarray(depth, dtype=np.float32)
+    if ksize <= 5:
+        return cv2.medianBlur(depth, ksize)
+    return scipy.ndimage.median_filter(depth, size=ksize, mode="nearest")
+
+
+@dataclass(frozen=True)
+class MedianRefiner(InpaintRefiner):
+    """Holes filled, then a ``median_ksize`` x ``median_ksize`` median filter (robust to flying pixels)."""
+
+    name: str = field(default="median", init=False)
+
+    def smooth(self, rgb: np.ndarray, filled: np.ndarray) -> np.ndarray:
+        return median_filter(filled, self.cfg.median_ksize)
+
+
 @dataclass(frozen=True)
 class BilateralRefiner(InpaintRefiner):
     """Holes filled, then a plain bilateral filter on the float32 depth (range sigma in metres)."""
@@ -229,6 +273,11 @@ def inpaint_refiner(cfg: BaselineConfig) -> Refiner:
     return InpaintRefiner(cfg)
 
 
+def median_refiner(cfg: BaselineConfig) -> Refiner:
+    """The ``"median"`` baseline: holes filled, then a ``median_ksize`` median filter."""
+    return MedianRefiner(cfg)
+
+
 def bilateral_refiner(cfg: BaselineConfig) -> Refiner:
     """The ``"bilateral"`` baseline: holes filled, then ``cv2.bilateralFilter`` on depth."""
     return BilateralRefiner(cfg)
@@ -245,6 +294,206 @@ def guided_refiner(cfg: BaselineConfig) -> Refiner:
 
 
 def make_baselines(cfg: BaselineConfig) -> dict[str, Refiner]:
-    """Every baseline by name: ``inpaint``, ``bilateral``, ``joint_bilateral``, ``guided`` (in that order)."""
-    refiners = (inpaint_refiner(cfg), bilateral_refiner(cfg), joint_bilateral_refiner(cfg), guided_refiner(cfg))
+    """Every baseline by name: ``inpaint``, ``median``, ``bilateral``, ``joint_bilateral``, ``guided`` (in that
+    order)."""
+    refiners = (inpaint_refiner(cfg), median_refiner(cfg), bilateral_refiner(cfg), joint_bilateral_refiner(cfg),
+                guided_refiner(cfg))
     return {r.name: r for r in refiners}
+
+
+# ----------------------------------------------------------------------------------------------- tuning
+
+BASELINE_NAMES = ("inpaint", "median", "bilateral", "joint_bilateral", "guided")
+
+#: The :class:`BaselineConfig` fields each baseline reads besides hole filling (``inpaint``: the hole filling,
+#: shared by every baseline).
+BASELINE_PARAMS: dict[str, tuple[str, ...]] = {
+    "inpaint": ("inpaint_radius", "inpaint_method"),
+    "median": ("median_ksize",),
+    "bilateral": ("bilateral_d", "bilateral_sigma_color_m", "bilateral_sigma_space"),
+    "joint_bilateral": ("joint_d", "joint_sigma_color", "joint_sigma_space"),
+    "guided": ("guided_radius", "guided_eps"),
+}
+
+#: The default search of :func:`tune_baselines`: per baseline, a few values of each of its own parameters
+#: (every combination is tried; 4 to 12 settings per baseline). Each grid contains the
+#: :class:`BaselineConfig` defaults, so the search can always return them. About 15 s for 8 frames of
+#: 640x480 on two cores, most of it in ``cv2.inpaint`` and the 7x7 / 9x9 medians.
+TUNING_GRID: dict[str, dict[str, tuple]] = {
+    "inpaint": {"inpaint_radius": (3, 5, 9), "inpaint_method": ("ns", "telea")},  # 6
+    "median": {"median_ksize": (3, 5, 7, 9)},  # 4
+    "bilateral": {  # 12
+        "bilateral_d": (5, 9),
+        "bilateral_sigma_color_m": (0.02, 0.05, 0.1),
+        "bilateral_sigma_space": (3.0, 6.0),
+    },
+    "joint_bilateral": {  # 12
+        "joint_d": (7, 11),
+        "joint_sigma_color": (10.0, 20.0, 40.0),
+        "joint_sigma_space": (5.0, 10.0),
+    },
+    "guided": {"guided_radius": (2, 4, 8), "guided_eps": (1e-3, 1e-2, 1e-1)},  # 9
+}
+
+#: One validation frame: ``(rgb uint8 [H, W, 3], noisy depth [H, W] metres (0 = hole), reference depth
+#: [H, W] metres (0 = no reference), K [3, 3])``.
+TuningFrame = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]
+
+
+def grid_points(axes: Mapping[str, Sequence]) -> list[dict[str, Any]]:
+    """Every combination of the values in ``axes`` (``{field: values}``), the last field varying fastest."""
+    keys = list(axes)
+    return [dict(zip(keys, values)) for values in itertools.product(*(axes[k] for k in keys))]
+
+
+def _resolve_grid(grid: Mapping[str, Mapping[str, Sequence]] | None) -> dict[str, list[dict[str, Any]]]:
+    """The grid points per baseline: ``grid``'s axes where it gives a baseline, :data:`TUNING_GRID` elsewhere."""
+    grid = dict(grid or {})
+    unknown = sorted(set(grid) - set(BASELINE_PARAMS))
+    if unknown:
+        raise ValueError(f"grid names unknown baselines {unknown}; known: {list(BASELINE_PARAMS)}")
+    out = {}
+    for name, own in BASELINE_PARAMS.items():
+        axes = grid.get(name, TUNING_GRID[name])
+        foreign = sorted(set(axes) - set(own))
+        if foreign:
+            raise ValueError(f"grid[{name!r}] sets {foreign}, which the {name} baseline does not read; "
+                             f"its parameters are {list(own)}")
+        empty = [k for k, v in axes.items() if len(v) == 0]
+        if empty or not axes:
+            raise ValueError(f"grid[{name!r}] has no values to try (empty: {empty or 'all'})")
+        out[name] = grid_points(axes)
+    return out
+
+
+def _check_tuning_frame(k: int, frame: TuningFrame) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """``(rgb, noisy depth float32, reference mask, reference values float64 at the mask)``."""
+    try:
+        rgb, noisy, ref, K = frame
+    except (TypeError, ValueError):
+        raise ValueError(f"frame {k}: expected a tuple (rgb, noisy depth, reference depth, K)") from None
+    try:
+        rgb, noisy = _check_inputs(rgb, noisy, K)
+        ref = _check_depth(ref)
+    except ValueError as err:
+        raise ValueError(f"frame {k}: {err}") from None
+    if ref.shape != noisy.shape:
+        raise ValueError(f"frame {k}: reference depth {ref.shape} does not match noisy depth {noisy.shape}")
+    mask = ref > 0
+    return rgb, noisy, mask, ref[mask].astype(np.float64)
+
+
+def tune_baselines(
+    frames: Sequence[TuningFrame],
+    names: Sequence[str] = BASELINE_NAMES,
+    grid: Mapping[str, Mapping[str, Sequence]] | None = None,
+    base: BaselineConfig | None = None,
+) -> tuple[BaselineConfig, dict[str, dict[str, Any]]]:
+    """Choose each baseline's own parameters by a grid search on validation frames.
+
+    The score of a setting is the RMSE (metres) against the reference depth over every pixel where the
+    reference is valid (``> 0``), pooled over all frames (each pixel counts once, whatever its frame). The
+    setting with the smallest score wins; ties go to the earlier grid point.
+
+    Hole filling is shared by every baseline (one ``inpaint_*`` pair in the config), so it is tuned first,
+    on the ``inpaint`` baseline (fill only: only the hole pixels differ between settings), and then each
+    filtering baseline's own grid is searched on the frames filled that way. The hole filling is always
+    tuned, whether or not ``"inpaint"`` is among ``names``; baselines not in ``names`` keep ``base``'s values.
+
+    Args:
+        frames: Validation frames ``(rgb uint8 [H, W, 3], noisy depth [H, W] m (0 = hole), reference depth
+            [H, W] m (0 = no reference), K [3, 3])``; frames may differ in size.
+        names: Baselines to tune, from :data:`BASELINE_NAMES`.
+        grid: Per baseline, ``{field: values}`` to search instead of :data:`TUNING_GRID` (every combination;
+            only that baseline's own fields, see :data:`BASELINE_PARAMS`).
+        base: Starting config (default: :class:`BaselineConfig` defaults): the values not tuned, and the
+            "untuned" reference each score is reported against.
+
+    Returns:
+        ``(config, scores)``: the tuned :class:`BaselineConfig`, and per tuned baseline (``inpaint`` always
+        included) ``{"params": chosen {field: value}, "rmse": its score, "base_rmse": the score of ``base``,
+        "grid": [{"params": ..., "rmse": ...} for every grid point]}`` (plain Python types).
+
+    Raises:
+        ValueError: No frames, no reference pixel in any frame, a malformed frame (naming its index), an
+            unknown baseline name, or a grid naming another baseline's fields or holding no values;
+            ``pydantic.ValidationError`` (a ``ValueError``) for a grid value the config rejects.
+    """
+    base = base or BaselineConfig()
+    names = list(dict.fromkeys(names))
+    unknown = [n for n in names if n not in BASELINE_PARAMS]
+    if unknown:
+        raise ValueError(f"unknown baselines {unknown}; known: {list(BASELINE_NAMES)}")
+    frames = list(frames)
+    if not frames:
+        raise ValueError("tune_baselines needs at least one validation frame (with a reference depth), got none")
+    data = [_check_tuning_frame(k, f) for k, f in enumerate(frames)]
+    n_ref = sum(int(m.sum()) for _, _, m, _ in data)
+    if n_ref == 0:
+        raise ValueError(f"none of the {len(frames)} validation frames has a reference pixel (reference depth > 0)")
+    points = _resolve_grid(grid)
+
+    def rmse(preds: list[np.ndarray]) -> float:
+        sse = 0.0
+        for pred, (_, _, mask, ref) in zip(preds, data):
+            diff = pred[mask].astype(np.float64) - ref
+            sse += float(diff @ diff)
+        return float(np.sqrt(sse / n_ref))
+
+    def config(*updates: Mapping[str, Any]) -> BaselineConfig:
+        values = base.model_dump()
+        for u in updates:
+            values.update(u)
+        return BaselineConfig(**values)  # validated: a bad grid value raises naming the field
+
+    def fill(cfg: BaselineConfig) -> list[np.ndarray]:
+        return [fill_holes(d, cfg.inpaint_radius, cfg.inpaint_method) for _, d, _, _ in data]
+
+    def search(name: str, run) -> tuple[dict[str, Any], dict[str, Any]]:
+        """Best grid point of ``name``: ``run(point) -> preds``; returns ``(point, score entry)``."""
+        tried, best, best_score = [], None, np.inf
+        for point in points[name]:
+            score = run(point)
+            tried.append({"params": _plain(point), "rmse": score})
+            if score < best_score:
+                best, best_score = point, score
+        return best, {"params": _plain(best), "rmse": best_score, "grid": tried}
+
+    # 1. hole filling, on the fill-only baseline; the winner's fills (and the base's) are kept for step 2.
+    fills: dict[tuple, list[np.ndarray]] = {}
+    base_key = (base.inpaint_radius, base.inpaint_method)
+
+    def run_fill(point: dict[str, Any]) -> float:
+        cfg = config(point)
+        key = (cfg.inpaint_radius, cfg.inpaint_method)
+        filled = fills.get(key) or fill(cfg)
+        fills[key] = filled  # at most 6 settings by default: a few frames' worth of memory each
+        return rmse(filled)
+
+    fill_point, entry = search("inpaint", run_fill)
+    tuned_fill = config(fill_point)
+    fill_key = (tuned_fill.inpaint_radius, tuned_fill.inpaint_method)
+    if base_key not in fills:
+        fills[base_key] = fill(base)
+    fills = {k: v for k, v in fills.items() if k in (fill_key, base_key)}
+    scores: dict[str, dict[str, Any]] = {"inpaint": {**entry, "base_rmse": rmse(fills[base_key])}}
+    chosen: dict[str, Any] = dict(fill_point)
+
+    # 2. each filtering baseline's own parameters, on the tuned fill.
+    def smoothed(cfg: BaselineConfig, name: str, filled: list[np.ndarray]) -> list[np.ndarray]:
+        refiner = make_baselines(cfg)[name]
+        return [refiner.smooth(rgb, f) if f.any() else f for (rgb, _, _, _), f in zip(data, filled)]
+
+    for name in names:
+        if name == "inpaint":
+            continue
+        point, entry = search(name, lambda p, n=name: rmse(smoothed(config(fill_point, p), n, fills[fill_key])))
+        entry["base_rmse"] = rmse(smoothed(base, name, fills[base_key]))
+        scores[name] = entry
+        chosen.update(point)
+    return config(chosen), scores
+
+
+def _plain(point: Mapping[str, Any]) -> dict[str, Any]:
+    """A grid point with numpy scalars turned into Python ones (JSON-safe)."""
+    return {k: v.item() if isinstance(v, np.generic) else v for k, v in point.items()}

@@ -20,6 +20,7 @@ from __future__ import annotations
 import zlib
 from typing import Literal
 
+import cv2
 import numpy as np
 from pydantic import Field, model_validator
 
@@ -274,6 +275,93 @@ def quantize_depth(z: np.ndarray, focal_px: float, baseline_m: float, subpixel: 
     with np.errstate(divide="ignore"):
         out[valid] = np.where(d > 0, fb / d, 0.0)
     return out
+
+
+class SensorPrior(StrictConfig):
+    """What a refiner may assume about the sensor's measurement noise: the expected spread of a *measured*
+    depth at each distance (axial noise and disparity quantisation of :func:`simulate_sensor_noise`), and
+    what counts as a depth discontinuity, near which lateral jitter and flying pixels make any error possible.
+
+    Attributes:
+        baseline_m: Projector-camera baseline in metres.
+        sensor_focal_px: Focal length of the sensor's depth camera at its native resolution, in pixels.
+        axial_scale: Multiplier on the Nguyen et al. axial sigma (0 = no axial noise).
+        subpixel: Disparity quantisation step in pixels (0 = no quantisation).
+        edge_threshold_m: Smallest depth jump between neighbours that is a discontinuity.
+    """
+
+    baseline_m: float = Field(default=0.075, gt=0.0)
+    sensor_focal_px: float = Field(default=580.0, gt=0.0)
+    axial_scale: float = Field(default=1.0, ge=0.0)
+    subpixel: float = Field(default=0.125, ge=0.0)
+    edge_threshold_m: float = Field(default=0.1, gt=0.0)
+
+    @classmethod
+    def from_noise(cls, cfg: NoiseModelConfig, image_focal_px: float | None = None) -> SensorPrior:
+        """The prior implied by a noise model (disabled effects contribute nothing)."""
+        return cls(
+            baseline_m=cfg.baseline_m,
+            sensor_focal_px=cfg.sensor_focal_px or image_focal_px or 580.0,
+            axial_scale=cfg.axial.scale if cfg.axial.enabled else 0.0,
+            subpixel=cfg.quantization.subpixel if cfg.quantization.enabled else 0.0,
+            edge_threshold_m=cfg.flying_pixels.edge_threshold_m,
+        )
+
+
+# Floor of :func:`expected_sigma` (metres): depth is never known better than this.
+SIGMA_FLOOR_M = 5e-4
+
+
+def expected_sigma(z: np.ndarray, prior: SensorPrior) -> np.ndarray:
+    """Expected standard deviation (metres) of a measured depth ``z`` about the true one, at normal incidence.
+
+    ``sqrt((axial_scale * sigma_axial(z))^2 + step(z)^2 / 12)`` with the Nguyen et al. axial sigma and the
+    disparity step ``z^2 s / (f b)`` of :func:`disparity_step_depth` (rounding to a step of width ``q`` has
+    variance ``q^2 / 12``), at least :data:`SIGMA_FLOOR_M`.
+
+    Args:
+        z: Depth in metres, any shape; values ``<= 0`` give the floor.
+
+    Returns:
+        float32 array of the shape of ``z``.
+    """
+    z = np.maximum(np.asarray(z, dtype=np.float64), 0.0)
+    axial = prior.axial_scale * axial_sigma(np.maximum(z, 1e-3))
+    step = disparity_step_depth(z, prior.sensor_focal_px, prior.baseline_m, prior.subpixel)
+    sigma = np.sqrt(axial**2 + step**2 / 12.0)
+    return np.where(z > 0, np.maximum(sigma, SIGMA_FLOOR_M), SIGMA_FLOOR_M).astype(np.float32)
+
+
+def trusted_measurements(depth: np.ndarray, focal_px: float, prior: SensorPrior) -> np.ndarray:
+    """Measured pixels whose error the sensor model bounds: away from holes and depth discontinuities.
+
+    A pixel is *not* trusted when it is a hole, or lies within ``r`` pixels of a hole or of a jump between
+    4-neighbours larger than ``max(edge_threshold_m, 6 * expected_sigma)`` (two independent measurements of
+    one surface differ by more than that with probability < 3e-5). ``r = max(1, round(focal_px /
+    sensor_focal_px))``: one native sensor pixel, where lateral jitter (0.8 px) and flying pixels live, at this
+    image's resolution.
+
+    Args:
+        depth: Observed z-depth ``[H, W]`` in metres, ``0`` = hole.
+        focal_px: Focal length of this image in pixels.
+
+    Returns:
+        Boolean mask ``[H, W]``.
+    """
+    depth = np.asarray(depth, dtype=np.float32)
+    valid = depth > 0
+    sigma = expected_sigma(depth, prior)
+    thr = np.maximum(prior.edge_threshold_m, 6.0 * sigma)
+    bad = ~valid
+    jump_h = np.abs(depth[:, 1:] - depth[:, :-1]) > np.minimum(thr[:, 1:], thr[:, :-1])
+    jump_v = np.abs(depth[1:, :] - depth[:-1, :]) > np.minimum(thr[1:, :], thr[:-1, :])
+    bad[:, 1:] |= jump_h
+    bad[:, :-1] |= jump_h
+    bad[1:, :] |= jump_v
+    bad[:-1, :] |= jump_v
+    r = max(1, round(focal_px / prior.sensor_focal_px))
+    bad = cv2.dilate(bad.astype(np.uint8), np.ones((2 * r + 1, 2 * r + 1), np.uint8)) > 0
+    return valid & ~bad
 
 
 # ------------------------------------------------------------------------------------- geometry masks

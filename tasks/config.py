@@ -23,6 +23,7 @@ from models.nerf.encoding import HashEncodingConfig
 from models.nerf.field import NeRFFieldConfig
 from models.nerf.occupancy import OccupancyGridConfig
 from models.noise import NoiseModelConfig
+from tasks.datasets.base import Role
 from tasks.datasets.nyu import NyuConfig
 from tasks.datasets.synthetic import SyntheticConfig
 
@@ -77,6 +78,10 @@ class DataConfig(StrictConfig):
         None, gt=0, description="raw depth units per metre, overriding the dataset's (7-Scenes 1000, TUM 5000)"
     )
     max_depth_m: float = Field(20.0, gt=0, description="a larger median depth is taken for wrong units")
+    role: Role = Field(
+        "eval", description="role of every scene of a non-synthetic source: train / val (the depth refiner "
+        "learns from / is validated on it) or eval (NeRFs are fitted and scored); synthetic rooms carry their own",
+    )
     synthetic: SyntheticConfig = SyntheticConfig()
     nyu: NyuConfig = NyuConfig()
     tum: TumConfig = TumConfig()
@@ -91,6 +96,11 @@ class DataConfig(StrictConfig):
             raise ValueError(f"data.source={self.source} needs data.path (the dataset folder)")
         if self.intrinsics is not None and (self.intrinsics[0] <= 0 or self.intrinsics[1] <= 0):
             raise ValueError(f"data.intrinsics focal lengths must be positive, got {list(self.intrinsics)}")
+        if self.source == "synthetic" and self.role != "eval":
+            raise ValueError(
+                f"data.role={self.role} applies to non-synthetic sources; synthetic rooms carry their own roles "
+                "(data.synthetic.n_scenes eval rooms, refiner_train_scenes / refiner_val_scenes refiner rooms)"
+            )
         return self
 
 
@@ -127,7 +137,7 @@ class DiffusionTrainConfig(StrictConfig):
     grad_clip: float = Field(1.0, gt=0)
     ema_decay: float = Field(0.99, ge=0, lt=1)
     val_every: int = Field(50, ge=1)
-    val_crops: int = Field(16, ge=1, description="fixed validation crops (from the test views)")
+    val_crops: int = Field(16, ge=1, description="fixed validation crops (from the val scenes)")
     patience: int = Field(4, ge=1, description="validations without improvement before stopping early")
     checkpoint_every: int = Field(50, ge=1)
     scale_jitter: float = Field(0.15, ge=0, lt=1)
@@ -136,6 +146,7 @@ class DiffusionTrainConfig(StrictConfig):
     device: Device = "auto"
     extra_stores: list[StorePair] = Field(default_factory=list, description="more data to mix in")
     init_from: Path | None = Field(None, description="a trained model folder to fine-tune from")
+    calib_frames: int = Field(6, ge=0, description="whole val frames the uncertainty is calibrated on (0 = none)")
 
 
 class RefinerUNetConfig(UNetConfig):
@@ -165,7 +176,7 @@ class DiffusionStageConfig(StrictConfig):
 class RefineConfig(StrictConfig):
     """The ``refine`` stage: which refiner, and how the diffusion model is sampled."""
 
-    method: Literal["diffusion", "inpaint", "bilateral", "joint_bilateral", "guided"] = "diffusion"
+    method: Literal["diffusion", "inpaint", "median", "bilateral", "joint_bilateral", "guided"] = "diffusion"
     steps: int = Field(2, ge=1, le=1000, description="DDIM steps per sample")
     samples: int = Field(2, ge=1, description="samples per frame; their spread is depth_std")
     seed: int = 0
@@ -255,7 +266,7 @@ class NerfStageConfig(StrictConfig):
     export: NerfExportConfig = NerfExportConfig()
 
 
-BaselineName = Literal["inpaint", "bilateral", "joint_bilateral", "guided"]
+BaselineName = Literal["inpaint", "median", "bilateral", "joint_bilateral", "guided"]
 
 
 class EvaluateConfig(StrictConfig):
@@ -263,8 +274,12 @@ class EvaluateConfig(StrictConfig):
 
     split: Literal["test", "all"] = Field("test", description="frames scored: the test views, or every frame")
     baselines: list[BaselineName] = Field(
-        default_factory=lambda: ["inpaint", "bilateral", "joint_bilateral", "guided"],
+        default_factory=lambda: ["inpaint", "median", "bilateral", "joint_bilateral", "guided"],
         description="classical refiners scored beside the noisy input and the refined depth",
+    )
+    tune_frames: int = Field(
+        8, ge=1, description="baseline parameters are grid-searched on at most this many frames of the "
+        "validation scenes (role: val); without any, refine.baselines is used as given",
     )
     distance_bins_m: list[float] = Field(
         default_factory=lambda: [0.0, 1.0, 2.0, 3.0, 4.0, 6.0, 10.0], description="reference-depth bin edges"

@@ -51,7 +51,11 @@ def _fetch_nyu(cfg: DataConfig, raw_dir: Path) -> tuple[Path, Path | None]:
 
 
 def open_sources(cfg: DataConfig, raw_dir: Path) -> list[SceneSource]:
-    """The scenes of ``cfg.source`` (downloading first where the source needs it)."""
+    """The scenes of ``cfg.source`` (downloading first where the source needs it).
+
+    Every scene of a non-synthetic source gets the role ``cfg.role``; synthetic rooms carry their own
+    (evaluation rooms ``eval``, refiner rooms ``train`` / ``val``).
+    """
     if cfg.source == "synthetic":
         scenes = synthetic_scenes(cfg.synthetic, seed=cfg.seed)
     elif cfg.source == "nyu_labeled":
@@ -71,6 +75,8 @@ def open_sources(cfg: DataConfig, raw_dir: Path) -> list[SceneSource]:
         ]
     else:  # pragma: no cover - the config's Literal rules this out
         raise ValueError(cfg.source)
+    if cfg.source != "synthetic":
+        scenes = [replace(s, role=cfg.role) for s in scenes]
     return scenes[: cfg.max_scenes] if cfg.max_scenes else scenes
 
 
@@ -90,7 +96,7 @@ def prepare_source(src: SceneSource, cfg: DataConfig) -> tuple[SceneSource, list
     if len(src) == 0:
         raise DataError(src.name, "no frames left after data.stride / data.max_frames")
     splits = src.splits if src.splits is not None else holdout_splits(len(src), cfg.test_every)
-    h, w = target_size(cfg, src.load(0).depth.shape)
+    h, w = target_size(cfg, src.native_size or src.load(0).depth.shape)
     max_depth = cfg.max_depth_m
     src = src.map_frames(lambda f: check_frame(resize_frame(check_frame(f, max_depth), h, w), max_depth))
     return replace(src, attrs={**src.attrs, "height": h, "width": w}), list(splits)
@@ -119,6 +125,7 @@ def write_scene_store(
                 source=src.source,
                 depth_kind=src.depth_kind,
                 has_sensor_depth=src.has_sensor_depth,
+                role=src.role,
                 attrs={k: v for k, v in src.attrs.items() if k not in ("height", "width")},
             )
             for i in tqdm(range(len(src)), desc=f"download {src.name}", unit="frame", disable=not progress):

@@ -5,6 +5,11 @@ It ends with the figures and the self-contained HTML report of :mod:`tasks.repor
 Depth refinement is scored on every scene with a reference depth (synthetic scenes; real scenes with sensor
 depth only are listed as skipped), on the frames of ``evaluate.split``: the noisy input, each classical
 baseline (run here on the same noisy frames) and the refined depth, against the scene store's depth.
+Only evaluation scenes are scored (scene attr ``role`` = ``"eval"``, the default when it is absent);
+``train`` / ``val`` scenes are listed as skipped. Before scoring, the baselines' parameters are chosen by
+:func:`models.baselines.tune_baselines` (a small grid search, lowest pooled RMSE) on at most
+``evaluate.tune_frames`` frames of the ``val`` scenes; without a val scene with a reference depth,
+``refine.baselines`` is used as given. The metrics record which (``baseline_params``).
 
 Outputs (DVC metrics and plots):
 
@@ -28,7 +33,7 @@ import pandas as pd
 import trimesh
 from tqdm import tqdm
 
-from models.baselines import make_baselines
+from models.baselines import BaselineConfig, TuningFrame, make_baselines, tune_baselines
 from models.metrics import (
     depth_metrics,
     edge_f1,
@@ -89,27 +94,90 @@ def frame_rows(scene: str, fid: str, preds: dict[str, np.ndarray], gt: np.ndarra
     return rows
 
 
+def scene_role(view: SceneView) -> str:
+    """The scene's ``role`` attr: ``"train"``, ``"val"`` or ``"eval"`` (the default when absent)."""
+    return str(view.attrs.get("role", "eval"))
+
+
+def validation_frames(params: Params) -> tuple[list[TuningFrame], list[str]]:
+    """At most ``evaluate.tune_frames`` frames ``(rgb, noisy depth, reference depth, K)`` of the scenes with
+    role ``val`` and a reference depth, evenly spread over all their frames; and those scenes' names."""
+    scenes = open_store(params.paths.scenes, "scenes")
+    noisy = open_store(params.paths.noisy, "noisy")
+    candidates: list[tuple[str, int]] = []
+    for name in scene_names(scenes):
+        view = SceneView(scenes[name])
+        if scene_role(view) != "val":
+            continue
+        if view.attrs.get("depth_kind") != "reference":
+            log.warning("%s: validation scene without a reference depth: not used to tune the baselines", name)
+            continue
+        if name not in noisy:
+            raise DataError(params.paths.noisy, f"validation scene {name!r} is missing from the noisy store")
+        candidates += [(name, i) for i in range(view.n_frames)]
+    n = min(params.evaluate.tune_frames, len(candidates))
+    picks = np.unique(np.linspace(0, len(candidates) - 1, n).round().astype(int)) if n else []
+    frames = []
+    for k in picks:
+        name, i = candidates[k]
+        g = scenes[name]
+        frames.append((g["rgb"][i], np.asarray(noisy[name]["depth_noisy"][i], dtype=np.float32),
+                       np.asarray(g["depth"][i], dtype=np.float32), g["K"][i]))
+    return frames, sorted({candidates[k][0] for k in picks})
+
+
+def evaluation_baselines(params: Params) -> tuple[BaselineConfig, dict]:
+    """The baseline config to score with, and the ``baseline_params`` record of the metrics.
+
+    Tuned on :func:`validation_frames` when there are any (``{"tuned": true, "frames", "scenes", "params",
+    "validation_rmse": {baseline: {"tuned", "untuned"}}}``); otherwise ``refine.baselines`` as given
+    (``{"tuned": false, "reason", "params"}``). ``params`` is the full config, usable as ``refine.baselines``.
+    """
+    frames, val_scenes = validation_frames(params)
+    if not frames:
+        reason = "no validation scene (role: val) with a reference depth: refine.baselines used as given"
+        log.warning("baselines not tuned: %s", reason)
+        return params.refine.baselines, {"tuned": False, "reason": reason,
+                                         "params": params.refine.baselines.model_dump()}
+    cfg, scores = tune_baselines(frames, params.evaluate.baselines, base=params.refine.baselines)
+    log.info("baselines tuned on %d frames of %s: %s", len(frames), ", ".join(val_scenes),
+             {name: s["params"] for name, s in scores.items()})
+    return cfg, {"tuned": True, "frames": len(frames), "scenes": val_scenes, "params": cfg.model_dump(),
+                 "validation_rmse": {name: {"tuned": s["rmse"], "untuned": s["base_rmse"]}
+                                     for name, s in scores.items()}}
+
+
 def evaluate_refinement(
     params: Params, progress: bool = True
-) -> tuple[pd.DataFrame, pd.DataFrame, dict, dict, dict, np.ndarray]:
-    """Score noisy / baselines / refined depth on every scene with a reference.
+) -> tuple[pd.DataFrame, pd.DataFrame, dict, dict, dict, np.ndarray, dict]:
+    """Score noisy / baselines / refined depth on every evaluation scene with a reference.
+
+    The baselines run with :func:`evaluation_baselines` (tuned on the validation scenes when there are any).
 
     Returns ``(per-frame rows, error vs distance, calibration, skipped scenes, a sample frame per scene for
-    the figures, a subsample of the scored reference depths)``.
+    the figures, a subsample of the scored reference depths, the baseline_params record)``.
     """
     cfg = params.evaluate
     scenes = open_store(params.paths.scenes, "scenes")
     noisy = open_store(params.paths.noisy, "noisy")
     refined = open_refined(params.paths.refined)
-    baselines = make_baselines(params.refine.baselines)
+    baseline_cfg, baseline_params = evaluation_baselines(params)
+    baselines = make_baselines(baseline_cfg)
     rows, skipped = [], {}
     dist = DistanceErrors(cfg.distance_bins_m)
     calib = np.zeros(3)  # n, within 1 sigma, within 2 sigma
     samples, depth_values = {}, []
     rng = np.random.default_rng(0)
+    for name in scene_names(scenes):  # refiner rooms (train / val), whether or not refine wrote them
+        role = scene_role(SceneView(scenes[name]))
+        if role != "eval":
+            skipped[name] = f"role {role!r}: only evaluation scenes (role 'eval') are scored"
+            log.info("%s: %s", name, skipped[name])
     for name in scene_names(refined):
         if name not in scenes or name not in noisy:
             raise DataError(params.paths.refined, f"scene {name!r} is missing from the scene or noisy store")
+        if name in skipped:
+            continue
         view = SceneView(scenes[name])
         if view.attrs.get("depth_kind") != "reference":
             skipped[name] = "no reference depth (sensor depth only): refinement errors need a ground truth"
@@ -139,7 +207,7 @@ def evaluate_refinement(
                    "within_2sigma": float(calib[2] / calib[0]) if calib[0] else None,
                    "gaussian_1sigma": 0.6827, "gaussian_2sigma": 0.9545}
     depths = np.concatenate(depth_values) if depth_values else np.zeros(0, np.float32)
-    return pd.DataFrame(rows), dist.table(), calibration, skipped, samples, depths
+    return pd.DataFrame(rows), dist.table(), calibration, skipped, samples, depths, baseline_params
 
 
 def consistency_pairs(c2w: np.ndarray, offset: int, max_pairs: int) -> list[tuple[int, int]]:
@@ -294,9 +362,10 @@ def _records(df: pd.DataFrame, by: str) -> dict:
 
 def run_evaluate(params: Params, progress: bool = True) -> Path:
     """The ``evaluate`` stage; writes ``paths.eval_metrics``, the CSVs under ``paths.plots`` and the report."""
-    frames, distance, calibration, skipped, samples, depths = evaluate_refinement(params, progress)
+    frames, distance, calibration, skipped, samples, depths, baseline_params = evaluate_refinement(params, progress)
     plots = Path(params.paths.plots)
-    metrics: dict = {"refinement": {}, "refinement_by_scene": {}, "calibration": calibration, "skipped": skipped}
+    metrics: dict = {"refinement": {}, "refinement_by_scene": {}, "calibration": calibration, "skipped": skipped,
+                     "baseline_params": baseline_params}
     if not frames.empty:
         overall = method_means(frames, ["method"])
         metrics["refinement"] = {m: row.to_dict() for m, row in overall.iterrows()}

@@ -422,8 +422,9 @@ ABLATION = "ablation"
 
 
 def plan_fit_nerf(params: Params) -> tuple[list[FitJob], dict[str, str]]:
-    """The fits to run (main fits first, then the ablation) and what is skipped, with the reason: scenes
-    without camera poses, and ``gt`` ablation fits of scenes without a reference depth."""
+    """The fits to run (main fits first, then the ablation) and what is skipped, with the reason: the
+    refiner's training and validation scenes, scenes without camera poses, and ``gt`` ablation fits of scenes
+    without a reference depth."""
     cfg = params.nerf
     scenes = open_store(params.paths.scenes, "scenes")
     names, skipped = [], {}
@@ -433,6 +434,9 @@ def plan_fit_nerf(params: Params) -> tuple[list[FitJob], dict[str, str]]:
         if name == ABLATION:
             raise DataError(params.paths.scenes, f"scene name {ABLATION!r} is reserved for the NeRF ablation folder")
         view = SceneView(scenes[name])
+        if (role := view.attrs.get("role", "eval")) != "eval":
+            skipped[name] = f"role {role!r}: the refiner's own {role} scene, not an evaluation scene; skipped"
+            continue
         if not np.any(np.all(np.isfinite(view.group["c2w"][:].reshape(view.n_frames, -1)), axis=1)):
             msg = "no camera poses (e.g. NYU single frames): a NeRF needs posed views; skipped"
             log.warning("%s: %s", name, msg)

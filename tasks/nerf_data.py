@@ -32,6 +32,8 @@ class SceneFrames:
     """Everything a NeRF fit reads for one scene (arrays stay in their zarr stores).
 
     ``depth``/``depth_std`` are zarr arrays ``[N, H, W]`` (metres) or ``None`` for ``depth_source=none``.
+    ``observed`` is the sensor's (noisy) depth ``[N, H, W]`` whatever the depth source, or ``None`` when no
+    noisy store was given: the scene box comes from it, so every depth source gets the same box.
     """
 
     view: SceneView
@@ -42,6 +44,7 @@ class SceneFrames:
     depth: zarr.Array | None
     depth_std: zarr.Array | None
     depth_source: DepthSource
+    observed: zarr.Array | None = None
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -69,20 +72,27 @@ def open_scene(
     view = SceneView(open_store(scenes_path, "scenes")[name])
     K, c2w = view.group["K"][:], view.group["c2w"][:]
     check_cameras(view, K, c2w)
-    depth = std = None
+    depth = std = observed = None
+    if noisy_path is not None:
+        noisy = open_store(noisy_path, "noisy")
+        if name not in noisy:
+            raise DataError(noisy_path, f"scene {name!r} of {scenes_path} is missing")
+        observed = noisy[name]["depth_noisy"]
     if depth_source == "gt":
         if view.attrs.get("depth_kind") != "reference":
             raise DataError(scenes_path, f"scene {name!r} has sensor depth only; depth_source=gt needs a reference")
         depth = view.group["depth"]
     elif depth_source == "noisy":
-        depth = open_store(noisy_path, "noisy")[name]["depth_noisy"]
+        if observed is None:
+            raise DataError(scenes_path, f"scene {name!r}: depth_source=noisy needs the noisy store")
+        depth = observed
     elif depth_source == "refined":
         refined = open_refined(refined_path)
         depth, std = refined[name]["depth_refined"], refined[name]["depth_std"]
     train, test = view.indices("train"), view.indices("test")
     if not train:
         raise DataError(scenes_path, f"scene {name!r} has no train views")
-    return SceneFrames(view, K, c2w, train, test, depth, std, depth_source)
+    return SceneFrames(view, K, c2w, train, test, depth, std, depth_source, observed)
 
 
 def sparse_views(frames: SceneFrames, n: int | None) -> SceneFrames:
@@ -107,20 +117,29 @@ def frame_depth(frames: SceneFrames, i: int) -> tuple[np.ndarray, np.ndarray] | 
     return z, s
 
 
+def box_depth(frames: SceneFrames, i: int) -> np.ndarray | None:
+    """The depth ``[H, W]`` (metres) frame ``i`` contributes to the scene box: observed, else supervision."""
+    if frames.observed is not None:
+        return np.asarray(frames.observed[i], dtype=np.float32)
+    sup = frame_depth(frames, i)
+    return None if sup is None else sup[0]
+
+
 def scene_bounds(frames: SceneFrames, padding: float = 0.05, max_points: int = 200_000, seed: int = 0) -> np.ndarray:
-    """Axis-aligned box ``[2, 3]`` around the scene: train depth back-projected to world points (robust
-    percentiles) and the camera centres, padded by ``padding`` of its size. Without depth, a box around the
-    cameras extended 3 m along their viewing directions."""
+    """Axis-aligned box ``[2, 3]`` around the scene: the observed (sensor) depth of the train views
+    back-projected to world points (robust percentiles) and the camera centres, padded by ``padding`` of its
+    size. It does not depend on the depth source, so colour-only and depth-supervised fits of a scene share one
+    box (and one mesh crop). Without an observed depth the supervision depth is used; without either, a box
+    around the cameras extended 3 m along their viewing directions."""
     rng = np.random.default_rng(seed)
     pts = [frames.c2w[frames.train, :3, 3]]
     per_frame = max(1, max_points // len(frames.train))
     for i in frames.train:
-        sup = frame_depth(frames, i)
+        z = box_depth(frames, i)
         K, c2w = frames.K[i], frames.c2w[i]
-        if sup is None:
+        if z is None:
             pts.append(c2w[:3, 3] + 3.0 * c2w[:3, 2])
             continue
-        z = sup[0]
         v, u = np.nonzero(z > 0)
         if len(v) == 0:
             continue

@@ -5,7 +5,9 @@ Store layout (``dnerf.refined``)::
     refined.zarr/          attrs: schema, method, fingerprint, complete, refine params
       <scene>/
         depth_refined  float32 [N, H, W]  metres (0 where nothing could be recovered)
-        depth_std      float32 [N, H, W]  metres: spread of the diffusion samples (0 for the classical baselines)
+        depth_std      float32 [N, H, W]  metres: calibrated standard deviation of the refined depth (the spread
+                                          of the diffusion samples and the sensor model's expected noise, scaled
+                                          on validation frames; 0 for the classical baselines)
         done           bool    [N]        per-frame completion flags
 
 The stage is resumable: the store skeleton is created atomically, then frames are refined in place, each
@@ -14,8 +16,9 @@ model weights, input store) skips finished frames without touching them; a diffe
 a new store. ``complete`` is set once every frame is done. DVC must keep this out between runs
 (``persist: true``), or resuming would have nothing to resume.
 
-Frames larger than ``refine.tile`` are denoised in overlapping tiles whose outputs are blended at every
-sampler step (so the whole frame follows one consistent diffusion trajectory) and memory stays bounded.
+Only the scenes whose role is ``eval`` are refined (refiner training and validation scenes are the model's
+own data, see :mod:`tasks.train_diffusion`). Frames larger than ``refine.tile`` are denoised in overlapping
+tiles (:mod:`models.diffusion.refiner`).
 """
 
 from __future__ import annotations
@@ -25,79 +28,23 @@ import json
 import logging
 import zlib
 from collections.abc import Callable
+from typing import Protocol
 from pathlib import Path
 
 import numpy as np
-import torch
 import zarr
 from tqdm import tqdm
 
-from models.baselines import Refiner, fill_holes, make_baselines
-from models.diffusion.pipeline import (
-    DiffusionConfig,
-    condition,
-    decode_x0,
-    depth_scale,
-    from_log,
-    make_scheduler,
-    sample,
-    to_log,
-)
+from models.baselines import Refiner, make_baselines
+from models.diffusion.refiner import DiffusionRefiner
 from tasks.config import Params, RefineConfig
 from tasks.diffusion_data import check_depth_input
 from tasks.digest import code_version
 from tasks.errors import DataError
 from tasks.store import SCHEMA_VERSION, StoreBuilder, consolidate, open_store, scene_names
-from tasks.train_diffusion import load_model, model_files, resolve_device
+from tasks.train_diffusion import TrainedRefiner, load_model, model_files, resolve_device
 
 log = logging.getLogger(__name__)
-
-
-# ------------------------------------------------------------------------------------------ tiling
-
-
-def tile_starts(size: int, tile: int, overlap: int) -> list[int]:
-    """Start offsets of tiles of length ``tile`` covering ``[0, size)`` with at least ``overlap`` overlap."""
-    if size <= tile:
-        return [0]
-    stride = tile - overlap
-    n = int(np.ceil((size - tile) / stride)) + 1
-    return [round(i * (size - tile) / (n - 1)) for i in range(n)]
-
-
-def blend_window(h: int, w: int, overlap: int) -> torch.Tensor:
-    """``[h, w]`` weights ramping linearly over ``overlap`` pixels at each border (never exactly 0)."""
-
-    def ramp(n: int) -> torch.Tensor:
-        r = torch.ones(n)
-        if overlap > 0:
-            k = min(overlap, n // 2)
-            edge = (torch.arange(k, dtype=torch.float32) + 1) / (k + 1)
-            r[:k], r[n - k :] = edge, edge.flip(0)
-        return r
-
-    return ramp(h)[:, None] * ramp(w)[None, :]
-
-
-def tiled(model: Callable, tile: int, overlap: int) -> Callable:
-    """Wrap ``model(x, t, cond)`` so that inputs larger than ``tile`` are processed in blended tiles."""
-
-    def run(x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
-        h, w = x.shape[-2:]
-        if h <= tile and w <= tile:
-            return model(x, t, cond)
-        out = torch.zeros_like(x)
-        total = torch.zeros((h, w), dtype=x.dtype, device=x.device)
-        for y0 in tile_starts(h, tile, overlap):
-            for x0 in tile_starts(w, tile, overlap):
-                sl = (..., slice(y0, y0 + tile), slice(x0, x0 + tile))
-                o = model(x[sl], t, cond[sl])
-                wgt = blend_window(o.shape[-2], o.shape[-1], overlap).to(x)
-                out[sl] += o * wgt
-                total[sl[1:]] += wgt
-        return out / total
-
-    return run
 
 
 # ------------------------------------------------------------------------------------------ refiners
@@ -109,43 +56,57 @@ def frame_seed(seed: int, scene: str, index: int) -> int:
     return int(ss.generate_state(1, dtype=np.uint64)[0] % (2**63))
 
 
-class DiffusionRefiner:
-    """Refines one frame with the trained model: ``samples`` DDIM samples, their mean and spread."""
+class FrameRefiner(Protocol):
+    """What the stage refines frames with: ``check(K, where)`` refuses a frame it cannot serve (DataError);
+    ``(rgb uint8 [H,W,3], noisy float32 [H,W] m, K [3,3], seed) -> (refined, std)`` float32 [H,W] metres."""
 
-    name = "diffusion"
+    name: str
 
-    def __init__(self, model: torch.nn.Module, schedule: DiffusionConfig, cfg: RefineConfig, device: torch.device):
-        self.model, self.schedule, self.cfg, self.device = model, schedule, cfg, device
-        self.scheduler = make_scheduler(schedule)
-        self.net = tiled(model, cfg.tile, cfg.overlap)
+    def check(self, K: np.ndarray, where: str) -> None: ...
 
-    @torch.inference_mode()
-    def __call__(self, rgb: np.ndarray, noisy: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray]:
-        """``rgb`` uint8 [H,W,3], ``noisy`` float32 [H,W] metres -> (refined, std) float32 [H,W] metres."""
-        s, dev = self.cfg.samples, self.device
-        base = fill_holes(noisy)
-        noisy_t = torch.from_numpy(noisy)[None, None].to(dev)
-        base_t = torch.from_numpy(base)[None, None].to(dev)
-        scale = depth_scale(noisy_t)
-        y_obs, y_base = to_log(noisy_t, scale, self.schedule), to_log(base_t, scale, self.schedule)
-        rgb_t = torch.from_numpy(rgb).permute(2, 0, 1)[None].float().div(255).to(dev)
-        cond = condition(rgb_t, y_obs, y_base, (noisy_t > 0).float()).expand(s, -1, -1, -1)
-        g = torch.Generator().manual_seed(seed)
-        noise = torch.randn((s, 1, *noisy.shape), generator=g).to(dev)
-        x0 = sample(self.net, cond, self.scheduler, self.cfg.steps, init_noise=noise)
-        depth = from_log(decode_x0(x0, y_base.expand(s, -1, -1, -1), self.schedule), scale.expand(s), self.schedule)
-        depth = depth[:, 0].float().cpu().numpy()
-        return depth.mean(0).astype(np.float32), depth.std(0).astype(np.float32)
+    def __call__(self, rgb: np.ndarray, noisy: np.ndarray, K: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray]: ...
+
+
+# A frame is served when its focal length is within this factor of the range the model was trained on: the
+# network's receptive field and the noise it learned (lateral jitter, flying pixels) are in pixels.
+SERVABLE_SCALE = 2.0
+
+
+class DiffusionAdapter:
+    """The diffusion refiner behind the stage's frame interface."""
+
+    def __init__(self, refiner: DiffusionRefiner, focal_range: tuple[float, float] | None):
+        self.refiner, self.name, self.focal_range = refiner, refiner.name, focal_range
+
+    def check(self, K: np.ndarray, where: str) -> None:
+        """Refuse a frame at an image scale the model never saw (DataError naming the frame and the range)."""
+        if self.focal_range is None:
+            return
+        lo, hi = self.focal_range
+        f = float(K[0, 0])
+        if not lo / SERVABLE_SCALE <= f <= hi * SERVABLE_SCALE:
+            raise DataError(
+                where, f"focal length {f:.0f} px is outside what the refiner can serve ({lo / SERVABLE_SCALE:.0f}-"
+                f"{hi * SERVABLE_SCALE:.0f} px; it was trained on {lo:.0f}-{hi:.0f} px): resize the frames "
+                f"(data.downscale / data.height) or train on this resolution (data.synthetic.refiner_sizes)"
+            )
+
+    def __call__(self, rgb: np.ndarray, noisy: np.ndarray, K: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray]:
+        out = self.refiner.refine(rgb, noisy, float(K[0, 0]), seed)
+        return out.depth, out.std
 
 
 class BaselineAdapter:
     """A classical refiner behind the same interface (no uncertainty: ``std`` is 0)."""
 
-    def __init__(self, refiner: Refiner, K_of: Callable[[], np.ndarray]):
-        self.refiner, self.K_of, self.name = refiner, K_of, refiner.name
+    def __init__(self, refiner: Refiner):
+        self.refiner, self.name = refiner, refiner.name
 
-    def __call__(self, rgb: np.ndarray, noisy: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray]:
-        out = self.refiner(rgb, noisy, self.K_of()).astype(np.float32)
+    def check(self, K: np.ndarray, where: str) -> None:
+        """Classical filters serve any resolution."""
+
+    def __call__(self, rgb: np.ndarray, noisy: np.ndarray, K: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray]:
+        out = self.refiner(rgb, noisy, K).astype(np.float32)
         return out, np.zeros_like(out)
 
 
@@ -156,15 +117,26 @@ def refiner_digest(params: Params) -> str:
     return params.refine.method
 
 
-def make_refiner(params: Params) -> Callable:
+def refiner_from(m: TrainedRefiner, cfg: RefineConfig) -> DiffusionRefiner:
+    """A loaded refiner, sampled as ``cfg`` says."""
+    device = next(m.model.parameters()).device
+    return DiffusionRefiner(
+        m.model, m.schedule, m.sensor, m.calibration, cfg.steps, cfg.samples, cfg.tile, cfg.overlap, device
+    )
+
+
+def diffusion_refiner(folder: str | Path, cfg: RefineConfig) -> DiffusionRefiner:
+    """The trained refiner in ``folder``, sampled as ``cfg`` says."""
+    return refiner_from(load_model(folder, resolve_device(cfg.device)), cfg)
+
+
+def make_refiner(params: Params) -> FrameRefiner:
     """The configured refiner: the diffusion model (weights from ``paths.diffusion``) or a baseline."""
     cfg = params.refine
     if cfg.method == "diffusion":
-        device = resolve_device(cfg.device)
-        model, schedule = load_model(params.paths.diffusion, device)
-        return DiffusionRefiner(model, schedule, cfg, device)
-    baseline = make_baselines(cfg.baselines)[cfg.method]
-    return BaselineAdapter(baseline, K_of=lambda: np.eye(3))
+        m = load_model(params.paths.diffusion, resolve_device(cfg.device))
+        return DiffusionAdapter(refiner_from(m, cfg), m.focal_range)
+    return BaselineAdapter(make_baselines(cfg.baselines)[cfg.method])
 
 
 # ------------------------------------------------------------------------------------------- stage
@@ -179,10 +151,15 @@ def refine_fingerprint(params: Params, model_digest: str) -> str:
     return h.hexdigest()[:16]
 
 
+def eval_scenes(scenes: zarr.Group, names: list[str]) -> list[str]:
+    """Those of ``names`` whose role in the scene store is ``eval`` (stores without roles: all of them)."""
+    return [n for n in names if scenes[n].attrs.get("role", "eval") == "eval"]
+
+
 def create_skeleton(path: Path, noisy: zarr.Group, scenes: zarr.Group, attrs: dict) -> None:
-    """An empty refined store (all frames pending) for every scene of ``noisy``, created atomically."""
+    """An empty refined store (all frames pending) for every eval scene of ``noisy``, created atomically."""
     with StoreBuilder(path, "refined", attrs={**attrs, "complete": False}) as root:
-        for name in scene_names(noisy):
+        for name in eval_scenes(scenes, scene_names(noisy)):
             n, h, w = noisy[name]["depth_noisy"].shape
             g = root.create_group(name)
             for key in ("depth_refined", "depth_std"):
@@ -210,7 +187,7 @@ def refine_scene(
     noisy: zarr.Group,
     scenes: zarr.Group,
     out: zarr.Group,
-    refiner: Callable,
+    refiner: FrameRefiner,
     seed: int,
     progress: bool = True,
     on_frame: Callable[[str, int], None] | None = None,
@@ -222,18 +199,17 @@ def refine_scene(
     g = out[name]
     done = g["done"][:]
     depth_noisy = noisy[name]["depth_noisy"]
-    rgb_arr = scenes[name]["rgb"]
-    if isinstance(refiner, BaselineAdapter):
-        refiner.K_of = lambda: scenes[name]["K"][0]
+    rgb_arr, K_arr = scenes[name]["rgb"], scenes[name]["K"]
     pending = [i for i in range(len(done)) if not done[i]]
     for i in tqdm(pending, desc=f"refine {name}", unit="frame", disable=not progress):
         d = np.asarray(depth_noisy[i], dtype=np.float32)
         rgb = rgb_arr[i]
         where = f"{noisy.store_path}/{name}[{i}]"
         check_depth_input(d, where)
+        refiner.check(K_arr[i], where)
         if rgb.shape[:2] != d.shape:
             raise DataError(where, f"RGB is {rgb.shape[1]}x{rgb.shape[0]} but depth is {d.shape[1]}x{d.shape[0]}")
-        refined, std = refiner(rgb, d, frame_seed(seed, name, i))
+        refined, std = refiner(rgb, d, K_arr[i], frame_seed(seed, name, i))
         g["depth_refined"][i] = refined
         g["depth_std"][i] = std
         g["done"][i] = True  # only after the frame's data is written
@@ -246,10 +222,12 @@ def prepare_refine(params: Params) -> list[str]:
     """Check the inputs and open (or create afresh) the refined store; the names of the scenes to refine."""
     noisy = open_store(params.paths.noisy, "noisy")
     scenes = open_store(params.paths.scenes, "scenes")
-    names = scene_names(noisy)
-    for name in names:
+    for name in scene_names(noisy):
         if name not in scenes:
             raise DataError(params.paths.scenes, f"scene {name!r} of {params.paths.noisy} is missing")
+    names = eval_scenes(scenes, scene_names(noisy))
+    if not names:
+        raise DataError(params.paths.scenes, "no scene with role 'eval' to refine")
     if params.refine.method == "diffusion":
         load_model(params.paths.diffusion, "cpu")  # a damaged or mismatched model fails before anything is written
     fp = refine_fingerprint(params, refiner_digest(params))

@@ -181,6 +181,11 @@ def write_report(params: Params, metrics: dict, figures: list[Path], path: Path)
         cols = [c for c in ("rmse", "mae", "abs_rel", "sq_rel", "rmse_log", "delta1", "delta2", "delta3", "coverage",
                             "edge_precision", "edge_recall", "edge_f1") if c in ref]
         parts.append(_table(ref[cols], "Depth refinement (mean over scored frames; metres)"))
+    bp = metrics.get("baseline_params")
+    if bp:
+        how = (f"tuned by grid search on {bp['frames']} frames of the validation scenes ({', '.join(bp['scenes'])})"
+               if bp["tuned"] else f"not tuned ({bp['reason']})")
+        parts.append(f"<p>Baseline parameters: {html.escape(how)}.</p>")
     cal = metrics.get("calibration", {})
     if cal.get("n"):
         parts.append(f"<p>Uncertainty calibration: {cal['within_1sigma']:.1%} of errors within 1σ "

@@ -3,7 +3,7 @@
 Layout (zarr v3, one group per scene, one chunk per frame, zstd-compressed, consolidated metadata)::
 
     scenes.zarr/                       attrs: schema="dnerf.scenes", schema_version, created_by, ...
-      <scene>/                         attrs: source, units="m", depth_kind, frame_ids, split, ...
+      <scene>/                         attrs: source, units="m", depth_kind, role, frame_ids, split, ...
         rgb           uint8   [N, H, W, 3]
         depth         float32 [N, H, W]   metres, 0 = no measurement
         depth_sensor  float32 [N, H, W]   raw sensor depth (only when the source has one besides depth)
@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import shutil
 import warnings
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, get_args
@@ -35,7 +35,7 @@ from typing import Any, Literal, get_args
 import numpy as np
 import zarr
 
-from tasks.datasets.base import Frame, Split
+from tasks.datasets.base import ROLES, Frame, Role, Split
 from tasks.errors import DataError
 from tasks.files import replace_dir, temporary_sibling
 
@@ -150,8 +150,11 @@ class SceneWriter:
         source: str,
         depth_kind: str,
         has_sensor_depth: bool,
+        role: Role = "eval",
         attrs: dict[str, Any] | None = None,
     ):
+        if role not in ROLES:
+            raise ValueError(f"scene {name!r}: role must be one of {list(ROLES)}, got {role!r}")
         self.group = root.create_group(name)
         self.n_frames, self.height, self.width = n_frames, height, width
         hw = (height, width)
@@ -164,7 +167,8 @@ class SceneWriter:
         self.c2w = _frame_array(self.group, "c2w", n_frames, (4, 4), np.float64, fill=np.nan)
         self.frame_ids: list[str | None] = [None] * n_frames
         self.group.attrs.update(
-            {"source": source, "units": "m", "depth_kind": depth_kind, "height": height, "width": width, **(attrs or {})}
+            {"source": source, "units": "m", "depth_kind": depth_kind, "role": role, "height": height, "width": width,
+             **(attrs or {})}
         )
 
     def write(self, i: int, frame: Frame) -> None:
@@ -224,6 +228,15 @@ class SceneView:
         return list(self.group.attrs["frame_ids"])
 
     @property
+    def role(self) -> Role:
+        """What the scene is for: ``train`` / ``val`` (the depth refiner) or ``eval`` (NeRF fitting and
+        scoring); ``eval`` for stores written before scenes had roles."""
+        role = self.group.attrs.get("role", "eval")
+        if role not in ROLES:
+            raise DataError(self.group.store_path, f"scene {self.name!r} has role {role!r}, not one of {list(ROLES)}")
+        return role
+
+    @property
     def split(self) -> list[Split]:
         return list(self.group.attrs["split"])
 
@@ -259,3 +272,22 @@ class SceneView:
 def iter_scenes(root: zarr.Group) -> Iterator[SceneView]:
     for name in scene_names(root):
         yield SceneView(root[name])
+
+
+def scenes_with_role(root: zarr.Group, role: Role | Collection[Role]) -> list[str]:
+    """Sorted names of the scenes of a ``scenes`` store whose role is ``role`` (or one of several).
+
+    Scenes of stores written before scenes had roles count as ``eval``. Noisy and refined stores do not
+    carry roles: look the names up in the scene store they were made from.
+
+    Example::
+
+        scenes = open_store("data/scenes.zarr", "scenes")
+        for name in scenes_with_role(scenes, "eval"): ...        # NeRF fitting and scoring
+        scenes_with_role(scenes, ("train", "val"))               # every refiner room
+    """
+    wanted = {role} if isinstance(role, str) else set(role)
+    unknown = wanted - set(ROLES)
+    if unknown:
+        raise ValueError(f"unknown role(s) {sorted(unknown)}; roles are {list(ROLES)}")
+    return [v.name for v in iter_scenes(root) if v.role in wanted]

@@ -1,10 +1,14 @@
 """The ``train_diffusion`` stage: fit the conditional diffusion refiner on (clean, noisy) depth pairs.
 
-Reads the train views of ``paths.scenes`` / ``paths.noisy`` (plus any ``diffusion.train.extra_stores``),
-validates on fixed crops of the test views, and writes to ``paths.diffusion``:
+Learns from every frame of the scenes whose role is ``train`` in ``paths.scenes`` / ``paths.noisy`` and in
+any ``diffusion.train.extra_stores``, validates (early stopping, checkpoint selection, uncertainty calibration)
+on the scenes whose role is ``val``, and never reads an ``eval`` scene: those are the scenes whose refined
+depth supervises the NeRFs and gets scored. A train or val scene that is also an eval scene of the main store
+(same source and scene name) is refused. Writes to ``paths.diffusion``:
 
 * ``model.safetensors`` — the EMA weights with the best validation loss;
-* ``config.json`` — the UNet and schedule config the weights belong to (checked when loading);
+* ``config.json`` — the UNet and schedule config the weights belong to (checked when loading), the sensor
+  prior (from ``params.noise``) and the uncertainty calibration fitted on the validation frames;
 * ``curve.csv`` — step, losses, validation loss and learning rate (DVC plots);
 * ``metrics.json`` — best validation loss, steps, wall time, throughput (DVC metrics).
 
@@ -33,23 +37,26 @@ from safetensors.torch import load_file
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm import tqdm
 
+from models.diffusion.calibration import Calibration, fit_calibration
+from models.diffusion.refiner import DiffusionRefiner
 from models.diffusion.losses import depth_refinement_loss, masked_mean
 from models.diffusion.pipeline import (
     DiffusionConfig,
     add_noise,
-    condition,
     decode_x0,
-    depth_scale,
     encode_x0,
     make_scheduler,
+    normalise,
     predict_x0,
     to_log,
     training_target,
 )
 from models.diffusion.unet import DepthUNet, UNetConfig
+from models.noise import SensorPrior
 from tasks.config import DiffusionStageConfig, Params
 from tasks.diffusion_data import FramePairs, collate, random_crop
 from tasks.errors import DataError
+from tasks.store import SceneView, open_store, scene_names
 from tasks.files import atomic_dir, load_checkpoint, save_checkpoint, save_tensors, write_text_atomic
 
 log = logging.getLogger(__name__)
@@ -77,12 +84,30 @@ def autocast_dtype(amp: str, device: torch.device) -> torch.dtype | None:
 # ----------------------------------------------------------------------------------- model files
 
 
-def save_model(folder: Path, model: torch.nn.Module, unet: UNetConfig, schedule: DiffusionConfig, meta: dict) -> None:
+@dataclass(frozen=True)
+class TrainedRefiner:
+    """A trained refiner as loaded from its folder: the network (eval mode), the parametrisation it was
+    trained with, the sensor prior behind its units and bound, and its uncertainty calibration."""
+
+    model: DepthUNet
+    schedule: DiffusionConfig
+    sensor: SensorPrior
+    calibration: Calibration
+    focal_range: tuple[float, float] | None = None  # focal lengths (pixels) of the frames it was trained on
+
+
+def save_model(
+    folder: Path, model: torch.nn.Module, unet: UNetConfig, schedule: DiffusionConfig, sensor: SensorPrior,
+    calibration: Calibration, meta: dict,
+) -> None:
     """Write weights + config into ``folder`` atomically; other files already there (curve, metrics) stay."""
     folder = Path(folder)
     with atomic_dir(folder) as tmp:
         save_tensors(tmp / WEIGHTS, model.state_dict())
-        config = {"unet": unet.model_dump(mode="json"), "schedule": schedule.model_dump(mode="json"), **meta}
+        config = {
+            "unet": unet.model_dump(mode="json"), "schedule": schedule.model_dump(mode="json"),
+            "sensor": sensor.model_dump(mode="json"), "calibration": calibration.model_dump(mode="json"), **meta,
+        }
         (tmp / CONFIG).write_text(json.dumps(config, indent=2))
         if folder.exists():
             for p in folder.iterdir():
@@ -100,13 +125,17 @@ def model_files(folder: str | Path) -> tuple[Path, Path]:
     return paths
 
 
-def load_model(folder: str | Path, device: torch.device | str = "cpu") -> tuple[DepthUNet, DiffusionConfig]:
+def load_model(folder: str | Path, device: torch.device | str = "cpu") -> TrainedRefiner:
     """Load a trained refiner (safetensors weights, config beside them); errors name the file and problem."""
     cfg_path, w_path = model_files(folder)
     try:
         meta = json.loads(cfg_path.read_text())
         unet_cfg = UNetConfig.model_validate(meta["unet"])
         schedule = DiffusionConfig.model_validate(meta["schedule"])
+        sensor = SensorPrior.model_validate(meta["sensor"])
+        calibration = Calibration.model_validate(meta["calibration"])
+        focal = meta.get("trained_focal_px")
+        focal_range = (float(focal[0]), float(focal[1])) if focal is not None else None
     except (json.JSONDecodeError, KeyError, ValueError) as err:
         raise DataError(cfg_path, f"not a valid model config: {err}") from None
     model = DepthUNet(unet_cfg)
@@ -123,7 +152,7 @@ def load_model(folder: str | Path, device: torch.device | str = "cpu") -> tuple[
             f"{len(mismatched)} with other shapes (e.g. {sorted(missing or unexpected or mismatched)[:3]})",
         )
     model.load_state_dict(state)
-    return model.to(device).eval(), schedule
+    return TrainedRefiner(model.to(device).eval(), schedule, sensor, calibration, focal_range)
 
 
 # ------------------------------------------------------------------------------------------- losses
@@ -131,21 +160,11 @@ def load_model(folder: str | Path, device: torch.device | str = "cpu") -> tuple[
 
 def prepare(batch: dict[str, torch.Tensor], schedule: DiffusionConfig) -> dict[str, torch.Tensor]:
     """Normalise a batch (see :mod:`models.diffusion.pipeline`): conditioning, x0, masks, log depths."""
-    scale = depth_scale(batch["noisy"])
-    valid_obs = (batch["noisy"] > 0).float()
-    y_obs = to_log(batch["noisy"], scale, schedule)
-    y_base = to_log(batch["base"], scale, schedule)
-    y_clean = to_log(batch["clean"], scale, schedule)
+    norm = normalise(batch["rgb"], batch["noisy"], batch["base"], batch["sigma"], batch["trusted"], schedule)
+    y_clean = to_log(batch["clean"], norm.scale, schedule)
     valid_gt = batch["clean"] > 0
-    x0 = torch.where(valid_gt, encode_x0(y_clean, y_base, schedule), torch.zeros_like(y_clean))
-    return {
-        "cond": condition(batch["rgb"], y_obs, y_base, valid_obs),
-        "x0": x0,
-        "y_base": y_base,
-        "y_clean": y_clean,
-        "valid_gt": valid_gt,
-        "focal": batch["focal"],
-    }
+    x0 = torch.where(valid_gt, encode_x0(y_clean, norm.y_base, norm.unit, schedule), torch.zeros_like(y_clean))
+    return {"norm": norm, "x0": x0, "y_clean": y_clean, "valid_gt": valid_gt, "focal": batch["focal"]}
 
 
 def diffusion_losses(
@@ -164,11 +183,12 @@ def diffusion_losses(
     sch = cfg.schedule
     ab = alphas_cumprod[t]
     x_t = add_noise(prep["x0"], noise, ab)
-    out = model(x_t, t, prep["cond"])
+    norm = prep["norm"]
+    out = model(x_t, t, norm.cond)
     target = training_target(prep["x0"], noise, ab, sch.prediction_type)
     mse = masked_mean((out.float() - target) ** 2, prep["valid_gt"])
     x0_hat = predict_x0(x_t, out.float(), ab, sch.prediction_type)
-    y_hat = decode_x0(x0_hat, prep["y_base"], sch)
+    y_hat = decode_x0(x0_hat, norm.y_base, norm.y_obs, norm.unit, norm.trusted, sch)
     rel_hat = torch.exp((y_hat * sch.log_scale).clamp(-4, 4))
     rel_gt = torch.exp(prep["y_clean"] * sch.log_scale)
     aux = depth_refinement_loss(rel_hat, rel_gt, prep["valid_gt"], cfg.loss, focal_px=prep["focal"])
@@ -191,9 +211,10 @@ class TrainState:
     np_rng: dict = field(default_factory=dict)
 
 
-def fingerprint(cfg: DiffusionStageConfig, pairs: list[tuple[Path, Path]]) -> str:
-    """Identifies a run: the config and the stores' metadata (rebuilt stores of other content differ)."""
-    h = hashlib.sha256(json.dumps(cfg.model_dump(mode="json"), sort_keys=True).encode())
+def fingerprint(cfg: DiffusionStageConfig, sensor: SensorPrior, pairs: list[tuple[Path, Path]]) -> str:
+    """Identifies a run: the config, the sensor prior and the stores' metadata (rebuilt stores of other
+    content differ)."""
+    h = hashlib.sha256(json.dumps([cfg.model_dump(mode="json"), sensor.model_dump(mode="json")], sort_keys=True).encode())
     for scenes, noisy in pairs:
         for p in (scenes, noisy):
             h.update((Path(p) / "zarr.json").read_bytes())
@@ -252,20 +273,21 @@ def train_diffusion(params: Params, progress: bool = True, stop_after: int | Non
     tc = cfg.train
     out_dir, ckpt_dir = Path(params.paths.diffusion), Path(params.paths.diffusion_checkpoints)
     pairs = [(params.paths.scenes, params.paths.noisy)] + [(p.scenes, p.noisy) for p in tc.extra_stores]
-    train_set, val_set = FramePairs(pairs, "train"), FramePairs(pairs, "test")
+    sensor = SensorPrior.from_noise(params.noise)
+    train_set, val_set = (FramePairs(pairs, role, sensor, cfg.schedule) for role in ("train", "val"))
+    where = ", ".join(str(s) for s, _ in pairs)
     if len(train_set) == 0:
-        raise DataError(params.paths.scenes, "no train frames to learn from")
+        raise DataError(where, "no scene with role 'train' to learn from (build one with data.role=train)")
     if len(val_set) == 0:
-        log.warning("no test views to validate on; validating on train frames")
-        val_set = train_set
+        raise DataError(where, "no scene with role 'val' to validate on (build one with data.role=val)")
+    check_disjoint(params.paths.scenes, train_set.scenes + val_set.scenes)
     device = resolve_device(tc.device)
     amp = autocast_dtype(tc.amp, device)
 
     torch.manual_seed(cfg.seed)
     model = DepthUNet(cfg.unet).to(device)
     if tc.init_from is not None:
-        pretrained, _ = load_model(tc.init_from, device)
-        model.load_state_dict(pretrained.state_dict())
+        model.load_state_dict(load_model(tc.init_from, device).model.state_dict())
     ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(tc.ema_decay), use_buffers=True)
     opt = torch.optim.AdamW(model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
     lr_sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=tc.lr, total_steps=tc.max_steps, pct_start=tc.warmup_frac)
@@ -273,7 +295,7 @@ def train_diffusion(params: Params, progress: bool = True, stop_after: int | Non
     rng = np.random.default_rng(cfg.seed)
     alphas_cumprod = make_scheduler(cfg.schedule).alphas_cumprod.to(device)
 
-    fp = fingerprint(cfg, pairs)
+    fp = fingerprint(cfg, sensor, pairs)
     restored = restore_run(ckpt_dir, fp, model, ema, opt, lr_sched, gen)
     state, best = restored if restored else (TrainState(), None)
     if restored:
@@ -325,11 +347,54 @@ def train_diffusion(params: Params, progress: bool = True, stop_after: int | Non
 
     final = DepthUNet(cfg.unet)
     final.load_state_dict(best if best is not None else ema.module.state_dict())
-    write_outputs(out_dir, final, cfg, state)
+    calibration = calibrate(final.eval(), cfg.schedule, sensor, val_set, params)
+    write_outputs(out_dir, final, cfg, sensor, calibration, train_set.focal_range(), state)
     return out_dir
 
 
-def write_outputs(out_dir: Path, model: DepthUNet, cfg: DiffusionStageConfig, state: TrainState) -> None:
+def check_disjoint(eval_store: Path, used: list[tuple[Path, str]]) -> None:
+    """Refuse refiner training / validation scenes that are also evaluation scenes of ``eval_store``: same
+    scene name and source (a store built twice from one folder), or the very same scene group."""
+    scenes = open_store(eval_store, "scenes")
+    evals = {n: SceneView(scenes[n]).attrs for n in scene_names(scenes) if scenes[n].attrs.get("role", "eval") == "eval"}
+    for store, name in used:
+        if name in evals:
+            attrs = SceneView(open_store(store, "scenes")[name]).attrs
+            if attrs.get("source") == evals[name].get("source"):
+                raise DataError(
+                    store, f"scene {name!r} is used to train or validate the refiner but is also an evaluation "
+                    f"scene of {eval_store}: refined depth would be scored on data the model learned from"
+                )
+
+
+def calibrate(model: DepthUNet, schedule: DiffusionConfig, sensor: SensorPrior, val: FramePairs, params: Params):
+    """Fit the uncertainty calibration on up to ``diffusion.train.calib_frames`` whole validation frames,
+    refined exactly as the refine stage will (its steps, samples and tiling)."""
+    rc = params.refine
+    refiner = DiffusionRefiner(model, schedule, sensor, Calibration(), rc.steps, rc.samples, rc.tile, rc.overlap)
+    n = min(len(val), params.diffusion.train.calib_frames)
+    picks = np.linspace(0, len(val) - 1, n).round().astype(int) if n else []
+    parts: dict[str, list[np.ndarray]] = {"err": [], "spread": [], "sigma": [], "trusted": []}
+    for k in picks:
+        f = val[int(k)]
+        out = refiner.refine(f.rgb, f.noisy, f.focal, seed=int(k))
+        ref = f.clean > 0
+        for key, arr in (("err", out.depth - f.clean), ("spread", out.spread), ("sigma", out.sigma),
+                         ("trusted", out.trusted)):
+            parts[key].append(arr[ref])
+    if not parts["err"] or not sum(a.size for a in parts["err"]):
+        log.warning("no validation pixels with a reference: the uncertainty is left uncalibrated")
+        return Calibration()
+    cal = fit_calibration(*(np.concatenate(parts[k]) for k in ("err", "spread", "sigma", "trusted")))
+    log.info("uncertainty calibrated on %d validation pixels: %.3f within 1 sigma, %.3f within 2",
+             cal.pixels, cal.within_1sigma, cal.within_2sigma)
+    return cal
+
+
+def write_outputs(
+    out_dir: Path, model: DepthUNet, cfg: DiffusionStageConfig, sensor: SensorPrior, calibration: Calibration,
+    focal_range: tuple[float, float], state: TrainState,
+) -> None:
     """Weights + config (atomically), the training curve CSV and the metrics JSON."""
     crops = state.step * cfg.train.batch_size
     metrics = {
@@ -339,8 +404,11 @@ def write_outputs(out_dir: Path, model: DepthUNet, cfg: DiffusionStageConfig, st
         "train_seconds": round(state.train_seconds, 2),
         "crops_per_second": round(crops / max(state.train_seconds, 1e-9), 2),
         "parameters": sum(p.numel() for p in model.parameters()),
+        "calibration_within_1sigma": calibration.within_1sigma,
+        "calibration_within_2sigma": calibration.within_2sigma,
     }
-    save_model(out_dir, model, cfg.unet, cfg.schedule, {"trained": metrics})
+    meta = {"trained": metrics, "trained_focal_px": [round(f, 2) for f in focal_range]}
+    save_model(out_dir, model, cfg.unet, cfg.schedule, sensor, calibration, meta)
     fields = ["step", "total", "mse", "edge", "ssim", "normal", "val_loss", "lr", "grad_norm"]
     buf = io.StringIO()
     w = csv.DictWriter(buf, fieldnames=fields, extrasaction="ignore")

@@ -32,6 +32,10 @@ def tiny_overrides(tmp_path: Path) -> list[str]:
         "data.synthetic.n_frames=4",
         "data.synthetic.height=24",
         "data.synthetic.width=32",
+        "data.synthetic.refiner_train_scenes=1",  # one tiny refiner room per role (train, val)
+        "data.synthetic.refiner_val_scenes=1",
+        "data.synthetic.refiner_frames=2",
+        "data.synthetic.refiner_sizes=[[32, 24]]",
         "data.test_every=2",
     ]
 
@@ -101,7 +105,8 @@ def dvc_template(tmp_path_factory, prefect_api) -> tuple[Path, str]:
     for pkg in ("models", "tasks", "flows"):
         shutil.copytree(ROOT / pkg, repo / pkg, ignore=shutil.ignore_patterns("__pycache__"))
     params = yaml.safe_load((repo / "params.yaml").read_text())
-    params["data"]["synthetic"].update(n_scenes=1, n_frames=3, height=24, width=32)
+    params["data"]["synthetic"].update(n_scenes=1, n_frames=3, height=24, width=32, refiner_train_scenes=1,
+                                       refiner_val_scenes=1, refiner_frames=2, refiner_sizes=[[32, 24]])
     params["data"]["test_every"] = 2
     params["diffusion"]["unet"].update(base_channels=8, channel_mults=[1, 2], attention_heads=2)
     params["diffusion"]["train"].update(max_steps=2, crop=16, batch_size=2, val_crops=2, val_every=1)

@@ -13,7 +13,14 @@ from tasks.config import Params
 ROOT = Path(__file__).resolve().parents[1]
 STAGE_SECTION = {"download": "data", "corrupt": "noise", "train_diffusion": "diffusion", "refine": "refine",
                  "fit_nerf": "nerf", "evaluate": "evaluate"}
-ALSO_READS = {"evaluate": ["refine.baselines"]}  # evaluate runs the classical baselines itself
+ALSO_READS = {
+    "evaluate": ["refine.baselines"],  # evaluate runs the classical baselines itself
+    # the refiner's units and bound come from the sensor model; its uncertainty is calibrated by refining
+    # validation frames exactly as the refine stage will
+    "train_diffusion": ["noise.baseline_m", "noise.sensor_focal_px", "noise.axial", "noise.quantization",
+                        "noise.flying_pixels.edge_threshold_m", "refine.steps", "refine.samples", "refine.tile",
+                        "refine.overlap"],
+}
 
 
 def leaves(model: BaseModel, prefix: str) -> list[str]:

@@ -8,14 +8,27 @@ scale recoverable from the *observed* depth alone::
     s    = median of the observed (noisy) valid depth                      [B]   metres
     y(d) = log(d / s) / log_scale                                          unitless
 
-The observed depth with its holes filled by a classical inpainting (``base``) is a good first guess, so the
-network generates the *residual* from it (``target="residual"``, the default)::
+The observed depth with its holes filled by a classical inpainting and a ``base_median`` x ``base_median``
+median on top (``base``, the strongest classical refiner on real captures) is a good first guess, so the
+network generates the *residual* from it (``target="residual"``, the default), in per-pixel units ``u``::
 
-    x0 = (y(d_clean) - y(d_base)) / residual_scale
+    x0 = (y(d_clean) - y(d_base)) / u
+    u  = sigma_y = expected_sigma(z_obs) / (z_obs * log_scale)   on trusted measured pixels
+    u  = residual_scale                                          elsewhere (holes, near holes and edges)
 
-which is near zero where the sensor was right and large only where it was wrong (holes, flying pixels,
-edges). ``target="depth"`` generates ``y(d_clean)`` itself instead. Either way decoding is exact:
-``d = s * exp(log_scale * (y_base + residual_scale * x0))``.
+``expected_sigma`` is the sensor model's spread of a measurement at its depth (axial noise + disparity
+quantisation, :func:`models.noise.expected_sigma`), and *trusted* pixels are measured ones away from holes
+and depth discontinuities (:func:`models.noise.trusted_measurements`), where that model bounds the error.
+On them ``x0`` is the error in units of the sensor's expected spread, so the network works at one scale at
+every distance, and decoding **bounds** the result there to ``measured_bound`` sigmas *around the
+observation* (a smooth tanh clamp): whatever the network outputs, a trusted measurement moves by less than
+``measured_bound * sigma``. Near holes and edges (lateral jitter, flying pixels, shadows) the result is free.
+The network sees ``log(u / residual_scale)``, the trusted mask and the observation's deviation from the base
+in its own units ``(y_obs - y_base) / u`` as conditioning, so it knows each pixel's unit and noise level
+(which the scale-free ``y`` alone would hide: sensor noise grows with absolute distance) and gets the
+measurement's noise at a scale it can learn from. ``target="depth"`` generates ``y(d_clean)`` itself instead
+(no units, no bound). Decoding: ``y = y_base + u * x0``, then on trusted pixels
+``y = y_obs + k u tanh((y - y_obs) / (k u))`` with ``k = measured_bound``; ``d = s * exp(log_scale * y)``.
 
 Prediction type: v (Salimans & Ho 2022). With a cosine schedule the terminal steps have almost no signal;
 ε-prediction then recovers x0 by dividing by √ᾱ → 0 and amplifies errors, while v-prediction keeps the
@@ -25,13 +38,16 @@ sampling used at inference and for the losses computed on the x0 estimate during
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 import torch
-from pydantic import Field
+from pydantic import Field, field_validator
 
+from models.baselines import fill_holes, median_filter
 from models.config import StrictConfig
+from models.noise import SensorPrior, expected_sigma, trusted_measurements
 
 if TYPE_CHECKING:
     from diffusers.schedulers.scheduling_ddim import DDIMScheduler
@@ -46,7 +62,18 @@ class DiffusionConfig(StrictConfig):
     prediction_type: PredictionType = "v_prediction"
     target: Literal["residual", "depth"] = "residual"
     log_scale: float = Field(0.5, gt=0, description="y = log(d / median) / log_scale")
-    residual_scale: float = Field(0.1, gt=0, description="x0 = (y_clean - y_base) / residual_scale")
+    residual_scale: float = Field(0.1, gt=0, description="x0 = (y_clean - y_base) / residual_scale at untrusted pixels")
+    measured_bound: float = Field(
+        2.5, ge=0, description="largest correction of a trusted measurement, in expected sensor sigmas (0 = none)"
+    )
+    base_median: int = Field(5, ge=1, le=9, description="median window on the hole-filled base (1 = none)")
+
+    @field_validator("base_median")
+    @classmethod
+    def _odd(cls, v: int) -> int:
+        if v % 2 == 0:
+            raise ValueError(f"base_median must be odd (1 = no median), got {v}")
+        return v
 
 
 def make_scheduler(cfg: DiffusionConfig) -> DDIMScheduler:
@@ -139,30 +166,99 @@ def from_log(y: torch.Tensor, scale: torch.Tensor, cfg: DiffusionConfig) -> torc
     return _bcast(scale, y) * torch.exp(y * cfg.log_scale)
 
 
-def encode_x0(y_clean: torch.Tensor, y_base: torch.Tensor, cfg: DiffusionConfig) -> torch.Tensor:
-    """The diffusion sample for a clean log-depth, given the base guess."""
-    return (y_clean - y_base) / cfg.residual_scale if cfg.target == "residual" else y_clean
+def encode_x0(y_clean: torch.Tensor, y_base: torch.Tensor, unit: torch.Tensor, cfg: DiffusionConfig) -> torch.Tensor:
+    """The diffusion sample for a clean log-depth, given the base guess and the per-pixel unit ``u``."""
+    return (y_clean - y_base) / unit if cfg.target == "residual" else y_clean
 
 
-def decode_x0(x0: torch.Tensor, y_base: torch.Tensor, cfg: DiffusionConfig) -> torch.Tensor:
-    """Log-depth ``y`` from a diffusion sample (inverse of :func:`encode_x0`)."""
-    return y_base + cfg.residual_scale * x0 if cfg.target == "residual" else x0
+def decode_x0(
+    x0: torch.Tensor, y_base: torch.Tensor, y_obs: torch.Tensor, unit: torch.Tensor, trusted: torch.Tensor,
+    cfg: DiffusionConfig,
+) -> torch.Tensor:
+    """Log-depth ``y`` from a diffusion sample (inverse of :func:`encode_x0` within the bound): trusted pixels
+    end within ``measured_bound`` units of the observation (smooth tanh clamp), the others are free."""
+    if cfg.target != "residual":
+        return x0
+    y = y_base + unit * x0
+    k = cfg.measured_bound
+    if k <= 0:
+        return y
+    bounded = y_obs + k * unit * torch.tanh((y - y_obs) / (k * unit))
+    return torch.where(trusted > 0, bounded, y)
 
 
-def condition(rgb: torch.Tensor, y_obs: torch.Tensor, y_base: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
-    """The UNet's conditioning ``[B, 5, H, W]``: RGB in [−1, 1], observed log-depth (0 at holes), the
-    hole-filled base log-depth, and the validity mask.
+@dataclass(frozen=True)
+class Observation:
+    """What the refiner derives from one observed frame, as numpy arrays ``[H, W]``.
+
+    Attributes:
+        base: the observed depth with holes inpainted, then median filtered (metres).
+        sigma: the sensor model's expected spread at the base depth, metres.
+        trusted: measured pixels away from holes and discontinuities (their correction is bounded).
+    """
+
+    base: np.ndarray
+    sigma: np.ndarray
+    trusted: np.ndarray
+
+
+def observe(noisy: np.ndarray, focal_px: float, sensor: SensorPrior, cfg: DiffusionConfig) -> Observation:
+    """The base, expected noise and trusted mask of an observed depth ``[H, W]`` (metres, 0 = hole)."""
+    base = fill_holes(noisy)
+    if cfg.base_median > 1 and base.any():
+        base = median_filter(base, cfg.base_median)
+    return Observation(
+        base=base, sigma=expected_sigma(base, sensor), trusted=trusted_measurements(noisy, focal_px, sensor)
+    )
+
+
+@dataclass(frozen=True)
+class Normalised:
+    """A batch in the network's units (all ``[B, 1, H, W]`` unless noted): ``cond [B, C, H, W]``, the base
+    log-depth, the per-pixel unit of ``x0``, the trusted mask and the per-frame scale ``[B]`` (metres)."""
+
+    cond: torch.Tensor
+    y_base: torch.Tensor
+    y_obs: torch.Tensor
+    unit: torch.Tensor
+    trusted: torch.Tensor
+    scale: torch.Tensor
+
+    def depth(self, x0: torch.Tensor, cfg: DiffusionConfig) -> torch.Tensor:
+        """Metric depth ``[B, 1, H, W]`` of diffusion samples ``x0`` (the batch may repeat: ``B = k * B0``)."""
+        rep = x0.shape[0] // self.y_base.shape[0]
+        y = decode_x0(x0, *(a.repeat(rep, 1, 1, 1) for a in (self.y_base, self.y_obs, self.unit, self.trusted)), cfg)
+        return from_log(y, self.scale.repeat(rep), cfg)
+
+
+def normalise(
+    rgb: torch.Tensor, noisy: torch.Tensor, base: torch.Tensor, sigma: torch.Tensor, trusted: torch.Tensor,
+    cfg: DiffusionConfig,
+) -> Normalised:
+    """Put a batch into the network's units and build its conditioning.
 
     Args:
         rgb: ``[B, 3, H, W]`` in [0, 1].
-        y_obs: ``[B, 1, H, W]`` normalised observed depth, 0 at holes.
-        y_base: ``[B, 1, H, W]`` normalised hole-filled depth.
-        valid: ``[B, 1, H, W]`` 1 where the sensor measured depth.
+        noisy: observed depth ``[B, 1, H, W]`` metres, 0 at holes.
+        base, sigma: the :class:`Observation`'s inpainted depth and expected spread, ``[B, 1, H, W]`` metres.
+        trusted: ``[B, 1, H, W]`` 1 on trusted measurements.
+
+    The conditioning ``[B, 9, H, W]``: RGB in [−1, 1], observed log-depth (0 at holes), base log-depth, the
+    validity mask, ``log(u / residual_scale)``, the trusted mask and ``(y_obs - y_base) / u`` where measured
+    (clipped to ±10).
     """
-    return torch.cat([rgb * 2 - 1, y_obs, y_base, valid.to(rgb.dtype)], dim=1)
+    scale = depth_scale(noisy)
+    y_obs, y_base = to_log(noisy, scale, cfg), to_log(base, scale, cfg)
+    trusted = trusted.to(noisy.dtype)
+    sigma_y = sigma / base.clamp_min(1e-3) / cfg.log_scale
+    unit = torch.where(trusted > 0, sigma_y.clamp(max=cfg.residual_scale), torch.full_like(sigma_y, cfg.residual_scale))
+    valid = (noisy > 0).to(noisy.dtype)
+    deviation = ((y_obs - y_base) / unit).clamp(-10, 10) * valid
+    cond = torch.cat([rgb * 2 - 1, y_obs, y_base, valid, torch.log(unit / cfg.residual_scale), trusted, deviation], 1)
+    return Normalised(cond=cond, y_base=y_base, y_obs=y_obs, unit=unit, trusted=trusted, scale=scale)
 
 
-COND_CHANNELS = 6
+COND_CHANNELS = 9
 
 
 @torch.no_grad()

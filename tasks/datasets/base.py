@@ -24,6 +24,11 @@ from tasks.errors import DataError
 
 DepthKind = Literal["reference", "sensor"]
 Split = Literal["train", "test"]
+#: What a scene is for: ``train`` (the depth refiner learns from all its frames), ``val`` (the refiner's
+#: validation, early stopping and calibration, and baseline tuning) or ``eval`` (NeRFs are fitted on it and
+#: it is scored). Refiner rooms (train / val) and evaluation rooms never share a scene.
+Role = Literal["train", "val", "eval"]
+ROLES: tuple[Role, ...] = ("train", "val", "eval")
 
 UNKNOWN_POSE = np.full((4, 4), np.nan)
 
@@ -78,6 +83,10 @@ class SceneSource:
         attrs: extra JSON-serialisable metadata stored with the scene.
         mesh: ground-truth geometry ``(vertices [V, 3] float32 metres, faces [F, 3] int32)`` in world
             coordinates, when the source knows it exactly (synthetic scenes).
+        role: what the scene is for (:data:`Role`): ``train`` / ``val`` for the depth refiner, ``eval`` for
+            NeRF fitting and scoring.
+        native_size: ``(height, width)`` of the frames when the source knows it without loading one
+            (rendered scenes); ``None`` = read it from the first frame.
     """
 
     name: str
@@ -89,6 +98,8 @@ class SceneSource:
     splits: list[Split] | None = None
     attrs: dict = field(default_factory=dict)
     mesh: tuple[np.ndarray, np.ndarray] | None = None
+    role: Role = "eval"
+    native_size: tuple[int, int] | None = None
 
     def __len__(self) -> int:
         return len(self.frame_ids)

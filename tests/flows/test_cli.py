@@ -41,6 +41,9 @@ def test_download_corrupt_info_round_trip(tiny_overrides, tmp_path, prefect_api)
     assert d.shape == (4, 24, 32) and np.any(d > 0)
     res = runner.invoke(app, ["info", str(tmp_path / "scenes.zarr")])
     assert res.exit_code == 0 and "synthetic_001" in res.output and "2/2" in res.output
+    rows = {line.split("│")[1].strip(): line.split("│")[2].strip() for line in res.output.splitlines() if "│" in line}
+    assert rows == {"refiner_train_000": "train", "refiner_val_000": "val", "synthetic_000": "eval",
+                    "synthetic_001": "eval"}  # the role column
 
 
 def test_invalid_params_exit_2_naming_key(tiny_overrides):  # fails before any flow starts

@@ -389,3 +389,45 @@ def test_bad_inputs_raise():
     with pytest.raises(ValueError, match="rgb"):
         simulate_sensor_noise(wall(1.0, 8, 8), K, NoiseModelConfig(), np.random.default_rng(0),
                               rgb=np.zeros((8, 8, 3), np.float32))
+
+
+# ------------------------------------------------------------------------------------- sensor prior
+
+
+def test_expected_sigma_matches_the_empirical_spread_of_the_simulated_sensor():
+    """Axial noise + quantisation on a fronto-parallel plane: the simulated spread is what the prior says."""
+    from models.noise import SensorPrior, expected_sigma
+
+    cfg = NoiseModelConfig(
+        lateral={"enabled": False}, flying_pixels={"enabled": False}, shadow={"enabled": False},
+        grazing={"enabled": False}, dark={"enabled": False}, dropout={"enabled": False}, range={"enabled": False},
+    )
+    prior = SensorPrior.from_noise(cfg)
+    K = np.array([[580.0, 0, 100], [0, 580.0, 100], [0, 0, 1]])
+    for z in (0.8, 2.0, 3.5):
+        plane = np.full((200, 200), z, np.float32)
+        noisy = simulate_sensor_noise(plane, K, cfg, np.random.default_rng(1))
+        emp = float(np.sqrt(np.mean((noisy - z) ** 2)))
+        assert emp == pytest.approx(float(expected_sigma(np.float32(z), prior)), rel=0.06), z
+    # analytic: axial only, no quantisation
+    no_q = prior.model_copy(update={"subpixel": 0.0})
+    assert float(expected_sigma(np.float32(2.0), no_q)) == pytest.approx(0.0012 + 0.0019 * 1.6**2, rel=1e-6)
+    assert float(expected_sigma(np.float32(0.0), prior)) > 0, "holes get the floor, never 0"
+
+
+def test_trusted_measurements_exclude_holes_and_discontinuities_at_the_sensor_scale():
+    from models.noise import SensorPrior, trusted_measurements
+
+    prior = SensorPrior()
+    depth = np.full((40, 60), 1.5, np.float32)
+    depth[:, 30:] = 2.5  # a 1 m step at column 30
+    depth[10, 10] = 0  # a hole
+    native = trusted_measurements(depth, 580.0, prior)  # r = 1 px at the sensor's own resolution
+    double = trusted_measurements(depth, 1160.0, prior)  # r = 2 px at twice its resolution
+    assert not native[:, 28:32].any() and native[:, 27].all() and native[:, 32].all()
+    assert not double[:, 27:33].any() and double[:, 26].all() and double[:, 33].all()
+    assert not native[9:12, 8:13].any() and not native[8:13, 9:12].any() and native[10, 13] and native[8, 8]
+    # noise alone (a plane at 3 m with the sensor's own spread) is not mistaken for discontinuities
+    rng = np.random.default_rng(0)
+    far = (3.0 + 0.016 * rng.standard_normal((60, 60))).astype(np.float32)
+    assert trusted_measurements(far, 580.0, prior)[3:-3, 3:-3].mean() > 0.99

@@ -125,7 +125,7 @@ def test_pickled_weights_are_never_unpickled(stores, tmp_path):
             return (Path.touch, (marker,))
 
     torch.save({"w": Payload()}, model / "model.safetensors")
-    (model / "config.json").write_text(json.dumps({"unet": {}, "schedule": {}}))
+    (model / "config.json").write_text(json.dumps({"unet": {}, "schedule": {}, "sensor": {}, "calibration": {}}))
     res = dnerf("refine", overrides + [f"paths.diffusion={model}", f"paths.refined={tmp_path / 'r.zarr'}"])
     assert res.returncode == 1 and "model.safetensors" in res.stderr
     assert not marker.exists(), "the pickle was executed"

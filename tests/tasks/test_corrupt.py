@@ -44,7 +44,7 @@ def test_simulated_noise_store(tiny_params, tiny_overrides):
 
 def test_frames_are_seeded_independently_of_order(tiny_params):
     run_download(tiny_params, progress=False)
-    view = next(iter_scenes(open_store(tiny_params.paths.scenes, "scenes")))
+    view = SceneView(open_store(tiny_params.paths.scenes, "scenes")["synthetic_000"])
     forward = [noisy_frame(view, i, tiny_params.noise) for i in range(view.n_frames)]
     backward = [noisy_frame(view, i, tiny_params.noise) for i in reversed(range(view.n_frames))][::-1]
     for a, b in zip(forward, backward):

@@ -8,18 +8,26 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tasks.config import load_params
+from tasks.config import ParamsError, load_params
 from tasks.download import run_download
 from tasks.errors import DataError
-from tasks.store import SceneView, iter_scenes, open_store
+from tasks.store import SceneView, iter_scenes, open_store, scenes_with_role
 
 
 def test_synthetic_default_store(tiny_params):
     out = run_download(tiny_params, progress=False)
     root = open_store(out, "scenes")
-    views = list(iter_scenes(root))
-    assert [v.name for v in views] == ["synthetic_000", "synthetic_001"]
-    for v in views:
+    evals = [SceneView(root[n]) for n in scenes_with_role(root, "eval")]
+    assert [v.name for v in evals] == ["synthetic_000", "synthetic_001"]
+    assert scenes_with_role(root, "train") == ["refiner_train_000"]
+    assert scenes_with_role(root, "val") == ["refiner_val_000"]
+    for name in ("refiner_train_000", "refiner_val_000"):  # tiny_overrides: 2 frames of 32 x 24
+        v = SceneView(root[name])
+        assert v.role == name.split("_")[1] and v.attrs["role"] == v.role
+        assert v.n_frames == 2 and v.shape == (24, 32) and v.split == ["train", "train"]
+        assert v.mesh() is None and v.has_poses and np.all(v.group["depth"][:] > 0)
+    for v in evals:
+        assert v.attrs["role"] == "eval"
         assert v.n_frames == 4 and v.shape == (24, 32)
         assert v.split == ["train", "test", "train", "test"]
         assert v.attrs["source"] == "synthetic" and v.attrs["depth_kind"] == "reference"
@@ -90,3 +98,21 @@ def test_max_scenes_and_explicit_resolution(tmp_path, tiny_overrides):
     (v,) = list(iter_scenes(open_store(run_download(params, progress=False), "scenes")))
     assert v.shape == (12, 20)
     assert isinstance(v, SceneView)
+
+
+@pytest.mark.parametrize("role", ["train", "val", None])
+def test_data_role_is_given_to_every_scene_of_a_real_source(rgbd_dir, tmp_path, role):
+    folder = _kitchen_copy(rgbd_dir, tmp_path, n=2)
+    overrides = ["data.source=sevenscenes", f"data.path={folder}", f"paths.scenes={tmp_path / 's.zarr'}",
+                 "data.downscale=8"] + ([f"data.role={role}"] if role else [])
+    root = open_store(run_download(load_params(None, overrides), progress=False), "scenes")
+    (v,) = list(iter_scenes(root))
+    assert v.role == (role or "eval") and root.attrs["data"]["role"] == (role or "eval")
+    assert scenes_with_role(root, role or "eval") == ["kitchen"]
+
+
+def test_data_role_is_refused_for_synthetic_rooms_and_checked(tmp_path):
+    with pytest.raises(ParamsError, match="data.role=train applies to non-synthetic sources"):
+        load_params(None, ["data.role=train"])
+    with pytest.raises(ParamsError, match="data.role"):
+        load_params(None, ["data.source=sevenscenes", f"data.path={tmp_path}", "data.role=test"])

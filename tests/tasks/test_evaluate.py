@@ -8,21 +8,23 @@ import re
 import numpy as np
 import pandas as pd
 import pytest
+import zarr
 from PIL import Image
 
-from models.baselines import make_baselines
+from models.baselines import BASELINE_NAMES, make_baselines, tune_baselines
 from models.metrics import depth_metrics
 from tasks.config import load_params
 from tasks.corrupt import run_corrupt
 from tasks.download import run_download
-from tasks.evaluate import run_evaluate
+from tasks.evaluate import run_evaluate, validation_frames
 from tasks.refine import run_refine
-from tasks.store import SceneView, open_store
+from tasks.store import SceneView, consolidate, open_store, scene_names
 
 
 @pytest.fixture
 def evaluated(tiny_overrides, tmp_path):
     params = load_params(None, tiny_overrides + [
+        "data.synthetic.refiner_train_scenes=0", "data.synthetic.refiner_val_scenes=0",  # eval rooms only
         "refine.method=bilateral", f"paths.refined={tmp_path / 'refined.zarr'}",
         f"paths.eval_metrics={tmp_path / 'metrics' / 'evaluate.json'}", f"paths.plots={tmp_path / 'plots'}",
         f"paths.nerf_metrics={tmp_path / 'metrics' / 'nerf.json'}", f"paths.report={tmp_path / 'reports'}",
@@ -37,7 +39,7 @@ def evaluated(tiny_overrides, tmp_path):
 
 def test_methods_are_scored_like_a_direct_computation(evaluated):
     params, m = evaluated
-    assert list(m["refinement"]) == ["noisy", "inpaint", "bilateral", "joint_bilateral", "guided", "refined"]
+    assert list(m["refinement"]) == ["noisy", "inpaint", "median", "bilateral", "joint_bilateral", "guided", "refined"]
     # refine.method=bilateral: the stored refinement and the baseline run here must score the same
     for key in ("rmse", "mae", "abs_rel", "delta1", "edge_f1", "coverage"):
         assert m["refinement"]["refined"][key] == pytest.approx(m["refinement"]["bilateral"][key], abs=1e-6)
@@ -54,18 +56,22 @@ def test_methods_are_scored_like_a_direct_computation(evaluated):
     assert set(m["refinement_by_scene"]) == {"synthetic_000", "synthetic_001"}
     assert m["calibration"]["n"] == 0 and m["calibration"]["within_1sigma"] is None  # baselines have no sigma
     assert m["nerf"] == {} and m["skipped"] == {}
+    # no validation scene: the baselines ran with refine.baselines as given, and the metrics say so
+    bp = m["baseline_params"]
+    assert bp["tuned"] is False and "no validation scene" in bp["reason"]
+    assert bp["params"] == params.refine.baselines.model_dump()
 
 
 def test_plots_csvs_have_one_row_per_frame_scene_and_bin(evaluated):
     params, _ = evaluated
     frames = pd.read_csv(params.paths.plots / "refinement_frames.csv")
-    assert len(frames) == 2 * 2 * 6  # scenes x test frames x methods
+    assert len(frames) == 2 * 2 * 7  # scenes x test frames x methods
     assert {"scene", "frame", "method", "rmse", "delta3", "edge_precision", "edge_recall", "edge_f1"} <= set(frames)
     scenes = pd.read_csv(params.paths.plots / "refinement_scenes.csv")
     assert list(scenes["scene"]) == ["synthetic_000", "synthetic_001"] and "refined_rmse" in scenes
     dist = pd.read_csv(params.paths.plots / "error_vs_distance.csv")
     assert list(dist["lo"]) == params.evaluate.distance_bins_m[:-1]
-    assert {"noisy", "refined", "guided", "distance_m", "n_noisy", "n_refined"} <= set(dist)
+    assert {"noisy", "refined", "median", "guided", "distance_m", "n_noisy", "n_refined", "n_median"} <= set(dist)
     assert dist["n_noisy"].sum() > 0 and (dist.loc[dist["n_noisy"] > 0, "noisy"] > 0).all()
     assert (dist["n_refined"] >= dist["n_noisy"]).all()  # the filters fill holes, the noisy input has them
 
@@ -97,6 +103,65 @@ def test_multi_view_consistency_ranks_the_reference_above_noisy_depth(evaluated)
     assert c["reference"]["consistent"] > c["noisy"]["consistent"]
     assert c["reference"]["median_abs_m"] < c["noisy"]["median_abs_m"]
     assert c["noisy"]["consistent"] == pytest.approx(rows[rows["method"] == "noisy"]["consistent"].mean())
+
+
+def mark_roles(path, roles: dict[str, str], default: str) -> None:
+    """Set the ``role`` attr of every scene of the store at ``path`` (``default`` where ``roles`` names none)."""
+    root = zarr.open_group(str(path), mode="r+")
+    for name in scene_names(root):
+        root[name].attrs["role"] = roles.get(name, default)
+    consolidate(path)
+
+
+@pytest.fixture
+def evaluated_with_val(tiny_overrides, tmp_path):
+    """Three rooms: synthetic_000 scored, synthetic_001 a refiner training room, synthetic_002 validation."""
+    params = load_params(None, tiny_overrides + [
+        "data.synthetic.n_scenes=3", "evaluate.tune_frames=3", "refine.method=inpaint",
+        f"paths.refined={tmp_path / 'refined.zarr'}", f"paths.eval_metrics={tmp_path / 'metrics' / 'evaluate.json'}",
+        f"paths.plots={tmp_path / 'plots'}", f"paths.nerf_metrics={tmp_path / 'metrics' / 'nerf.json'}",
+        f"paths.report={tmp_path / 'reports'}", f"paths.nerf={tmp_path / 'nerf'}",
+    ])
+    run_download(params, progress=False)
+    mark_roles(params.paths.scenes, {"synthetic_000": "eval", "synthetic_002": "val"}, default="train")
+    run_corrupt(params, progress=False)
+    run_refine(params, progress=False)
+    run_evaluate(params, progress=False)
+    return params, json.loads(params.paths.eval_metrics.read_text())
+
+
+def test_baselines_are_tuned_on_the_val_scenes_and_only_eval_scenes_are_scored(evaluated_with_val):
+    params, m = evaluated_with_val
+    assert set(m["refinement_by_scene"]) == {"synthetic_000"}
+    assert "role 'train'" in m["skipped"]["synthetic_001"] and "role 'val'" in m["skipped"]["synthetic_002"]
+    # the validation frames: 3 of synthetic_002's 4 frames, evenly spread, noisy input and reference depth
+    scenes, noisy = open_store(params.paths.scenes, "scenes"), open_store(params.paths.noisy, "noisy")
+    val, names = validation_frames(params)
+    assert names == ["synthetic_002"] and len(val) == 3
+    g = scenes["synthetic_002"]
+    for (rgb, d, ref, K), i in zip(val, [0, 2, 3]):
+        np.testing.assert_array_equal(rgb, g["rgb"][i])
+        np.testing.assert_array_equal(d, noisy["synthetic_002"]["depth_noisy"][i])
+        np.testing.assert_array_equal(ref, g["depth"][i])
+        np.testing.assert_array_equal(K, g["K"][i])
+    cfg, scores = tune_baselines(val, params.evaluate.baselines, base=params.refine.baselines)
+    bp = m["baseline_params"]
+    assert bp["tuned"] is True and bp["frames"] == 3 and bp["scenes"] == ["synthetic_002"]
+    assert bp["params"] == pytest.approx(cfg.model_dump(), abs=1e-6)
+    assert list(bp["validation_rmse"]) == list(BASELINE_NAMES)
+    for name, s in scores.items():
+        assert bp["validation_rmse"][name]["tuned"] == pytest.approx(s["rmse"], abs=1e-6)
+        assert bp["validation_rmse"][name]["untuned"] == pytest.approx(s["base_rmse"], abs=1e-6)
+    assert bp["validation_rmse"]["inpaint"]["tuned"] <= bp["validation_rmse"]["inpaint"]["untuned"]  # defaults in grid
+    assert cfg != params.refine.baselines  # the search moved away from the defaults: the check below can tell
+    # every baseline scored on synthetic_000 ran with the tuned config, on the same frames and pixels
+    view, tuned = SceneView(scenes["synthetic_000"]), make_baselines(cfg)
+    for name in BASELINE_NAMES:
+        direct = [depth_metrics(tuned[name](view.group["rgb"][i], noisy["synthetic_000"]["depth_noisy"][i],
+                                            view.group["K"][i]), view.group["depth"][i])["rmse"]
+                  for i in view.indices("test")]
+        assert m["refinement"][name]["rmse"] == pytest.approx(np.mean(direct), rel=1e-5), name
+    assert "tuned by grid search on 3 frames" in (params.paths.report / "index.html").read_text()
 
 
 FAST_NERF = [

@@ -12,6 +12,7 @@ import zarr
 from safetensors.torch import load_file
 
 from tasks.config import load_params
+from tasks.corrupt import run_corrupt
 from tasks.download import run_download
 from tasks.errors import DataError
 from tasks.fit_nerf import (
@@ -44,6 +45,7 @@ def scene(tiny_overrides, tmp_path):
     ]
     params = load_params(None, overrides)
     run_download(params, progress=False)
+    run_corrupt(params, progress=False)  # the observed depth that sets every fit's scene box
     return overrides
 
 
@@ -90,6 +92,21 @@ def test_training_rays_are_depth_guided_only_with_depth(scene, source, spread, g
     fine_pass = n * (tc.n_coarse + tc.n_fine)
     assert n_eval == (fine_pass if guided else fine_pass + n * tc.n_coarse)
     assert torch.isfinite(loss) and ("depth" in logged) == (source != "none")
+
+
+def test_every_depth_source_gets_the_same_scene_box(scene, tmp_path):
+    """The box (and so the mesh crop) comes from the cameras and the observed depth, not from each source's."""
+    from tasks.refine import run_refine
+
+    params = load_params(None, scene + ["refine.method=median", f"paths.refined={tmp_path / 'r.zarr'}"])
+    run_refine(params, progress=False)
+    boxes = {src: scene_bounds(open_scene(params.paths.scenes, "synthetic_000", src, params.paths.noisy,
+                                          params.paths.refined)) for src in ("none", "noisy", "refined", "gt")}
+    for src, box in boxes.items():
+        np.testing.assert_array_equal(box, boxes["noisy"], err_msg=src)
+    # without the observed depth each source would have had its own box
+    assert not np.array_equal(scene_bounds(open_scene(params.paths.scenes, "synthetic_000", "none", None, None)),
+                              boxes["noisy"])
 
 
 def test_interrupted_fit_resumes_to_the_same_field(scene, tmp_path):

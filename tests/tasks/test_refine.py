@@ -7,13 +7,16 @@ import pytest
 import torch
 import zarr
 
-from models.diffusion.pipeline import DiffusionConfig
+from models.diffusion.calibration import Calibration
+from models.diffusion.pipeline import DiffusionConfig, observe
+from models.diffusion.refiner import blend_window, tile_starts, tiled
 from models.diffusion.unet import DepthUNet
+from models.noise import SensorPrior
 from tasks.config import RefinerUNetConfig, load_params
 from tasks.corrupt import run_corrupt
 from tasks.download import run_download
 from tasks.errors import DataError
-from tasks.refine import blend_window, run_refine, tile_starts, tiled
+from tasks.refine import run_refine
 from tasks.store import open_store
 from tasks.train_diffusion import save_model
 
@@ -31,7 +34,7 @@ def setup(tiny_overrides, tmp_path):
     with torch.no_grad():
         for p in model.parameters():
             p.add_(0.05 * torch.randn_like(p))
-    save_model(tmp_path / "model", model, TINY_UNET, DiffusionConfig(), {})
+    save_model(tmp_path / "model", model, TINY_UNET, DiffusionConfig(), SensorPrior(), Calibration(), {})
     return tiny_overrides + [f"paths.diffusion={tmp_path / 'model'}", f"paths.refined={tmp_path / 'refined.zarr'}"]
 
 
@@ -84,7 +87,39 @@ def test_diffusion_refine_resumes_without_touching_finished_frames(setup, tmp_pa
     assert not np.array_equal(open_store(tmp_path / "refined.zarr", "refined")["synthetic_000"]["depth_refined"][:3], first3)
 
 
-@pytest.mark.parametrize("method", ["inpaint", "bilateral", "joint_bilateral", "guided"])
+def test_trusted_measurements_move_less_than_the_bound_and_std_is_calibrated(setup, tmp_path):
+    """Whatever the (here random) network outputs, a trusted measurement moves by less than measured_bound
+    expected sigmas; holes and edges are free. depth_std follows the model's calibration."""
+    folder = tmp_path / "model"
+    cal = Calibration(spread_trusted=0.0, sigma_trusted=2.0, spread_free=0.0, sigma_free=3.0)
+    model = DepthUNet(TINY_UNET)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.5 * torch.randn_like(p))  # large, arbitrary outputs
+    schedule = DiffusionConfig(measured_bound=2.0)
+    save_model(folder, model, TINY_UNET, schedule, SensorPrior(), cal, {})
+    params = load_params(None, setup)
+    out = open_store(run_refine(params, progress=False), "refined")
+    noisy_store, scenes = open_store(params.paths.noisy, "noisy"), open_store(params.paths.scenes, "scenes")
+    assert sorted(out.group_keys()) == ["synthetic_000", "synthetic_001"], "only eval scenes are refined"
+    moved_free = 0.0
+    for name in ("synthetic_000", "synthetic_001"):
+        for i in range(4):
+            noisy = noisy_store[name]["depth_noisy"][i]
+            obs = observe(noisy, float(scenes[name]["K"][i][0, 0]), SensorPrior(), schedule)
+            d, std = out[name]["depth_refined"][i], out[name]["depth_std"][i]
+            t = obs.trusted
+            assert t.any()
+            # the bound is on log-depth, in units of the relative sigma at the base depth b:
+            # |log(d / z)| <= 2 sigma(b) / b, i.e. |d - z| <= z (exp(2 sigma(b) / b) - 1)
+            limit = noisy[t] * np.expm1(2.0 * obs.sigma[t] / obs.base[t]) * (1 + 1e-5)
+            assert np.all(np.abs(d[t] - noisy[t]) <= limit)
+            moved_free = max(moved_free, float(np.max(np.abs(d[~t] - noisy[~t]) / obs.sigma[~t])))
+            np.testing.assert_allclose(std, np.where(t, 2.0, 3.0) * obs.sigma, rtol=1e-6)
+    assert moved_free > 2.0, "untrusted pixels are not bounded"
+
+
+@pytest.mark.parametrize("method", ["inpaint", "median", "bilateral", "joint_bilateral", "guided"])
 def test_classical_baselines_fill_holes(setup, tmp_path, method):
     params = load_params(None, setup + [f"refine.method={method}"])
     out = open_store(run_refine(params, progress=False), "refined")
@@ -103,6 +138,15 @@ def test_bad_input_names_the_frame(setup, tmp_path):
         run_refine(params, progress=False)
     out = open_store(tmp_path / "refined.zarr", "refined")
     assert out["synthetic_000"]["done"][:].all(), "frames finished before the bad one are kept"
+
+
+def test_a_frame_at_a_scale_the_model_never_saw_is_refused(setup, tmp_path):
+    model = DepthUNet(TINY_UNET)
+    save_model(tmp_path / "model", model, TINY_UNET, DiffusionConfig(), SensorPrior(), Calibration(),
+               {"trained_focal_px": [500.0, 600.0]})  # trained at 640x480 only; these frames are 32x24
+    with pytest.raises(DataError, match=r"noisy.zarr/synthetic_000\[0\]: focal length \d+ px is outside what the "
+                       r"refiner can serve \(250-1200 px"):
+        run_refine(load_params(None, setup), progress=False)
 
 
 def test_missing_model_is_a_clear_error(tiny_overrides, tmp_path):

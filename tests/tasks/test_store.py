@@ -10,7 +10,16 @@ import zarr
 
 from tasks.datasets.base import Frame
 from tasks.errors import DataError
-from tasks.store import SCHEMA_VERSION, SceneView, SceneWriter, StoreBuilder, iter_scenes, open_store
+from tasks.store import (
+    SCHEMA_VERSION,
+    SceneView,
+    SceneWriter,
+    StoreBuilder,
+    consolidate,
+    iter_scenes,
+    open_store,
+    scenes_with_role,
+)
 
 
 def make_frame(i: int, h: int = 6, w: int = 8, sensor: bool = False) -> Frame:
@@ -123,3 +132,44 @@ def test_open_checks_kind_version_and_existence(tmp_path):
     (tmp_path / "junk.zarr").mkdir()
     with pytest.raises(DataError, match="not a readable zarr"):
         open_store(tmp_path / "junk.zarr", "scenes")
+
+
+def write_roles(path, roles: dict[str, str | None]):
+    """A store with one 1-frame scene per entry; ``None`` writes the scene as older stores did (no role)."""
+    with StoreBuilder(path, "scenes") as root:
+        for name, role in roles.items():
+            kw = {} if role is None else {"role": role}
+            w = SceneWriter(root, name, n_frames=1, height=6, width=8, source="u", depth_kind="sensor",
+                            has_sensor_depth=False, **kw)
+            w.write(0, make_frame(0))
+            w.close(["train"])
+            if role is None:
+                del w.group.attrs["role"]
+
+
+def test_roles_written_read_back_and_selected(tmp_path):
+    path = tmp_path / "s.zarr"
+    write_roles(path, {"kitchen": "train", "office": "val", "lab": "eval", "old": None, "desk": "train"})
+    root = open_store(path, "scenes")
+    roles = {v.name: v.role for v in iter_scenes(root)}
+    assert roles == {"kitchen": "train", "office": "val", "lab": "eval", "old": "eval", "desk": "train"}
+    assert "role" not in root["old"].attrs  # an older store: no attr, read as eval
+    assert root["kitchen"].attrs["role"] == "train"
+    assert scenes_with_role(root, "train") == ["desk", "kitchen"]
+    assert scenes_with_role(root, "eval") == ["lab", "old"]
+    assert scenes_with_role(root, ("train", "val")) == ["desk", "kitchen", "office"]
+    with pytest.raises(ValueError, match="unknown role"):
+        scenes_with_role(root, "test")
+
+
+def test_bad_roles_are_refused_on_write_and_named_on_read(tmp_path):
+    with pytest.raises(ValueError, match="role must be one of"):
+        write_roles(tmp_path / "a.zarr", {"room": "training"})
+    assert not (tmp_path / "a.zarr").exists()
+    path = tmp_path / "b.zarr"
+    write_roles(path, {"room": "eval"})
+    zarr.open_group(str(path), mode="r+", use_consolidated=False)["room"].attrs["role"] = "testing"  # by hand
+    consolidate(path)
+    view = SceneView(open_store(path, "scenes")["room"])
+    with pytest.raises(DataError, match="'testing'"):
+        _ = view.role

@@ -14,21 +14,33 @@ from tasks.datasets.synthetic import (
     Box,
     CameraPath,
     Cylinder,
+    Light,
+    OrientedBox,
     Room,
     Sphere,
     SyntheticConfig,
+    bounding_sphere,
+    bounds,
     camera_poses,
     cast_rays,
+    describe,
+    intersect,
+    intersect_room,
     random_texture,
+    refiner_rng,
+    refiner_room,
     render_frame,
     room_mesh,
+    scene_rng,
+    shade,
     synthetic_room,
     synthetic_scenes,
     texture_albedo,
 )
 
 SEED = 3
-CFG = SyntheticConfig(n_scenes=2, n_frames=4, height=24, width=32, n_objects=5)
+NO_REFINER = {"refiner_train_scenes": 0, "refiner_val_scenes": 0}
+CFG = SyntheticConfig(n_scenes=2, n_frames=4, height=24, width=32, n_objects=5, **NO_REFINER)
 UP = np.array([0.0, 0.0, 1.0])
 
 
@@ -136,6 +148,11 @@ def bilinear(img: np.ndarray, u: np.ndarray, v: np.ndarray) -> np.ndarray:
         ({"n_objects": -1}, "n_objects"),
         ({"room_size": (2.0, 4.0, 2.6)}, "room_size"),
         ({"n_frame": 8}, "n_frame"),
+        ({"refiner_sizes": [[640, 4]]}, "refiner_sizes"),
+        ({"refiner_sizes": []}, "refiner_sizes"),
+        ({"refiner_objects": (9, 3)}, "refiner_objects"),
+        ({"refiner_train_scenes": -1}, "refiner_train_scenes"),
+        ({"refiner_frames": 0}, "refiner_frames"),
     ],
 )
 def test_config_rejects_bad_values_naming_the_field(kwargs, field):
@@ -148,6 +165,9 @@ def test_config_rejects_bad_values_naming_the_field(kwargs, field):
 def test_config_defaults_and_frozen():
     cfg = SyntheticConfig()
     assert (cfg.n_scenes, cfg.n_frames, cfg.height, cfg.width, cfg.n_objects) == (2, 32, 120, 160, 6)
+    assert (cfg.refiner_train_scenes, cfg.refiner_val_scenes, cfg.refiner_frames) == (12, 3, 4)
+    assert cfg.refiner_sizes == [(640, 480), (320, 240), (160, 120)] and cfg.refiner_fov_deg == 58.0
+    assert cfg.refiner_objects == (6, 16)
     assert SyntheticConfig(room_size=[4.0, 3.5, 2.6]).room_size == (4.0, 3.5, 2.6)
     with pytest.raises(ValidationError):
         cfg.n_frames = 3
@@ -171,6 +191,7 @@ def test_scene_sources_fields(scenes):
         fr = check_frame(s.load(2))
         assert fr.frame_id == "000002" and fr.depth_sensor is None
         assert fr.rgb.shape == (CFG.height, CFG.width, 3) and fr.depth.dtype == np.float32
+        assert s.native_size == (CFG.height, CFG.width)
         np.testing.assert_allclose(fr.K, K)
         assert np.all(fr.depth > 0)  # closed room: no holes
         fr.c2w[:] = 0.0  # frames own their arrays: mutating one does not change the scene
@@ -312,7 +333,7 @@ def test_cast_rays_reports_primitives_and_normals():
 
 @pytest.fixture(scope="module")
 def frame_pair():
-    cfg = SyntheticConfig(n_scenes=1, n_frames=8, height=72, width=96, n_objects=6)
+    cfg = SyntheticConfig(n_scenes=1, n_frames=8, height=72, width=96, n_objects=6, **NO_REFINER)
     scene = synthetic_scenes(cfg, SEED)[0]
     return synthetic_room(cfg, SEED), scene.load(0), scene.load(1), scene.load(7)
 
@@ -357,7 +378,7 @@ def test_colour_is_exactly_view_independent(frame_pair):
 
 
 def test_frames_are_richly_textured_and_never_dark():
-    cfg = SyntheticConfig(n_scenes=3, n_frames=3, height=48, width=64)
+    cfg = SyntheticConfig(n_scenes=3, n_frames=3, height=48, width=64, **NO_REFINER)
     for scene in synthetic_scenes(cfg, 11):
         for i in range(len(scene)):
             rgb = scene.load(i).rgb
@@ -451,3 +472,287 @@ def test_objects_do_not_interpenetrate(seed):
             assert len(support) == 1 and a.radius <= min(support[0].half[:2]) + 1e-9
         else:
             assert abs(lo[2]) < 1e-2
+
+
+# --- evaluation rooms are what they were ----------------------------------------------------------------
+
+#: Seed 0, default config: what the evaluation rooms were before refiner rooms existed (the code of that
+#: time printed these), so NeRF results on them stay comparable.
+EVAL_GOLDEN = {
+    "synthetic_000": {
+        "room_size": [5.885875105765759, 3.9745057285782472, 2.833405553189895],
+        "objects": ["sphere r=0.13 m on floor at (-2.07, 1.57, 0.13), noise",
+                    "box 0.26x1.04x0.38 m at (-1.13, -0.88), stripes",
+                    "sphere r=0.11 m on box at (-1.13, -0.88, 0.49), wood",
+                    "box 0.95x0.67x0.90 m at (-0.39, -1.10), wood",
+                    "sphere r=0.19 m on box at (-0.39, -1.10, 1.09), stripes",
+                    "cylinder r=0.20 h=0.36 m at (-2.45, 0.95), wood"],
+        "depth0": [[3.59679, 3.84431, 4.01919, 4.21073], [1.73887, 4.38539, 4.61442, 3.90656],
+                   [1.49709, 2.20822, 2.41801, 2.41801]],
+        "rgb0": [103.945, 90.239, 128.417],
+        "eye31": [-1.261587, 0.652037, 1.307033],
+    },
+    "synthetic_001": {
+        "room_size": [5.354393713950204, 3.864480122814232, 2.767058277793087],
+        "objects": ["cylinder r=0.29 h=0.32 m at (-1.55, -0.30), checker",
+                    "cylinder r=0.36 h=0.28 m at (-1.75, 1.28), checker",
+                    "sphere r=0.18 m on floor at (-0.99, 0.39, 0.18), stripes",
+                    "cylinder r=0.16 h=0.88 m at (-0.99, -1.21), stripes",
+                    "box 0.97x0.33x0.73 m at (-0.68, -0.46), checker",
+                    "sphere r=0.10 m on box at (-0.68, -0.46, 0.83), wood"],
+        "depth0": [[2.84855, 3.65290, 3.23748, 2.66720], [3.11667, 3.70988, 3.70988, 3.05063],
+                   [1.29473, 1.17556, 2.20442, 2.20442]],
+        "rgb0": [99.136, 111.62, 127.217],
+        "eye31": [-0.271159, 1.035682, 1.509876],
+    },
+}
+
+
+def test_default_evaluation_rooms_are_unchanged():
+    scenes = synthetic_scenes(SyntheticConfig(), 0)
+    evals = [s for s in scenes if s.role == "eval"]
+    assert [s.name for s in evals] == list(EVAL_GOLDEN) and scenes[: len(evals)] == evals
+    for s in evals:
+        gold = EVAL_GOLDEN[s.name]
+        np.testing.assert_allclose(s.attrs["room_size"], gold["room_size"], rtol=0, atol=1e-12)
+        assert s.attrs["objects"] == gold["objects"]
+        f0, f31 = s.load(0), s.load(31)
+        np.testing.assert_allclose(f0.depth[::40, ::40], gold["depth0"], atol=2e-5)
+        np.testing.assert_allclose(f0.rgb.reshape(-1, 3).mean(axis=0), gold["rgb0"], atol=0.05)
+        np.testing.assert_allclose(f31.c2w[:3, 3], gold["eye31"], atol=1e-6)
+
+
+def test_evaluation_rooms_do_not_depend_on_the_refiner_settings():
+    plain = synthetic_scenes(CFG, SEED)
+    more = synthetic_scenes(CFG.model_copy(update={"refiner_train_scenes": 2, "refiner_val_scenes": 1,
+                                                   "refiner_sizes": [(16, 12)], "refiner_frames": 1,
+                                                   "refiner_objects": (1, 3)}), SEED)
+    assert [s.name for s in more][:2] == [s.name for s in plain]
+    for a, b in zip(plain, more[:2]):
+        assert a.attrs == b.attrs and b.role == "eval"
+        np.testing.assert_array_equal(a.load(1).rgb, b.load(1).rgb)
+        np.testing.assert_array_equal(a.load(1).depth, b.load(1).depth)
+
+
+# --- refiner rooms -------------------------------------------------------------------------------------
+
+RCFG = SyntheticConfig(n_scenes=1, n_frames=2, height=24, width=32, refiner_train_scenes=3, refiner_val_scenes=2,
+                       refiner_frames=3, refiner_sizes=[(40, 30), (24, 18)])
+
+
+@pytest.fixture(scope="module")
+def refiner():
+    return [s for s in synthetic_scenes(RCFG, SEED) if s.role != "eval"]
+
+
+def test_refiner_rooms_names_roles_splits_and_no_mesh(refiner):
+    names = ["refiner_train_000", "refiner_train_001", "refiner_train_002", "refiner_val_000", "refiner_val_001"]
+    assert [s.name for s in refiner] == names
+    assert [s.role for s in refiner] == ["train"] * 3 + ["val"] * 2
+    for s in refiner:
+        assert s.source == "synthetic" and s.depth_kind == "reference" and s.mesh is None
+        assert s.splits == ["train"] * RCFG.refiner_frames and len(s) == RCFG.refiner_frames
+        assert len(s.attrs["pieces"]) >= 1 and s.attrs["n_primitives"] > len(s.attrs["pieces"])
+        assert 0.2 <= s.attrs["light"]["ambient"] <= 0.6
+    (evaluation,) = [s for s in synthetic_scenes(RCFG, SEED) if s.role == "eval"]
+    assert evaluation.name == "synthetic_000" and evaluation.mesh is not None
+
+
+def test_refiner_rooms_have_the_configured_sizes_and_kinect_field_of_view(refiner):
+    sizes = [(30, 40), (18, 24), (30, 40), (30, 40), (18, 24)]  # cycled over the rooms of each role
+    for s, (h, w) in zip(refiner, sizes):
+        f = check_frame(s.load(1))
+        assert f.rgb.shape == (h, w, 3) and f.depth.shape == (h, w) and s.native_size == (h, w)
+        assert np.all(f.depth > 0)  # closed room: exact and complete
+        fx, fy, cx, cy = f.K[0, 0], f.K[1, 1], f.K[0, 2], f.K[1, 2]
+        assert fx == fy and (cx, cy) == ((w - 1) / 2, (h - 1) / 2)
+        assert np.degrees(2 * np.arctan(w / 2 / fx)) == pytest.approx(58.0)
+        assert np.degrees(2 * np.arctan(h / 2 / fy)) == pytest.approx(45.1, abs=0.1)  # Kinect v1: ~58 x 45 deg
+
+
+def test_refiner_rooms_deterministic_per_seed_and_independent_of_image_size(refiner):
+    again = [s for s in synthetic_scenes(RCFG, SEED) if s.role != "eval"]
+    other = [s for s in synthetic_scenes(RCFG, SEED + 1) if s.role != "eval"]
+    resized = [s for s in synthetic_scenes(RCFG.model_copy(update={"refiner_sizes": [(20, 16)]}), SEED)
+               if s.role != "eval"]
+    for a, b, c, d in zip(refiner, again, other, resized):
+        assert a.attrs == b.attrs == d.attrs
+        fa, fb = a.load(2), b.load(2)
+        np.testing.assert_array_equal(fa.rgb, fb.rgb)
+        np.testing.assert_array_equal(fa.depth, fb.depth)
+        np.testing.assert_array_equal(fa.c2w, d.load(2).c2w)
+        assert a.attrs["room_size"] != c.attrs["room_size"]
+        assert not np.array_equal(fa.c2w, c.load(2).c2w)
+
+
+def test_refiner_rooms_never_repeat_evaluation_rooms_or_each_other():
+    cfg = RCFG.model_copy(update={"n_scenes": 4})
+    scenes = synthetic_scenes(cfg, SEED)
+    sizes = [tuple(s.attrs["room_size"]) for s in scenes]
+    assert len(set(sizes)) == len(scenes)  # every room drawn from its own stream
+    # The refiner streams are their own branch: index i of either role is not evaluation room i.
+    for i in range(3):
+        for role in ("train", "val"):
+            assert refiner_rng(SEED, role, i).random(4).tolist() != scene_rng(SEED, i).random(4).tolist()
+        assert refiner_rng(SEED, "train", i).random(4).tolist() != refiner_rng(SEED, "val", i).random(4).tolist()
+    # And a refiner room does not depend on how many evaluation rooms there are.
+    fewer = {s.name: s for s in synthetic_scenes(RCFG, SEED)}
+    for s in scenes:
+        if s.role != "eval":
+            assert s.attrs == fewer[s.name].attrs
+    with pytest.raises(ValueError, match="seed"):
+        refiner_rng(-1, "train", 0)
+
+
+def refiner_rooms(n: int = 6, seed: int = 0):
+    cfg = SyntheticConfig(refiner_frames=6)
+    return [refiner_room(cfg, seed, "train", i) for i in range(n)]
+
+
+def test_refiner_rooms_are_cluttered_with_thin_and_small_things_and_varied_materials():
+    rooms = refiner_rooms()
+    all_objects = [o for room, _, _ in rooms for o in room.objects]
+    for room, pieces, _ in rooms:
+        assert 6 <= len(pieces) and len(room.objects) >= 15
+        for o in room.objects:  # everything inside the room, nothing below the floor
+            lo, hi = bounds(o)
+            assert np.all(lo >= room.lo - 1e-9) and np.all(hi <= room.hi + 1e-9)
+    ext = np.array([bounds(o)[1] - bounds(o)[0] for o in all_objects])
+    lo_z = np.array([bounds(o)[0][2] for o in all_objects])
+    thin = (ext[:, :2].min(axis=1) <= 0.05) & (ext[:, 2] >= 0.3)  # legs, poles, boards seen edge-on
+    flat = (ext[:, 2] <= 0.05) & (ext[:, :2].max(axis=1) >= 0.4)  # table tops, shelf boards
+    small_up = (ext.max(axis=1) <= 0.25) & (lo_z >= 0.3)  # small things standing on surfaces
+    assert thin.sum() >= 20 and flat.sum() >= 10 and small_up.sum() >= 10
+    assert any(isinstance(o, OrientedBox) for o in all_objects)  # furniture at any angle
+    assert {type(o) for o in all_objects} == {Box, OrientedBox, Cylinder, Sphere}
+    luma_of = [min(_luma_rgb(c) for c in o.texture.colors) for o in all_objects]
+    assert min(luma_of) < 0.1 and np.mean(np.array(luma_of) < 0.2) > 0.05  # dark materials
+    assert "plain" in {o.texture.kind for o in all_objects}
+    lights = {(r.light.direction, r.light.intensity, r.light.ambient) for r, _, _ in rooms}
+    assert len(lights) == len(rooms)
+    kinds = {p.split(" at ")[0] for _, pieces, _ in rooms for p in pieces}
+    assert {"table", "chair", "shelf"} <= kinds
+
+
+def _luma_rgb(c) -> float:
+    return float(np.asarray(c) @ np.array([0.299, 0.587, 0.114]))
+
+
+def test_refiner_views_are_hand_held_scans_clear_of_everything():
+    pitches, dists = [], []
+    for room, _, poses in refiner_rooms():
+        lo = np.array([bounds(o)[0] for o in room.objects])
+        hi = np.array([bounds(o)[1] for o in room.objects])
+        for c2w in poses:
+            R, eye = c2w[:3, :3], c2w[:3, 3]
+            np.testing.assert_allclose(R.T @ R, np.eye(3), atol=1e-12)
+            assert np.linalg.det(R) > 0
+            assert np.all(eye > room.lo + 0.15) and np.all(eye < room.hi - 0.15) and 0.3 <= eye[2] <= 2.2
+            assert not np.any(np.all((eye > lo - 0.15) & (eye < hi + 0.15), axis=1))
+            assert abs(R[2, 0]) <= np.sin(np.radians(6.0)) + 1e-9  # a few degrees of roll at most
+            pitches.append(np.degrees(np.arcsin(-R[2, 2])))  # positive: looking down
+            dists.append(cast_rays(room, eye, R[:, 2][None]).t[0])  # along the optical axis
+        assert len({tuple(p[:3, 3]) for p in poses}) == len(poses)  # independent views
+    pitches, dists = np.array(pitches), np.array(dists)
+    assert np.all(pitches > -16) and np.all(pitches < 71)
+    assert np.mean(pitches > 30) > 0.1 and np.mean(pitches < 10) > 0.2  # some look down at tables
+    assert np.all(dists > 0.1) and np.median(dists) < 3.5 and np.mean(dists < 1.5) > 0.15
+
+
+def test_refiner_frames_include_dark_surfaces_and_many_depth_edges():
+    cfg = SyntheticConfig(n_scenes=1, n_frames=1, height=24, width=32, refiner_train_scenes=6, refiner_val_scenes=0,
+                          refiner_frames=2, refiner_sizes=[(64, 48)])
+    frames = [s.load(i) for s in synthetic_scenes(cfg, 1) if s.role == "train" for i in range(2)]
+    dark = np.array([np.mean(luma(f.rgb) < 0.06) for f in frames])  # the sensor model's dark threshold
+    assert dark.max() > 0.02 and np.median(dark) < 0.5
+    edges = np.array([np.mean(np.abs(np.diff(f.depth, axis=1)) > 0.1) for f in frames])
+    assert np.mean(edges > 0.005) > 0.5
+
+
+# --- oriented boxes, thin structures and culling ---------------------------------------------------------
+
+
+def oriented_signed_distance(obj: OrientedBox, p: np.ndarray) -> np.ndarray:
+    local = (p - np.asarray(obj.center)) @ obj.rotation()
+    return signed_distance(Box((0.0, 0.0, 0.0), obj.half, obj.texture), local)
+
+
+def test_hand_computed_oriented_box():
+    """A 0.4 x 0.6 x 1 m box turned by 30 degrees, centred 1.5 m ahead: a horizontal ray from the origin
+    with direction (1, a, 0) meets the plane of its local -x face, n = (-cos 30, -sin 30, 0), where
+    n . (t d - c) = 0.2, i.e. at t = (0.2 + n . c) / (n . d), wherever the local y of that point is within
+    +-0.3 m."""
+    tex = random_texture(np.random.default_rng(4))
+    yaw = np.radians(30.0)
+    box = OrientedBox((1.5, 0.0, 0.5), (0.2, 0.3, 0.5), float(yaw), tex)
+    room = empty_room(objects=[box])
+    o = np.array([0.0, 0.0, 0.5])
+    a = np.linspace(-0.15, 0.15, 13)
+    dirs = np.stack([np.ones_like(a), a, np.zeros_like(a)], axis=1)
+    n = np.array([-np.cos(yaw), -np.sin(yaw), 0.0])
+    t = (0.2 + n @ (np.asarray(box.center) - o)) / (dirs @ n)
+    local_y = ((o + t[:, None] * dirs - box.center) @ box.rotation())[:, 1]
+    on_face = np.abs(local_y) <= 0.3
+    assert on_face.sum() >= 8 and t[6] == pytest.approx(1.5 - 0.2 / np.cos(yaw))
+    hits = cast_rays(room, o, dirs)
+    np.testing.assert_allclose(hits.t[on_face], t[on_face], atol=1e-12)
+    np.testing.assert_allclose(hits.normals[on_face], np.tile(n, (on_face.sum(), 1)), atol=1e-12)
+    assert np.all(hits.primitive[on_face] == 0)
+    # Every hit on the box lies on its surface; the mesh and the bounding box agree with it.
+    assert np.abs(oriented_signed_distance(box, hits.points[hits.primitive == 0])).max() < 1e-9
+    v = room_mesh(room)[0][8:].astype(np.float64)
+    assert np.abs(oriented_signed_distance(box, v)).max() < 1e-6
+    lo, hi = bounds(box)
+    np.testing.assert_allclose(v.min(axis=0), lo, atol=1e-6)
+    np.testing.assert_allclose(v.max(axis=0), hi, atol=1e-6)
+    assert "turned 30 deg" in describe(box)
+
+
+def test_hand_computed_thin_table_leg():
+    """A 4 cm square leg 0.7 m tall, its front face 1.18 m ahead of a camera at the leg's centre line,
+    0.5 m above the floor: camera ray (x_c, y_c, 1) is world direction (1, -x_c, -y_c), so it hits the
+    face at t = 1.18 where |x_c| * 1.18 <= 0.02 and 0 <= 0.5 - y_c * 1.18 <= 0.7, and the wall 2 m away
+    elsewhere. Only 5 of 201 pixel columns see it (2.9 px either side of the centre)."""
+    H, W = 81, 201
+    K = intrinsics_from_fov(W, H, 60.0)
+    leg = Box((1.2, 0.3, 0.35), (0.02, 0.02, 0.35), random_texture(np.random.default_rng(6)))
+    eye = np.array([0.0, 0.3, 0.5])
+    frame = render_frame(empty_room(objects=[leg]), look_at(eye, eye + [1.0, 0.0, 0.0], UP), K, H, W)
+    r = camera_rays(K, H, W)
+    z = 0.5 - r[..., 1] * 1.18
+    on_leg = (np.abs(r[..., 0]) * 1.18 <= 0.02) & (z >= 0.0) & (z <= 0.7)
+    assert np.unique(np.nonzero(on_leg)[1]).tolist() == [98, 99, 100, 101, 102] and on_leg.sum() > 5 * 40
+    np.testing.assert_allclose(frame.depth, np.where(on_leg, 1.18, 2.0), atol=1e-6)
+
+
+def test_culling_never_loses_a_hit():
+    """cast_rays skips the rays that miss an object's bounding sphere; a brute-force nearest hit over all
+    rays and objects gives the same answer, including rays that graze the spheres."""
+    room, _, poses = refiner_room(SyntheticConfig(refiner_frames=2), 2, "val", 0)
+    rng = np.random.default_rng(0)
+    for c2w in poses:
+        o = c2w[:3, 3]
+        dirs = rng.normal(size=(3000, 3))
+        centre, radius = bounding_sphere(room.objects[int(rng.integers(len(room.objects)))])
+        tangent = np.cross(centre - o, rng.normal(size=3))
+        graze = (centre - o) + radius * tangent / np.linalg.norm(tangent) * rng.uniform(0.99, 1.01, (500, 1))
+        dirs = np.concatenate([dirs, graze])
+        t = intersect_room(o, dirs, room.lo, room.hi)[0]
+        prim = np.full(len(dirs), -1)
+        for j, obj in enumerate(room.objects):
+            tj = intersect(o, dirs, obj)[0]
+            prim = np.where(tj < t, j, prim)
+            t = np.minimum(t, tj)
+        hits = cast_rays(room, o, dirs)
+        np.testing.assert_allclose(hits.t, t, rtol=1e-12)  # subsets may round the last bit differently
+        np.testing.assert_array_equal(hits.primitive, prim)
+
+
+def test_room_lighting_scales_and_clips_shading():
+    normals = np.array([[0.0, 0.0, 1.0], [0.0, 0.0, -1.0]])
+    albedo = np.full((2, 3), 0.8)
+    bright = Light((0.0, 0.0, 1.0), intensity=1.5, ambient=0.2)
+    np.testing.assert_allclose(shade(albedo, normals, bright), [[1.0] * 3, [0.8 * 1.5 * 0.2] * 3])
+    dim = Light((0.0, 0.0, 1.0), intensity=0.5, ambient=0.4)
+    np.testing.assert_allclose(shade(albedo, normals, dim), [[0.4] * 3, [0.16] * 3])
+    np.testing.assert_array_equal(shade(albedo, normals), shade(albedo, normals, None))

@@ -15,7 +15,8 @@ from tasks.errors import DataError
 
 def write_tum_sequence(folder, n=5, with_gt=True):
     """Synthetic frames as a TUM folder; returns the source frames. Colour stamps lag depth by 4 ms."""
-    (scene,) = synthetic_scenes(SyntheticConfig(n_scenes=1, n_frames=n, height=24, width=32), seed=3)
+    cfg = SyntheticConfig(n_scenes=1, n_frames=n, height=24, width=32, refiner_train_scenes=0, refiner_val_scenes=0)
+    (scene,) = synthetic_scenes(cfg, seed=3)
     frames = [scene.load(i) for i in range(n)]
     (folder / "rgb").mkdir(parents=True)
     (folder / "depth").mkdir()
