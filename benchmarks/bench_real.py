@@ -42,8 +42,8 @@ from models.noise import frame_rng, simulate_sensor_noise
 from tasks.config import load_params
 from tasks.datasets.formats import decode_scaled_depth, decode_sun_depth, decode_tum_depth, read_rgb
 from tasks.datasets.sevenscenes import sevenscenes_scenes
+from tasks.evaluate import validation_frames
 from tasks.refine import diffusion_refiner, frame_seed
-from tasks.store import SceneView, open_store, scene_names
 
 RESULTS = Path(__file__).resolve().parent / "results"
 Frame = tuple[np.ndarray, np.ndarray, np.ndarray]  # rgb uint8 [H,W,3], sensor depth [H,W] m, K [3,3]
@@ -81,20 +81,16 @@ def heldout_frames(rgbd: Path, per_scene: int) -> dict[str, list[Frame]]:
     return out
 
 
-def validation_frames(stores: list[tuple[Path, Path]], max_frames: int) -> list[tuple]:
-    """``(rgb, noisy, reference, K)`` of up to ``max_frames`` frames of the ``val`` scenes of the stores."""
+def tuning_frames(params_file: str, stores: list[tuple[Path, Path]], max_frames: int) -> list[tuple]:
+    """``(rgb, noisy, reference, K)`` of up to ``max_frames`` frames of the ``val`` scenes of the stores, chosen
+    as ``evaluate`` chooses them (:func:`tasks.evaluate.validation_frames`)."""
     frames = []
-    for scenes_path, noisy_path in stores:
-        scenes, noisy = open_store(scenes_path, "scenes"), open_store(noisy_path, "noisy")
-        for name in scene_names(scenes):
-            view = SceneView(scenes[name])
-            if view.attrs.get("role", "eval") != "val":
-                continue
-            for i in range(view.n_frames):
-                frames.append((view.group["rgb"][i], noisy[name]["depth_noisy"][i], view.group["depth"][i],
-                               view.group["K"][i]))
+    for scenes, noisy in stores:
+        params = load_params(params_file, [f"paths.scenes={scenes}", f"paths.noisy={noisy}",
+                                           f"evaluate.tune_frames={max_frames}"])
+        frames += validation_frames(params)[0]
     if not frames:
-        raise SystemExit(f"no frames of scenes with role 'val' in {stores}")
+        raise SystemExit(f"no frames of scenes with role 'val' and a reference depth in {stores}")
     pick = np.linspace(0, len(frames) - 1, min(max_frames, len(frames))).round().astype(int)
     return [frames[k] for k in pick]
 
@@ -142,7 +138,7 @@ def run(args: argparse.Namespace) -> dict:
     params = load_params(args.params, [])
     console = Console(width=180)
     t0 = time.perf_counter()
-    tuning = validation_frames(args.tune_on, args.tune_frames)
+    tuning = tuning_frames(args.params, args.tune_on, args.tune_frames)
     tuned_cfg, tuned = tune_baselines(tuning, base=params.refine.baselines)
     console.print(f"baselines tuned on {len(tuning)} validation frames in {time.perf_counter() - t0:.0f} s: "
                   + "; ".join(f"{k} {v['params']}" for k, v in tuned.items()))

@@ -85,7 +85,7 @@ def tuning_frames(scenes_path: Path, noisy_path: Path, max_frames: int) -> list[
     with role ``val`` (all its scenes when none has that role)."""
     scenes, noisy = open_store(scenes_path, "scenes"), open_store(noisy_path, "noisy")
     views = [SceneView(scenes[name]) for name in scene_names(scenes)]
-    views = [v for v in views if v.attrs.get("role", "eval") == "val"] or views
+    views = [v for v in views if v.role == "val"] or views
     pool = [(v, i) for v in views for i in range(v.n_frames)]
     keep = np.unique(np.linspace(0, len(pool) - 1, min(max_frames, len(pool))).round().astype(int)) if pool else []
     return [(v.group["rgb"][i], noisy[v.name]["depth_noisy"][i], v.group["depth"][i], v.group["K"][i])

@@ -393,8 +393,12 @@ def pipeline_case(work: str, overrides: list[str]) -> dict:
         rows.append({"stage": stage, "wall_s": round(end - start, 1), "flow_s": round(f, 1),
                      "overhead_s": round(end - start - f, 1)})
     overhead = sum(r["overhead_s"] for r in rows)
+    # the run's DVC metrics travel with the timing, so the README's default-run tables come from this file
+    metrics = {p.name: json.loads(p.read_text()) for p in (repo / "metrics").glob("*.json")}
+    metrics["diffusion.json"] = json.loads((repo / "artifacts" / "diffusion" / "metrics.json").read_text())
     return {"stages": rows, "total_s": round(total, 1), "overhead_s": round(overhead, 1),
-            "overhead_share": round(overhead / total, 3), "noop_s": round(noop, 2)}
+            "overhead_share": round(overhead / total, 3), "noop_s": round(noop, 2), "metrics": metrics,
+            "clone": str(repo)}
 
 
 # ------------------------------------------------------------------------------------------- report

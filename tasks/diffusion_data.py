@@ -59,7 +59,7 @@ class FramePairs:
 
     def __init__(
         self, pairs: list[tuple[Path, Path]], role: Role, sensor: SensorPrior, schedule: DiffusionConfig,
-        cache_frames: int = 256,
+        cache_frames: int = 512,
     ):
         self.sensor, self.schedule = sensor, schedule
         self.refs: list[tuple[SceneView, object, int, str]] = []
@@ -69,7 +69,7 @@ class FramePairs:
             noisy = open_store(noisy_path, "noisy")
             for name in scene_names(scenes):
                 view = SceneView(scenes[name])
-                if view.attrs.get("role", "eval") != role:
+                if view.role != role:
                     continue
                 if name not in noisy:
                     raise DataError(noisy_path, f"scene {name!r} of {scenes_path} is missing")

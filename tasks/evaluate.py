@@ -94,22 +94,19 @@ def frame_rows(scene: str, fid: str, preds: dict[str, np.ndarray], gt: np.ndarra
     return rows
 
 
-def scene_role(view: SceneView) -> str:
-    """The scene's ``role`` attr: ``"train"``, ``"val"`` or ``"eval"`` (the default when absent)."""
-    return str(view.attrs.get("role", "eval"))
-
-
 def validation_frames(params: Params) -> tuple[list[TuningFrame], list[str]]:
     """At most ``evaluate.tune_frames`` frames ``(rgb, noisy depth, reference depth, K)`` of the scenes with
-    role ``val`` and a reference depth, evenly spread over all their frames; and those scenes' names."""
+    role ``val`` and a reference depth, evenly spread over all their frames; and those scenes' names. A real
+    scene's sensor depth is the reference when the noisy store simulated its noise on it (``mode: simulate``),
+    as the refiner's training uses it."""
     scenes = open_store(params.paths.scenes, "scenes")
     noisy = open_store(params.paths.noisy, "noisy")
     candidates: list[tuple[str, int]] = []
     for name in scene_names(scenes):
         view = SceneView(scenes[name])
-        if scene_role(view) != "val":
+        if view.role != "val":
             continue
-        if view.attrs.get("depth_kind") != "reference":
+        if view.attrs.get("depth_kind") != "reference" and noisy.attrs.get("mode") != "simulate":
             log.warning("%s: validation scene without a reference depth: not used to tune the baselines", name)
             continue
         if name not in noisy:
@@ -169,7 +166,7 @@ def evaluate_refinement(
     samples, depth_values = {}, []
     rng = np.random.default_rng(0)
     for name in scene_names(scenes):  # refiner rooms (train / val), whether or not refine wrote them
-        role = scene_role(SceneView(scenes[name]))
+        role = SceneView(scenes[name]).role
         if role != "eval":
             skipped[name] = f"role {role!r}: only evaluation scenes (role 'eval') are scored"
             log.info("%s: %s", name, skipped[name])

@@ -434,7 +434,7 @@ def plan_fit_nerf(params: Params) -> tuple[list[FitJob], dict[str, str]]:
         if name == ABLATION:
             raise DataError(params.paths.scenes, f"scene name {ABLATION!r} is reserved for the NeRF ablation folder")
         view = SceneView(scenes[name])
-        if (role := view.attrs.get("role", "eval")) != "eval":
+        if (role := view.role) != "eval":
             skipped[name] = f"role {role!r}: the refiner's own {role} scene, not an evaluation scene; skipped"
             continue
         if not np.any(np.all(np.isfinite(view.group["c2w"][:].reshape(view.n_frames, -1)), axis=1)):

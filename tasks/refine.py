@@ -28,8 +28,8 @@ import json
 import logging
 import zlib
 from collections.abc import Callable
-from typing import Protocol
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 import zarr
@@ -41,7 +41,7 @@ from tasks.config import Params, RefineConfig
 from tasks.diffusion_data import check_depth_input
 from tasks.digest import code_version
 from tasks.errors import DataError
-from tasks.store import SCHEMA_VERSION, StoreBuilder, consolidate, open_store, scene_names
+from tasks.store import SCHEMA_VERSION, StoreBuilder, consolidate, open_store, scene_names, scenes_with_role
 from tasks.train_diffusion import TrainedRefiner, load_model, model_files, resolve_device
 
 log = logging.getLogger(__name__)
@@ -153,7 +153,8 @@ def refine_fingerprint(params: Params, model_digest: str) -> str:
 
 def eval_scenes(scenes: zarr.Group, names: list[str]) -> list[str]:
     """Those of ``names`` whose role in the scene store is ``eval`` (stores without roles: all of them)."""
-    return [n for n in names if scenes[n].attrs.get("role", "eval") == "eval"]
+    evals = set(scenes_with_role(scenes, "eval"))
+    return [n for n in names if n in evals]
 
 
 def create_skeleton(path: Path, noisy: zarr.Group, scenes: zarr.Group, attrs: dict) -> None:

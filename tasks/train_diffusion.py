@@ -38,7 +38,6 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm import tqdm
 
 from models.diffusion.calibration import Calibration, fit_calibration
-from models.diffusion.refiner import DiffusionRefiner
 from models.diffusion.losses import depth_refinement_loss, masked_mean
 from models.diffusion.pipeline import (
     DiffusionConfig,
@@ -51,13 +50,14 @@ from models.diffusion.pipeline import (
     to_log,
     training_target,
 )
+from models.diffusion.refiner import DiffusionRefiner
 from models.diffusion.unet import DepthUNet, UNetConfig
 from models.noise import SensorPrior
 from tasks.config import DiffusionStageConfig, Params
 from tasks.diffusion_data import FramePairs, collate, random_crop
 from tasks.errors import DataError
-from tasks.store import SceneView, open_store, scene_names
 from tasks.files import atomic_dir, load_checkpoint, save_checkpoint, save_tensors, write_text_atomic
+from tasks.store import SceneView, open_store, scenes_with_role
 
 log = logging.getLogger(__name__)
 
@@ -356,7 +356,7 @@ def check_disjoint(eval_store: Path, used: list[tuple[Path, str]]) -> None:
     """Refuse refiner training / validation scenes that are also evaluation scenes of ``eval_store``: same
     scene name and source (a store built twice from one folder), or the very same scene group."""
     scenes = open_store(eval_store, "scenes")
-    evals = {n: SceneView(scenes[n]).attrs for n in scene_names(scenes) if scenes[n].attrs.get("role", "eval") == "eval"}
+    evals = {n: SceneView(scenes[n]).attrs for n in scenes_with_role(scenes, "eval")}
     for store, name in used:
         if name in evals:
             attrs = SceneView(open_store(store, "scenes")[name]).attrs
