@@ -130,7 +130,7 @@ class DiffusionTrainConfig(StrictConfig):
 
     crop: int = Field(64, ge=8, description="square training crop size in pixels")
     batch_size: int = Field(8, ge=1)
-    max_steps: int = Field(800, ge=1)
+    max_steps: int = Field(1500, ge=1)
     lr: float = Field(2e-3, gt=0, description="peak learning rate of the OneCycle schedule")
     warmup_frac: float = Field(0.1, gt=0, lt=1, description="fraction of max_steps spent warming up")
     weight_decay: float = Field(1e-4, ge=0)
