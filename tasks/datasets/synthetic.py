@@ -42,7 +42,7 @@ from pydantic import Field, field_validator
 
 from models.camera import camera_rays, intrinsics_from_fov, look_at
 from models.config import StrictConfig
-from tasks.datasets.base import Frame, SceneSource
+from tasks.datasets.base import Frame, Role, SceneSource
 
 # --- constants (immutable) ---------------------------------------------------------------------------
 
@@ -1769,30 +1769,36 @@ def refiner_scenes(cfg: SyntheticConfig, seed: int) -> list[SceneSource]:
             room, pieces, poses = refiner_room(cfg, seed, role, i)  # poses independent of the image size
             width, height = cfg.refiner_sizes[i % len(cfg.refiner_sizes)]
             K = intrinsics_from_fov(width, height, cfg.refiner_fov_deg)
-            name = f"refiner_{role}_{i:03d}"
-            scenes.append(
-                SceneSource(
-                    name=name,
-                    source="synthetic",
-                    frame_ids=[f"{k:06d}" for k in range(cfg.refiner_frames)],
-                    load=functools.partial(_load_frame, room, poses, K, height, width, name),
-                    depth_kind="reference",
-                    has_sensor_depth=False,
-                    splits=["train"] * cfg.refiner_frames,
-                    attrs={
-                        "generator": GENERATOR,
-                        "seed": int(seed),
-                        "room_size": [float(s) for s in room.size],
-                        "pieces": list(pieces),
-                        "n_primitives": len(room.objects),
-                        "light": {"direction": list(room.light.direction), "intensity": room.light.intensity,
-                                  "ambient": room.light.ambient},
-                    },
-                    role=role,
-                    native_size=(height, width),
-                )
-            )
+            attrs = {
+                "pieces": list(pieces),
+                "n_primitives": len(room.objects),
+                "light": {"direction": list(room.light.direction), "intensity": room.light.intensity,
+                          "ambient": room.light.ambient},
+            }
+            scenes.append(room_source(f"refiner_{role}_{i:03d}", room, poses, K, (height, width), seed, attrs,
+                                      role=role, splits=["train"] * cfg.refiner_frames))
     return scenes
+
+
+def room_source(
+    name: str, room: Room, poses: np.ndarray, K: np.ndarray, size: tuple[int, int], seed: int, attrs: dict,
+    role: Role, splits: list | None = None, mesh: tuple[np.ndarray, np.ndarray] | None = None,
+) -> SceneSource:
+    """A synthetic room as a scene source: frames rendered lazily at ``size`` ``(height, width)`` from ``poses``."""
+    height, width = size
+    return SceneSource(
+        name=name,
+        source="synthetic",
+        frame_ids=[f"{k:06d}" for k in range(len(poses))],
+        load=functools.partial(_load_frame, room, poses, K, height, width, name),
+        depth_kind="reference",
+        has_sensor_depth=False,
+        splits=splits,
+        attrs={"generator": GENERATOR, "seed": int(seed), "room_size": [float(s) for s in room.size], **attrs},
+        mesh=mesh,
+        role=role,
+        native_size=(height, width),
+    )
 
 
 def synthetic_scenes(cfg: SyntheticConfig, seed: int) -> list[SceneSource]:
@@ -1816,27 +1822,8 @@ def synthetic_scenes(cfg: SyntheticConfig, seed: int) -> list[SceneSource]:
     for i in range(cfg.n_scenes):
         room = random_room(scene_rng(seed, i), cfg.n_objects, cfg.room_size)
         poses = camera_poses(room, cfg.n_frames)
-        name = f"synthetic_{i:03d}"
-        scenes.append(
-            SceneSource(
-                name=name,
-                source="synthetic",
-                frame_ids=[f"{k:06d}" for k in range(cfg.n_frames)],
-                load=functools.partial(_load_frame, room, poses, K, cfg.height, cfg.width, name),
-                depth_kind="reference",
-                has_sensor_depth=False,
-                splits=None,
-                attrs={
-                    "generator": GENERATOR,
-                    "seed": int(seed),
-                    "room_size": [float(s) for s in room.size],
-                    "objects": [describe(o) for o in room.objects],
-                },
-                mesh=room_mesh(room),
-                role="eval",
-                native_size=(cfg.height, cfg.width),
-            )
-        )
+        scenes.append(room_source(f"synthetic_{i:03d}", room, poses, K, (cfg.height, cfg.width), seed,
+                                  {"objects": [describe(o) for o in room.objects]}, role="eval", mesh=room_mesh(room)))
     return scenes + refiner_scenes(cfg, seed)
 
 
