@@ -21,20 +21,29 @@ from tasks.refine import run_refine
 from tasks.store import SceneView, consolidate, open_store, scene_names
 
 
-@pytest.fixture
-def evaluated(tiny_overrides, tmp_path):
-    params = load_params(None, tiny_overrides + [
-        "data.synthetic.refiner_train_scenes=0", "data.synthetic.refiner_val_scenes=0",  # eval rooms only
-        "refine.method=bilateral", f"paths.refined={tmp_path / 'refined.zarr'}",
-        f"paths.eval_metrics={tmp_path / 'metrics' / 'evaluate.json'}", f"paths.plots={tmp_path / 'plots'}",
-        f"paths.nerf_metrics={tmp_path / 'metrics' / 'nerf.json'}", f"paths.report={tmp_path / 'reports'}",
-        f"paths.nerf={tmp_path / 'nerf'}",
-    ])
-    run_download(params, progress=False)
+def output_paths(tmp_path) -> list[str]:
+    """Every stage output from refine on under ``tmp_path``."""
+    return [f"paths.refined={tmp_path / 'refined.zarr'}", f"paths.eval_metrics={tmp_path / 'metrics' / 'evaluate.json'}",
+            f"paths.plots={tmp_path / 'plots'}", f"paths.nerf_metrics={tmp_path / 'metrics' / 'nerf.json'}",
+            f"paths.report={tmp_path / 'reports'}", f"paths.nerf={tmp_path / 'nerf'}"]
+
+
+def refine_and_evaluate(params):
+    """corrupt -> refine -> evaluate on a downloaded store; the params and the metrics JSON."""
     run_corrupt(params, progress=False)
     run_refine(params, progress=False)
     run_evaluate(params, progress=False)
     return params, json.loads(params.paths.eval_metrics.read_text())
+
+
+@pytest.fixture
+def evaluated(tiny_overrides, tmp_path):
+    params = load_params(None, tiny_overrides + output_paths(tmp_path) + [
+        "data.synthetic.refiner_train_scenes=0", "data.synthetic.refiner_val_scenes=0",  # eval rooms only
+        "refine.method=bilateral",
+    ])
+    run_download(params, progress=False)
+    return refine_and_evaluate(params)
 
 
 def test_methods_are_scored_like_a_direct_computation(evaluated):
@@ -116,18 +125,12 @@ def mark_roles(path, roles: dict[str, str], default: str) -> None:
 @pytest.fixture
 def evaluated_with_val(tiny_overrides, tmp_path):
     """Three rooms: synthetic_000 scored, synthetic_001 a refiner training room, synthetic_002 validation."""
-    params = load_params(None, tiny_overrides + [
+    params = load_params(None, tiny_overrides + output_paths(tmp_path) + [
         "data.synthetic.n_scenes=3", "evaluate.tune_frames=3", "refine.method=inpaint",
-        f"paths.refined={tmp_path / 'refined.zarr'}", f"paths.eval_metrics={tmp_path / 'metrics' / 'evaluate.json'}",
-        f"paths.plots={tmp_path / 'plots'}", f"paths.nerf_metrics={tmp_path / 'metrics' / 'nerf.json'}",
-        f"paths.report={tmp_path / 'reports'}", f"paths.nerf={tmp_path / 'nerf'}",
     ])
     run_download(params, progress=False)
     mark_roles(params.paths.scenes, {"synthetic_000": "eval", "synthetic_002": "val"}, default="train")
-    run_corrupt(params, progress=False)
-    run_refine(params, progress=False)
-    run_evaluate(params, progress=False)
-    return params, json.loads(params.paths.eval_metrics.read_text())
+    return refine_and_evaluate(params)
 
 
 def test_baselines_are_tuned_on_the_val_scenes_and_only_eval_scenes_are_scored(evaluated_with_val):
