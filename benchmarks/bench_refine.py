@@ -14,7 +14,7 @@ Speed: seconds to refine one 640x480 frame with the params' default steps and sa
 
 Baseline parameters: ``refine.baselines`` of the params file as given, or, with ``--tune-on``, chosen by
 :func:`models.baselines.tune_baselines` (grid search, lowest pooled RMSE) on frames of a separate validation
-store pair (its scenes with role ``val`` if it has any, else all of them); the chosen values are printed and
+store pair (its scenes with role ``val``, as ``evaluate`` picks them); the chosen values are printed and
 every table then scores the tuned baselines. Tune on other scenes than those scored.
 """
 
@@ -39,6 +39,7 @@ from models.metrics import aggregate, depth_metrics, edge_f1
 from tasks.config import load_params
 from tasks.corrupt import run_corrupt
 from tasks.download import run_download
+from tasks.evaluate import validation_frames
 from tasks.refine import diffusion_refiner, frame_seed
 from tasks.store import SceneView, open_store, scene_names
 
@@ -80,16 +81,15 @@ def evaluate(scenes_path: Path, noisy_path: Path, refiners: dict, split: str, ma
     return result
 
 
-def tuning_frames(scenes_path: Path, noisy_path: Path, max_frames: int) -> list[TuningFrame]:
-    """At most ``max_frames`` frames ``(rgb, noisy, reference, K)``, evenly spread over the store pair's scenes
-    with role ``val`` (all its scenes when none has that role)."""
-    scenes, noisy = open_store(scenes_path, "scenes"), open_store(noisy_path, "noisy")
-    views = [SceneView(scenes[name]) for name in scene_names(scenes)]
-    views = [v for v in views if v.role == "val"] or views
-    pool = [(v, i) for v in views for i in range(v.n_frames)]
-    keep = np.unique(np.linspace(0, len(pool) - 1, min(max_frames, len(pool))).round().astype(int)) if pool else []
-    return [(v.group["rgb"][i], noisy[v.name]["depth_noisy"][i], v.group["depth"][i], v.group["K"][i])
-            for v, i in (pool[k] for k in keep)]
+def tuning_frames(params_file: str, scenes_path: Path, noisy_path: Path, max_frames: int) -> list[TuningFrame]:
+    """At most ``max_frames`` frames ``(rgb, noisy, reference, K)`` of the store pair's ``val`` scenes, chosen
+    as ``evaluate`` chooses them (:func:`tasks.evaluate.validation_frames`)."""
+    params = load_params(params_file, [f"paths.scenes={scenes_path}", f"paths.noisy={noisy_path}",
+                                       f"evaluate.tune_frames={max_frames}"])
+    frames, _ = validation_frames(params)
+    if not frames:
+        raise SystemExit(f"{scenes_path}: no scene with role 'val' and a reference depth to tune the baselines on")
+    return frames
 
 
 def tuning_table(scores: dict[str, dict], n_frames: int) -> Table:
@@ -171,7 +171,7 @@ def main() -> None:
     if args.tune_on is not None:
         if args.tune_on[0].resolve() == args.scenes.resolve():
             console.print("[yellow]warning: tuning on the scored store: the baselines' scores are optimistic[/]")
-        frames = tuning_frames(*args.tune_on, args.tune_frames)
+        frames = tuning_frames(args.params, *args.tune_on, args.tune_frames)
         t0 = time.perf_counter()
         baseline_cfg, scores = tune_baselines(frames, BASELINE_NAMES, base=baseline_cfg)
         console.print(tuning_table(scores, len(frames)))
