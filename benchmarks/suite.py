@@ -301,6 +301,7 @@ def kitchen_case(kitchen: str, device: str, seconds: float, work: str, overrides
     w = Path(work)
     params = load_params(ROOT / "params.yaml", [
         "data.source=sevenscenes", f"data.path={kitchen}", "data.height=240", "data.width=320", "data.test_every=8",
+        "data.test_offset=0",  # nerfstudio's interval split: frames 0, 8, ..., 48 held out (43 train / 7 eval)
         f"paths.scenes={w / 'k.zarr'}", f"paths.noisy={w / 'kn.zarr'}", "noise.mode=sensor",
         "nerf.depth_source=noisy", "nerf.train.steps=1000000", f"nerf.train.device={device}", *(overrides or [])])
     if not (w / "k.zarr").exists():

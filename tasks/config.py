@@ -71,6 +71,8 @@ class DataConfig(StrictConfig):
     max_frames: int | None = Field(None, ge=1, description="at most this many frames per scene (after stride)")
     max_scenes: int | None = Field(None, ge=1, description="at most this many scenes")
     test_every: int = Field(8, ge=0, description="hold out every k-th frame as a test view; 0 = none")
+    test_offset: int = Field(-1, description="which of every k frames is held out: i % k == test_offset % k "
+                             "(-1: frames k-1, 2k-1, ...; 0: frames 0, k, 2k, ..., nerfstudio's interval split)")
     intrinsics: tuple[float, float, float, float] | None = Field(
         None, description="[fx, fy, cx, cy] in pixels at native resolution, overriding the dataset's"
     )

@@ -95,7 +95,7 @@ def prepare_source(src: SceneSource, cfg: DataConfig) -> tuple[SceneSource, list
     src = src.select(select_indices(len(src), cfg.stride, cfg.max_frames))
     if len(src) == 0:
         raise DataError(src.name, "no frames left after data.stride / data.max_frames")
-    splits = src.splits if src.splits is not None else holdout_splits(len(src), cfg.test_every)
+    splits = src.splits if src.splits is not None else holdout_splits(len(src), cfg.test_every, cfg.test_offset)
     h, w = target_size(cfg, src.native_size or src.load(0).depth.shape)
     max_depth = cfg.max_depth_m
     src = src.map_frames(lambda f: check_frame(resize_frame(check_frame(f, max_depth), h, w), max_depth))

@@ -23,10 +23,13 @@ from __future__ import annotations
 import math
 
 import torch
+from typing import Literal
+
 from pydantic import Field, model_validator
 from torch import nn
 
 from models.config import StrictConfig
+from models.nerf.kernels import fused_hash_encoding, fused_hashgrid_available
 
 Tensor = torch.Tensor
 
@@ -46,6 +49,9 @@ class HashEncodingConfig(StrictConfig):
         base_resolution: Coarsest resolution ``N_min`` (cells per axis).
         max_resolution: Finest resolution ``N_max``; must exceed ``base_resolution``.
         init_scale: Table entries start uniform in ``[-init_scale, init_scale]``.
+        backend: ``fused``: the compiled CPU kernel (:mod:`models.nerf.kernels`; an error where it cannot be
+            built); ``torch``: the pure-PyTorch reference; ``auto``: the kernel for CPU tensors where it builds,
+            PyTorch otherwise (CUDA, no compiler). The backends agree to float rounding.
     """
 
     n_levels: int = Field(12, ge=1, le=64)
@@ -54,6 +60,7 @@ class HashEncodingConfig(StrictConfig):
     base_resolution: int = Field(16, ge=1)
     max_resolution: int = Field(1024, ge=2, le=2**20)
     init_scale: float = Field(1e-4, gt=0.0)
+    backend: Literal["auto", "fused", "torch"] = "auto"
 
     @model_validator(mode="after")
     def _check_resolutions(self) -> HashEncodingConfig:
@@ -181,6 +188,22 @@ class HashEncoding(nn.Module):
         rows = torch.cat(parts, dim=1) if len(parts) > 1 else parts[0]
         return rows.reshape(n, self.n_levels, 8), weights
 
+    def uses_fused_kernel(self, x: Tensor) -> bool:
+        """Whether :meth:`forward` takes the compiled kernel for points like ``x`` (see ``cfg.backend``)."""
+        backend = self.cfg.backend
+        if backend == "torch":
+            return False
+        fits = x.device.type == "cpu" and self.tables.dtype in (torch.float32, torch.float64)
+        if backend == "fused":
+            if not fits:
+                raise ValueError(f"nerf.field.encoding.backend=fused needs CPU float tables, got "
+                                 f"{self.tables.dtype} on {x.device}; use backend=auto")
+            if not fused_hashgrid_available():
+                raise RuntimeError("nerf.field.encoding.backend=fused, but the kernel could not be built "
+                                   "(see the log line above); use backend=auto or torch")
+            return True
+        return fits and fused_hashgrid_available()
+
     def forward(self, x: Tensor) -> Tensor:
         """Encode points.
 
@@ -192,6 +215,9 @@ class HashEncoding(nn.Module):
         """
         lead = x.shape[:-1]
         x = x.reshape(-1, 3)
+        if self.uses_fused_kernel(x):
+            out = fused_hash_encoding(x.to(self.tables.dtype), self.tables, self.resolutions, sum(self.is_dense))
+            return out.reshape(*lead, self.output_dim)
         rows, weights = self.corner_rows_and_weights(x)
         flat = self.tables.view(-1, self.features_per_level)  # [L * T, F]
         gidx = (rows + self._row_offset[None, :, None]).reshape(-1)

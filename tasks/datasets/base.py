@@ -129,11 +129,13 @@ def select_indices(n: int, stride: int = 1, max_frames: int | None = None, start
     return idx if max_frames is None else idx[:max_frames]
 
 
-def holdout_splits(n: int, test_every: int) -> list[Split]:
-    """Hold out every ``test_every``-th frame as a test view (frames ``k-1, 2k-1, ...``); 0 = none."""
+def holdout_splits(n: int, test_every: int, offset: int = -1) -> list[Split]:
+    """Hold out every ``test_every``-th frame as a test view: frames ``i`` with ``i % k == offset % k``;
+    ``offset -1`` holds out ``k-1, 2k-1, ...``, ``offset 0`` holds out ``0, k, 2k, ...`` (nerfstudio's
+    ``interval`` split). ``test_every = 0``: no test views."""
     if test_every <= 0:
         return ["train"] * n
-    return ["test" if (i % test_every) == test_every - 1 else "train" for i in range(n)]
+    return ["test" if (i % test_every) == offset % test_every else "train" for i in range(n)]
 
 
 def scale_intrinsics(K: np.ndarray, sx: float, sy: float) -> np.ndarray:

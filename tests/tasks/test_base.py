@@ -35,6 +35,9 @@ def test_select_and_holdout():
     assert select_indices(10, stride=2, max_frames=2) == [0, 2]
     assert holdout_splits(6, 3) == ["train", "train", "test", "train", "train", "test"]
     assert holdout_splits(3, 0) == ["train"] * 3
+    # nerfstudio's interval split of 50 frames: 0, 8, ..., 48 held out (43 train / 7 eval)
+    interval = holdout_splits(50, 8, offset=0)
+    assert [i for i, s in enumerate(interval) if s == "test"] == [0, 8, 16, 24, 32, 40, 48]
     src = SceneSource("s", "unit", ["a", "b", "c", "d"], load=lambda i: i, splits=["train", "test", "train", "test"])
     sub = src.select([3, 1])
     assert sub.frame_ids == ["d", "b"] and sub.load(0) == 3 and sub.splits == ["test", "test"]
