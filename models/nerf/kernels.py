@@ -6,6 +6,10 @@ later processes load the cached build in well under a second, and a changed sour
 first uses (parallel workers) wait on PyTorch's build lock. Where no compiler is available the build fails
 once, one line is logged and :func:`fused_hashgrid_available` is False: the encoding then falls back to its
 pure-PyTorch path (same results, slower).
+
+Threads: the kernel is compiled with ``-fopenmp`` (ATen's ``parallel_for`` is an inline OpenMP loop). Its
+``libgomp.so.1`` resolves to the copy PyTorch has already loaded, so there is one OpenMP pool and
+``torch.set_num_threads`` (e.g. the ``threads`` runner's share per worker) governs the kernel too.
 """
 
 from __future__ import annotations
@@ -38,8 +42,8 @@ def load_hashgrid() -> ModuleType | None:
     try:
         from torch.utils.cpp_extension import load
 
-        return load(name="dnerf_hashgrid", sources=[str(CSRC / "hashgrid.cpp")], extra_cflags=["-O3"],
-                    verbose=False)
+        return load(name="dnerf_hashgrid", sources=[str(CSRC / "hashgrid.cpp")], extra_cflags=["-O3", "-fopenmp"],
+                    extra_ldflags=["-fopenmp"], verbose=False)
     except Exception as exc:  # no compiler, no ninja, no headers: all mean "use the PyTorch path"
         reason = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
         log.warning("fused hash-grid kernel unavailable (%s); using the pure-PyTorch encoding", reason[:200])

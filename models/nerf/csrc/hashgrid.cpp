@@ -55,26 +55,32 @@ inline void corners(const scalar_t* p, int64_t res, bool dense, int64_t table_si
                     Cell<scalar_t>& c) {
   int64_t cell[3];
   locate(p, res, cell, c.frac);
-  const int64_t side = res + 1;
-  const uint32_t mask = static_cast<uint32_t>(table_size - 1);
+  // Per-axis terms of the two vertices, combined per corner with one add / xor each.
+  if (dense) {
+    const int64_t side = res + 1;
+    const int64_t ax[2] = {cell[0], cell[0] + 1};
+    const int64_t ay[2] = {cell[1] * side, (cell[1] + 1) * side};
+    const int64_t az[2] = {cell[2] * side * side, (cell[2] + 1) * side * side};
+    for (int k = 0; k < 8; ++k) c.rows[k] = ax[k & 1] + ay[(k >> 1) & 1] + az[k >> 2];
+  } else {
+    const uint32_t mask = static_cast<uint32_t>(table_size - 1);
+    const uint32_t x0 = static_cast<uint32_t>(cell[0]), y0 = static_cast<uint32_t>(cell[1]),
+                   z0 = static_cast<uint32_t>(cell[2]);
+    const uint32_t hx[2] = {x0, x0 + 1u};
+    const uint32_t hy[2] = {y0 * kPrime1, (y0 + 1u) * kPrime1};
+    const uint32_t hz[2] = {z0 * kPrime2, (z0 + 1u) * kPrime2};
+    for (int k = 0; k < 8; ++k) c.rows[k] = static_cast<int64_t>((hx[k & 1] ^ hy[(k >> 1) & 1] ^ hz[k >> 2]) & mask);
+  }
+  const scalar_t wx[2] = {1 - c.frac[0], c.frac[0]};
+  const scalar_t wy[2] = {1 - c.frac[1], c.frac[1]};
+  const scalar_t wz[2] = {1 - c.frac[2], c.frac[2]};
   for (int k = 0; k < 8; ++k) {
-    const int ox = k & 1, oy = (k >> 1) & 1, oz = (k >> 2) & 1;
-    const int64_t vx = cell[0] + ox, vy = cell[1] + oy, vz = cell[2] + oz;
-    if (dense) {
-      c.rows[k] = vx + vy * side + vz * side * side;
-    } else {
-      const uint32_t h = static_cast<uint32_t>(vx) ^ (static_cast<uint32_t>(vy) * kPrime1) ^
-                         (static_cast<uint32_t>(vz) * kPrime2);
-      c.rows[k] = static_cast<int64_t>(h & mask);
-    }
-    const scalar_t wx = ox ? c.frac[0] : 1 - c.frac[0];
-    const scalar_t wy = oy ? c.frac[1] : 1 - c.frac[1];
-    const scalar_t wz = oz ? c.frac[2] : 1 - c.frac[2];
-    c.w[k] = wx * wy * wz;
+    const int ox = k & 1, oy = (k >> 1) & 1, oz = k >> 2;
+    c.w[k] = wx[ox] * wy[oy] * wz[oz];
     if (with_dw) {
-      c.dw[k][0] = (ox ? 1 : -1) * wy * wz;
-      c.dw[k][1] = (oy ? 1 : -1) * wx * wz;
-      c.dw[k][2] = (oz ? 1 : -1) * wx * wy;
+      c.dw[k][0] = (ox ? 1 : -1) * wy[oy] * wz[oz];
+      c.dw[k][1] = (oy ? 1 : -1) * wx[ox] * wz[oz];
+      c.dw[k][2] = (oz ? 1 : -1) * wx[ox] * wy[oy];
     }
   }
 }
@@ -104,12 +110,15 @@ torch::Tensor hashgrid_forward(torch::Tensor x, torch::Tensor tables, std::vecto
     const scalar_t* xp = x.data_ptr<scalar_t>();
     const scalar_t* tp = tables.data_ptr<scalar_t>();
     scalar_t* op = out.data_ptr<scalar_t>();
-    at::parallel_for(0, n, 2048, [&](int64_t begin, int64_t end) {
+    // Level-major: one level's table stays hot in cache while a block of points is looked up in it.
+    const int64_t block = 8192, blocks = (n + block - 1) / block;
+    at::parallel_for(0, L * blocks, 1, [&](int64_t begin, int64_t end) {
       Cell<scalar_t> c;
-      for (int64_t i = begin; i < end; ++i) {
-        for (int64_t l = 0; l < L; ++l) {
+      for (int64_t job = begin; job < end; ++job) {
+        const int64_t l = job % L, i0 = (job / L) * block, i1 = std::min(n, i0 + block);
+        const scalar_t* tl = tp + l * T * F;
+        for (int64_t i = i0; i < i1; ++i) {
           corners(xp + 3 * i, res[l], l < n_dense, T, false, c);
-          const scalar_t* tl = tp + l * T * F;
           scalar_t* o = op + (i * L + l) * F;
           for (int64_t f = 0; f < F; ++f) o[f] = 0;
           for (int k = 0; k < 8; ++k) {
