@@ -23,6 +23,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol
 
+import math
+
 import torch
 
 from models.nerf.sampling import gaussian_samples, occupancy_filter, sample_pdf, stratified_samples
@@ -219,6 +221,63 @@ def _evaluate(
     return rgb, sigma
 
 
+def _evaluate_front_to_back(
+    fn: Callable[[Tensor, Tensor], Any],
+    x: Tensor,
+    d: Tensor,
+    mask: Tensor,
+    deltas: Tensor,
+    with_rgb: bool,
+    stop_below: float,
+    segments: int,
+) -> tuple[Tensor | None, Tensor, Tensor]:
+    """:func:`_evaluate` with early ray termination: the samples are evaluated in ``segments`` groups from
+    front to back, and a ray whose transmittance has fallen below ``stop_below`` evaluates no further
+    samples (they get sigma 0; their weights would have been below ``stop_below`` in total).
+
+    ``deltas``: ``[n, s]`` bin lengths in world units. Returns ``rgb``, ``sigma`` and the ``[n, s]`` mask of
+    the samples actually evaluated.
+    """
+    n, s = mask.shape
+    sigma = torch.zeros(mask.shape, device=x.device, dtype=x.dtype)
+    rgb = torch.zeros(*mask.shape, 3, device=x.device, dtype=x.dtype) if with_rgb else None
+    evaluated = torch.zeros_like(mask)
+    tau = torch.zeros(n, device=x.device, dtype=x.dtype)  # optical depth in front of the segment
+    tau_stop = -math.log(stop_below)
+    bounds = torch.linspace(0, s, segments + 1).round().long().tolist()
+    for a, b in zip(bounds[:-1], bounds[1:]):
+        if b <= a:
+            continue
+        m = mask[:, a:b] & (tau < tau_stop)[:, None]
+        evaluated[:, a:b] = m
+        rgb_seg, sigma_seg = _evaluate(fn, x[:, a:b], d[:, a:b], m, with_rgb)
+        sigma[:, a:b] = sigma_seg
+        if with_rgb:
+            rgb[:, a:b] = rgb_seg  # type: ignore[index]
+        tau = tau + (sigma_seg * deltas[:, a:b]).sum(dim=-1)
+        if not bool((tau < tau_stop).any()):
+            break
+    return rgb, sigma, evaluated
+
+
+def _evaluate_pass(
+    fn: Callable[[Tensor, Tensor], Any],
+    x: Tensor,
+    d: Tensor,
+    keep: Tensor,
+    deltas: Tensor,
+    with_rgb: bool,
+    stop_below: float,
+) -> tuple[Tensor | None, Tensor, int]:
+    """One pass of the renderer: early ray termination where no gradient is needed (renders, the coarse
+    pass) and ``stop_below > 0``, every kept sample otherwise. Returns rgb, sigma and the evaluation count."""
+    if stop_below > 0 and not torch.is_grad_enabled():
+        rgb, sigma, evaluated = _evaluate_front_to_back(fn, x, d, keep, deltas, with_rgb, stop_below, 4)
+        return rgb, sigma, int(evaluated.sum())
+    rgb, sigma = _evaluate(fn, x, d, keep, with_rgb)
+    return rgb, sigma, int(keep.sum())
+
+
 def _fine_edges(
     field: RadianceField,
     rays_o: Tensor,
@@ -233,6 +292,7 @@ def _fine_edges(
     generator: torch.Generator | None,
     guide: tuple[Tensor, Tensor] | None,
     out: dict[str, Any],
+    stop_below: float,
 ) -> Tensor:
     """Bin edges ``[n, n_coarse + n_fine + 1]``: the coarse bins refined by ``n_fine`` extra edges, drawn from the
     guide's truncated normal when given, otherwise from the coarse pass's weights (evaluated here, density
@@ -246,12 +306,14 @@ def _fine_edges(
             t_mid_c = 0.5 * (t_starts_c + t_ends_c)
             keep_c = occupancy_filter(rays_o, rays_d, t_mid_c, occupancy)
             x_c = rays_o[:, None, :] + t_mid_c[..., None] * rays_d[:, None, :]
-            _, sigma_c = _evaluate(_density_fn(field), x_c, rays_d[:, None, :].expand_as(x_c), keep_c, False)
-            weights_c, _ = render_weights(sigma_c, (t_ends_c - t_starts_c) * d_len)
+            deltas_c = (t_ends_c - t_starts_c) * d_len
+            _, sigma_c, n_eval = _evaluate_pass(_density_fn(field), x_c, rays_d[:, None, :].expand_as(x_c), keep_c,
+                                                deltas_c, False, stop_below)
+            weights_c, _ = render_weights(sigma_c, deltas_c)
             t_fine = sample_pdf(
                 bins_c, dilate_weights(weights_c), n_fine, deterministic=not perturb, generator=generator
             )
-            out["n_evaluated"] += int(keep_c.sum())
+            out["n_evaluated"] += n_eval
             out["n_samples"] += keep_c.numel()
             out["weights_coarse"], out["t_starts_coarse"], out["t_ends_coarse"] = weights_c, t_starts_c, t_ends_c
         return torch.sort(torch.cat([bins_c, t_fine], dim=-1), dim=-1).values
@@ -269,13 +331,14 @@ def _render_chunk(
     perturb: bool,
     generator: torch.Generator | None,
     guide: tuple[Tensor, Tensor] | None = None,
+    stop_below: float = 0.0,
 ) -> dict[str, Any]:
     d_len = rays_d.norm(dim=-1, keepdim=True)  # world length per unit of t
     t_starts_c, t_ends_c = stratified_samples(rays_o, rays_d, near, far, n_coarse, perturb, generator)
     out: dict[str, Any] = {"n_evaluated": 0, "n_samples": 0}
     if n_fine > 0:
         edges = _fine_edges(field, rays_o, rays_d, near, far, t_starts_c, t_ends_c, n_fine, occupancy, perturb,
-                            generator, guide, out)
+                            generator, guide, out, stop_below)
         t_starts, t_ends = edges[:, :-1], edges[:, 1:]
     else:
         t_starts, t_ends = t_starts_c, t_ends_c
@@ -283,8 +346,9 @@ def _render_chunk(
     t_mid = 0.5 * (t_starts + t_ends)
     keep = occupancy_filter(rays_o, rays_d, t_mid, occupancy)
     x = rays_o[:, None, :] + t_mid[..., None] * rays_d[:, None, :]  # [n, s, 3]
-    rgb_s, sigma = _evaluate(field, x, rays_d[:, None, :].expand_as(x), keep, True)
-    weights, _ = render_weights(sigma, (t_ends - t_starts) * d_len)
+    deltas = (t_ends - t_starts) * d_len
+    rgb_s, sigma, n_eval = _evaluate_pass(field, x, rays_d[:, None, :].expand_as(x), keep, deltas, True, stop_below)
+    weights, _ = render_weights(sigma, deltas)
     depth = expected_depth(weights, t_mid)
     out.update(
         rgb=composite(weights, rgb_s),
@@ -295,7 +359,7 @@ def _render_chunk(
         t_starts=t_starts,
         t_ends=t_ends,
     )
-    out["n_evaluated"] += int(keep.sum())
+    out["n_evaluated"] += n_eval
     out["n_samples"] += keep.numel()
     return out
 
@@ -316,8 +380,9 @@ def render_rays(
     z_scale: Tensor | None = None,
     generator: torch.Generator | None = None,
     guide: tuple[Tensor, Tensor] | None = None,
+    stop_below: float = 1e-4,
 ) -> dict[str, Any]:
-    """Render rays hierarchically with empty-space skipping.
+    """Render rays hierarchically with empty-space skipping and early ray termination.
 
     1. ``n_coarse`` stratified bins over ``[near, far]``; samples whose midpoint lies in an empty cell of
        ``occupancy`` get sigma 0 and are *not* passed to the network; the others are evaluated with
@@ -329,6 +394,11 @@ def render_rays(
        (:func:`models.nerf.sampling.gaussian_samples`; depth-guided sampling for training rays).
     3. The field gives colour and density at those bins' midpoints (again only in occupied cells); the
        result is composited. Gradients flow through this pass only.
+
+    Passes without autograd (the coarse pass, and every pass of a render under ``torch.no_grad``) evaluate
+    their samples front to back in four groups and stop a ray once its transmittance is below
+    ``stop_below`` (early ray termination; the skipped samples carry less than ``stop_below`` of the
+    weight). With autograd on, every sample in an occupied cell is evaluated, so gradients are exact.
 
     Args:
         field: ``field(x [k, 3], d [k, 3]) -> (rgb [k, 3], sigma [k])``; ``field.density(x) -> [k]`` is used
@@ -348,6 +418,7 @@ def render_rays(
         generator: For the jitter and the fine samples.
         guide: ``(center [n], std [n])`` in units of ``t``: where the surface is expected (``center <= 0``:
             unknown, the fine edges are then uniform) and how sure that is.
+        stop_below: Transmittance at which ray marching stops where no gradient is needed; 0 = never.
 
     Returns:
         ``rgb [n, 3]``, ``depth [n]`` (normalised expected ``t``), ``depth_var [n]``, ``opacity [n]``,
@@ -376,6 +447,7 @@ def render_rays(
             perturb,
             generator,
             None if guide is None else (guide[0][i : i + chunk], guide[1][i : i + chunk]),
+            stop_below,
         )
         for i in range(0, max(n, 1), chunk)
     ]

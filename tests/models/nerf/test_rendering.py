@@ -234,3 +234,23 @@ def test_near_far_from_the_box_and_empty_batch(sphere_field) -> None:
     torch.testing.assert_close(a["opacity"], b["opacity"], atol=0.01, rtol=0)
     empty = render_rays(field, rays_o[:0], rays_d[:0], 1.0, 5.0, n_coarse=4, n_fine=4)
     assert empty["rgb"].shape == (0, 3) and empty["n_evaluated"] == 0
+
+
+def test_early_ray_termination_skips_samples_behind_an_opaque_wall(half_space_field) -> None:
+    """Rays into an opaque half-space: without autograd, marching stops behind the wall's front face (fewer
+    evaluations, the same image to within ``stop_below``); with autograd every sample is evaluated."""
+    field = half_space_field(origin=(0.0, 0.0, 0.0), normal=(0.0, 0.0, 1.0), offset=0.5, sigma=1e3)
+    n = 64
+    rays_o = torch.zeros(n, 3)
+    rays_d = torch.nn.functional.normalize(torch.cat([0.2 * torch.rand(n, 2) - 0.1, torch.ones(n, 1)], -1), dim=-1)
+    kwargs = dict(n_coarse=32, n_fine=16)
+    with torch.no_grad():
+        full = render_rays(field, rays_o, rays_d, 0.0, 2.0, stop_below=0.0, **kwargs)
+        early = render_rays(field, rays_o, rays_d, 0.0, 2.0, stop_below=1e-4, **kwargs)
+    assert early["n_evaluated"] < 0.7 * full["n_evaluated"]
+    torch.testing.assert_close(early["rgb"], full["rgb"], atol=1e-4, rtol=0)
+    torch.testing.assert_close(early["depth"], full["depth"], atol=1e-3, rtol=0)
+    # with autograd the fine pass evaluates every sample (the coarse pass, never differentiated, still stops)
+    fine_all = render_rays(field, rays_o, rays_d, 0.0, 2.0, stop_below=1e-4, **kwargs)
+    assert fine_all["n_evaluated"] - early["n_evaluated"] > 0
+    assert fine_all["n_evaluated"] <= full["n_evaluated"]
