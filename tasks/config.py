@@ -220,7 +220,8 @@ class NerfTrainConfig(StrictConfig):
     )
     pool_frames: int = Field(16, ge=1, description="frames held in memory while sampling rays")
     pool_refresh: int = Field(50, ge=1, description="steps between pool refreshes")
-    chunk: int = Field(8192, ge=64, description="rays per rendering chunk")
+    chunk: int = Field(8192, ge=64, description="rays per chunk: renders, and training batches (each chunk's "
+                       "loss is back-propagated before the next is rendered, bounding activation memory)")
     checkpoint_every: int = Field(200, ge=1)
     amp: Literal["auto", "off", "bf16", "fp16"] = "auto"
     device: Device = "auto"

@@ -116,31 +116,32 @@ def restore_fit(folder: Path, fp: str, field_, grid, opt, sched, gen) -> tuple[F
 # ------------------------------------------------------------------------------------------ training
 
 
-def training_step(
+def chunk_loss(
     field_: NeRFField,
-    grid: OccupancyGrid,
-    frames: SceneFrames,
-    batch: dict[str, torch.Tensor],
+    grid: OccupancyGrid | None,
+    rays: tuple[torch.Tensor, ...],
+    targets: tuple[torch.Tensor, ...],
     aabb: torch.Tensor,
     cfg: NerfStageConfig,
-    device,
     gen: torch.Generator,
     amp: torch.dtype | None,
-) -> tuple[torch.Tensor, dict[str, float], int]:
-    """Render a ray batch and compute the loss; returns (loss, logged terms, network evaluations)."""
+    perturb: bool = True,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor], int]:
+    """Render one chunk of training rays (whole patches) and its loss; returns (loss, its terms, network
+    evaluations). ``rays``: origins, unit directions, z_scale; ``targets``: rgb, z-depth, depth sigma."""
     tc = cfg.train
-    rays_o, rays_d, z_scale = batch_rays(frames, batch["frame"], batch["pixel"], device)
+    rays_o, rays_d, z_scale = rays
+    rgb, z_ref, sigma = targets
     near, far = near_far(rays_o, rays_d, aabb, tc.near)
-    rgb, z_ref, sigma = batch["rgb"].to(device), batch["z"].to(device), batch["sigma"].to(device)
     # The reference as a distance along the unit ray and its spread (z-depth / z_scale), for sampling and DS-NeRF.
     t_ref, sigma_t = z_ref / z_scale, torch.sqrt(sigma**2 + tc.sigma_floor**2) / z_scale
     guide = None
     if cfg.depth_source != "none" and tc.guide_spread > 0:
         guide = (t_ref, tc.guide_spread * sigma_t)
-    with torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
+    with torch.autocast(rays_o.device.type, dtype=amp or torch.float32, enabled=amp is not None):
         out = render_rays(
             field_, rays_o, rays_d, near, far, n_coarse=tc.n_coarse, n_fine=tc.n_fine, occupancy=grid,
-            perturb=True, chunk=max(tc.chunk, len(rays_o)), z_scale=z_scale, generator=gen, guide=guide,
+            perturb=perturb, chunk=len(rays_o), z_scale=z_scale, generator=gen, guide=guide,
         )
     terms = {"rgb": rgb_loss(out["rgb"].float(), rgb)}
     loss = terms["rgb"]
@@ -157,9 +158,52 @@ def training_step(
             deltas = out["t_ends"] - out["t_starts"]
             terms["ds"] = ds_nerf_loss(out["weights"].float(), t_mid, deltas, t_ref, sigma_t)
             loss = loss + tc.ds_weight * terms["ds"]
-    logged = {k: float(v.detach()) for k, v in terms.items()}
+    return loss, terms, int(out["n_evaluated"])
+
+
+def training_step(
+    field_: NeRFField,
+    grid: OccupancyGrid | None,
+    frames: SceneFrames,
+    batch: dict[str, torch.Tensor],
+    aabb: torch.Tensor,
+    cfg: NerfStageConfig,
+    device,
+    gen: torch.Generator,
+    amp: torch.dtype | None,
+    scaler: torch.amp.GradScaler | None = None,
+    perturb: bool = True,
+) -> tuple[dict[str, float], int]:
+    """Render a ray batch and accumulate the gradients of its loss into the field's ``.grad``.
+
+    The batch is rendered ``train.chunk`` rays at a time (rounded down to whole ``patch x patch`` blocks,
+    so the edge term sees complete patches), each chunk's loss weighted by its share of the rays and
+    back-propagated before the next chunk is rendered: the gradient is that of the whole batch's mean loss,
+    and the activations held at once are one chunk's (ray chunking). ``scaler`` scales the loss for fp16;
+    ``perturb=False`` places the samples deterministically (training jitters them).
+
+    Returns the logged terms (batch means) and the network evaluations.
+    """
+    tc = cfg.train
+    rays = batch_rays(frames, batch["frame"], batch["pixel"], device)
+    targets = (batch["rgb"].to(device), batch["z"].to(device), batch["sigma"].to(device))
+    n = len(rays[0])
+    per_patch = tc.patch * tc.patch
+    step = max(tc.chunk // per_patch, 1) * per_patch
+    sums: dict[str, float] = {}
+    n_eval = 0
+    for start in range(0, n, step):
+        part = slice(start, min(n, start + step))
+        share = (part.stop - part.start) / n
+        loss, terms, evals = chunk_loss(field_, grid, tuple(r[part] for r in rays), tuple(t[part] for t in targets),
+                                        aabb, cfg, gen, amp, perturb)
+        (scaler.scale(loss * share) if scaler is not None else loss * share).backward()
+        for k, v in terms.items():
+            sums[k] = sums.get(k, 0.0) + share * float(v.detach())
+        n_eval += evals
+    logged = dict(sums)
     logged["psnr"] = -10 * math.log10(max(logged["rgb"], 1e-10))
-    return loss, logged, int(out["n_evaluated"])
+    return logged, n_eval
 
 
 def fit_scene(
@@ -192,6 +236,8 @@ def fit_scene(
     if not use_occupancy:
         grid = None
     opt = torch.optim.Adam(field_.parameters(), lr=tc.lr, eps=1e-15, weight_decay=tc.weight_decay)
+    # fp16 autocast needs loss scaling (bf16 has fp32's range and does not); disabled it is a pass-through
+    scaler = torch.amp.GradScaler(device.type, enabled=amp == torch.float16)
     gamma = (tc.lr_final / tc.lr) ** (1 / max(tc.steps, 1))
     sched = torch.optim.lr_scheduler.ExponentialLR(opt, gamma)
     gen = torch.Generator(device=device).manual_seed(cfg.seed)
@@ -214,11 +260,12 @@ def fit_scene(
             grid.update(state.step, field_.density, oc.warmup_steps, oc.decay, oc.threshold, oc.n_samples_per_cell,
                         n_cells=oc.n_cells, generator=gen)
         batch = sampler.sample(state.n_rays)
-        loss, logged, n_eval = training_step(field_, grid, frames, batch, aabb, cfg, device, gen, amp)
         opt.zero_grad(set_to_none=True)
-        loss.backward()
+        logged, n_eval = training_step(field_, grid, frames, batch, aabb, cfg, device, gen, amp, scaler)
+        scaler.unscale_(opt)
         torch.nn.utils.clip_grad_norm_(field_.parameters(), tc.grad_clip)
-        opt.step()
+        scaler.step(opt)
+        scaler.update()
         sched.step()
         state.step += 1
         # adapt the ray batch so that network evaluations per step stay near the target
