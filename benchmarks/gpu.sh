@@ -5,6 +5,6 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 python -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 'no CUDA device')"
 kitchen=${1:-../shared/data/rgbd/7scenes-redkitchen}
-args=(--device cuda --quick)
-[ -d "$kitchen" ] && args+=(--kitchen "$kitchen" --kitchen-seconds 60)
+args=(--device cuda --quick --skip parallel)
+[ -d "$kitchen" ] && args+=(--kitchen "$kitchen" --kitchen-budgets 60:4000)
 timeout 470 python benchmarks/suite.py "${args[@]}"

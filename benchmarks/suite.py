@@ -3,6 +3,7 @@
     python benchmarks/suite.py --quick                 # about 5 minutes on 2 CPU cores
     python benchmarks/suite.py                         # longer fits, more repeats
     python benchmarks/suite.py --kitchen ../shared/data/rgbd/7scenes-redkitchen   # + the peer comparison
+    python benchmarks/suite.py --quick --skip nerf parallel refine --kitchen ../shared/data/rgbd/7scenes-redkitchen
     python benchmarks/suite.py --device cuda --quick   # the same measurements on a GPU (benchmarks/gpu.sh)
 
 Sections (each case runs in a fresh child process, so its peak memory is its own):
@@ -197,7 +198,7 @@ def nerf_render_case(scenes: str, device: str, steps: int) -> dict:
     grid's warm-up, so empty space is skipped as in a finished fit)."""
     import torch
 
-    from tasks.fit_nerf import evaluate_views, fit_scene
+    from tasks.fit_nerf import fit_scene, render_view
     from tasks.nerf_data import open_scene
 
     params = nerf_params(Path(scenes), device, steps)
@@ -205,32 +206,81 @@ def nerf_render_case(scenes: str, device: str, steps: int) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         field_, grid, _, aabb = fit_scene(frames, params.nerf, Path(tmp), "bench", progress=False)
     box = torch.from_numpy(aabb).to(device)
-    view = frames.test[:1]
-    evaluate_views(field_, grid, frames, view, box, params.nerf, device)
-    t = median_time(lambda: evaluate_views(field_, grid, frames, view, box, params.nerf, device), 3)
+    view = frames.test[0]
+    render_view(field_, grid, frames, view, box, params.nerf, device)
+    t = median_time(lambda: render_view(field_, grid, frames, view, box, params.nerf, device), 3)
     return {"resolution": f"{frames.shape[1]}x{frames.shape[0]}", "render_s": round(t, 3)}
 
 
-def vanilla_case(scenes: str, device: str, seconds: float) -> dict:
-    """Time-to-PSNR: hash grid + occupancy against the original NeRF (benchmarks/bench_nerf.py)."""
-    import torch
-    from bench_nerf import probe_rays, run, time_to, vanilla_config
+def vanilla_case(scenes: str, device: str, seconds: float, variant: str) -> dict:
+    """Time-to-PSNR: hash grid + occupancy against the original NeRF with equal supervision and sampling
+    (benchmarks/bench_nerf.py; ``variant`` colour or depth)."""
+    from bench_nerf import compare
 
-    from models.nerf.vanilla import VanillaNeRF
-    from tasks.nerf_data import open_scene, scene_bounds
+    from tasks.nerf_data import open_scene
 
     params = nerf_params(Path(scenes), device, 1_000_000)
+    return compare(lambda source: open_scene(params.paths.scenes, "synthetic_000", source, None, None),
+                   params.nerf, variant, "gt", seconds)
+
+
+def encoding_case(device: str, n: int, repeats: int) -> dict:
+    """The hash encoding (default size) at ``n`` random points: fused kernel against the PyTorch path,
+    forward and forward + backward (table gradients)."""
+    import torch
+
+    from models.nerf.encoding import HashEncoding
+    from tasks.config import load_params
+
+    cfg = load_params(ROOT / "params.yaml").nerf.field.encoding
+    dev = torch.device(device)
+    sync = torch.cuda.synchronize if dev.type == "cuda" else None
+    x = torch.rand(n, 3, device=dev)
+    row: dict = {"points": n}
+    for backend in ("torch", "fused") if dev.type == "cpu" else ("torch",):
+        enc = HashEncoding(cfg.model_copy(update={"backend": backend})).to(dev)
+
+        def forward():
+            with torch.no_grad():
+                enc(x)
+
+        def both():
+            enc.tables.grad = None
+            enc(x).sum().backward()
+
+        both()
+        row[f"{backend} fwd ms"] = round(1000 * median_time(forward, repeats, sync), 2)
+        row[f"{backend} fwd+bwd ms"] = round(1000 * median_time(both, repeats, sync), 2)
+    if "fused fwd ms" in row:
+        row["fwd speed-up"] = round(row["torch fwd ms"] / row["fused fwd ms"], 1)
+        row["fwd+bwd speed-up"] = round(row["torch fwd+bwd ms"] / row["fused fwd+bwd ms"], 1)
+    return row
+
+
+def memory_case(scenes: str, device: str, steps: int, rays: int, overrides: list[str]) -> dict:
+    """Step time and the memory a fit adds on top of the loaded process (peak RSS growth on CPU, peak
+    allocated on CUDA) at a fixed batch of ``rays`` rays, with ``overrides`` (one memory technique)."""
+    import torch
+
+    from tasks.fit_nerf import fit_scene
+    from tasks.nerf_data import open_scene
+
+    params = nerf_params(Path(scenes), device, steps, [f"nerf.train.min_rays={rays}", f"nerf.train.max_rays={rays}",
+                                                      f"nerf.train.initial_rays={rays}", *overrides])
     frames = open_scene(params.paths.scenes, "synthetic_000", "gt", None, None)
-    aabb = torch.from_numpy(scene_bounds(frames, params.nerf.bounds_padding, seed=params.nerf.seed))
-    probe = probe_rays(frames, 2048)
-    vanilla_cfg = vanilla_config(params.nerf)
-    ours = run(frames, params.nerf, None, True, seconds, 25, probe, aabb)
-    base = run(frames, vanilla_cfg, lambda box: VanillaNeRF(aabb=box), False, seconds, 25, probe, aabb)
-    target = max(p for _, _, p in base[-3:])
-    t_ours, t_base = time_to(ours, target), time_to(base, target)
-    return {"budget_s": seconds, "vanilla_final_psnr": round(target, 2), "ours_final_psnr": round(ours[-1][2], 2),
-            "ours_time_to_vanilla_s": round(t_ours, 1), "vanilla_time_s": round(t_base, 1),
-            "speedup": round(t_base / t_ours, 1)}
+    cuda = torch.device(device).type == "cuda"
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+    else:
+        base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    with tempfile.TemporaryDirectory() as tmp:
+        _, _, state, _ = fit_scene(frames, params.nerf, Path(tmp), "bench", progress=False)
+    peak = torch.cuda.max_memory_allocated() if cuda else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    curve = state.curve[5:]
+    step_s = [b["seconds"] - a["seconds"] for a, b in zip(curve, curve[1:])]
+    return {"step_ms": round(1000 * statistics.median(step_s), 1), "added_gb": round((peak - base) / 2**30, 3),
+            "samples_per_ray": round(statistics.mean(r["samples_per_ray"] for r in curve), 1)}
 
 
 # ------------------------------------------------------------------------------------------- refine
@@ -286,16 +336,19 @@ def baselines_case(height: int, width: int, repeats: int) -> dict:
 # ------------------------------------------------------------------------------------------- peer
 
 
-def kitchen_case(kitchen: str, device: str, seconds: float, work: str, overrides: list[str] | None = None) -> dict:
-    """Our NeRF on the kitchen (320x240, 43/7 split, sensor depth) for ``seconds``: PSNR over time, render
-    time per eval image."""
+def kitchen_case(kitchen: str, device: str, seconds: float, steps: int, source: str, work: str,
+                 overrides: list[str] | None = None) -> dict:
+    """Our NeRF on the kitchen (320x240, nerfstudio's interval split: 43 train / 7 eval views) with
+    ``source`` supervision (``noisy``: the sensor depth; ``none``: colour only), its learning rate decaying
+    over ``steps``, for at most ``seconds`` of training: PSNR / SSIM / depth error on the 7 eval views at 30 s,
+    60 s, 140 s, 300 s (those within the budget) and at the end, and the time to render one eval view."""
     import torch
     from bench_nerf import BudgetReached
 
     from tasks.config import load_params
     from tasks.corrupt import run_corrupt
     from tasks.download import run_download
-    from tasks.fit_nerf import evaluate_views, fit_scene
+    from tasks.fit_nerf import evaluate_views, fit_scene, render_view
     from tasks.nerf_data import open_scene, scene_bounds
 
     w = Path(work)
@@ -303,36 +356,45 @@ def kitchen_case(kitchen: str, device: str, seconds: float, work: str, overrides
         "data.source=sevenscenes", f"data.path={kitchen}", "data.height=240", "data.width=320", "data.test_every=8",
         "data.test_offset=0",  # nerfstudio's interval split: frames 0, 8, ..., 48 held out (43 train / 7 eval)
         f"paths.scenes={w / 'k.zarr'}", f"paths.noisy={w / 'kn.zarr'}", "noise.mode=sensor",
-        "nerf.depth_source=noisy", "nerf.train.steps=1000000", f"nerf.train.device={device}", *(overrides or [])])
+        f"nerf.depth_source={source}", f"nerf.train.steps={steps}", f"nerf.train.device={device}", *(overrides or [])])
     if not (w / "k.zarr").exists():
         run_download(params, progress=False)
         run_corrupt(params, progress=False)
-    frames = open_scene(params.paths.scenes, "7scenes-redkitchen", "noisy", params.paths.noisy, None)
-    checkpoints = sorted({s for s in (30, 60, 140, 380, 585) if s <= seconds} | {seconds})
-    curve, box = [], None
+    frames = open_scene(params.paths.scenes, "7scenes-redkitchen", source, params.paths.noisy, None)
+    checkpoints = sorted(s for s in (30, 60, 140, 300) if s < seconds) + [seconds]
+    curve: list[dict] = []
+    box = torch.from_numpy(scene_bounds(frames, params.nerf.bounds_padding, seed=params.nerf.seed)).to(device)
     clock = {"excluded": 0.0, "start": time.perf_counter()}
 
+    def score(step, field_, grid, t):
+        t0 = time.perf_counter()
+        render_view(field_, grid, frames, frames.test[0], box, params.nerf, device)
+        render_s = time.perf_counter() - t0
+        scores, _ = evaluate_views(field_, grid, frames, frames.test, box, params.nerf, device)
+        curve.append({"train_s": round(t, 1), "step": step, "psnr": round(scores["psnr"], 2),
+                      "ssim": round(scores["ssim"], 3), "depth_rmse": round(scores["depth_rmse"], 3),
+                      "render_s": round(render_s, 2)})
+        clock["excluded"] += time.perf_counter() - t0
+
     def on_step(step, field_, grid):
+        if step == 0:  # called before the first step: the training clock starts after the setup
+            clock["start"] = time.perf_counter()
+            return
         t = time.perf_counter() - clock["start"] - clock["excluded"]
-        if checkpoints and t >= checkpoints[0]:
-            checkpoints.pop(0)
-            t0 = time.perf_counter()
-            scores, _ = evaluate_views(field_, grid, frames, frames.test, box, params.nerf, device)
-            render_s = (time.perf_counter() - t0) / len(frames.test)
-            curve.append({"train_s": round(t, 1), "step": step, "psnr": round(scores["psnr"], 2),
-                          "ssim": round(scores["ssim"], 3), "depth_rmse": round(scores["depth_rmse"], 3),
-                          "render_s": round(render_s, 2)})
-            clock["excluded"] += time.perf_counter() - t0
-            if not checkpoints:
+        if t >= checkpoints[0] or step == steps:
+            while checkpoints and t >= checkpoints[0]:
+                checkpoints.pop(0)
+            score(step, field_, grid, t)
+            if not checkpoints or step == steps:
                 raise BudgetReached
 
-    box = torch.from_numpy(scene_bounds(frames, params.nerf.bounds_padding, seed=params.nerf.seed)).to(device)
     with tempfile.TemporaryDirectory() as tmp:
         try:
             fit_scene(frames, params.nerf, Path(tmp), "bench", progress=False, on_step=on_step)
         except BudgetReached:
             pass
-    return {"train_views": len(frames.train), "eval_views": len(frames.test), "curve": curve}
+    return {"train_views": len(frames.train), "eval_views": len(frames.test), "source": source, "steps": steps,
+            "curve": curve}
 
 
 # ------------------------------------------------------------------------------------------- pipeline
@@ -429,13 +491,14 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="short fits, fewer repeats (a few minutes)")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--kitchen", type=Path, help="7-Scenes kitchen folder: run the peer comparison")
-    ap.add_argument("--kitchen-seconds", type=float, default=None, help="training budget on the kitchen")
+    ap.add_argument("--kitchen-budgets", nargs="+", default=["60:2000", "300:10000"], metavar="SECONDS:STEPS",
+                    help="kitchen fits: training budget and the step count the learning rate decays over")
     ap.add_argument("--kitchen-set", action="append", default=[], metavar="KEY=VALUE",
                     help="params override for the kitchen fit (repeatable), e.g. nerf.train.lr=0.02")
     ap.add_argument("--pipeline", action="store_true", help="also time `dvc repro` from a fresh clone (~15 min)")
     ap.add_argument("--pipeline-set", action="append", default=[], metavar="KEY=VALUE",
                     help="params override for that run (repeatable), e.g. data.synthetic.n_frames=8")
-    ap.add_argument("--skip", nargs="*", default=[], choices=["nerf", "parallel", "vanilla", "refine", "peer"])
+    ap.add_argument("--skip", nargs="*", default=[], choices=["encoding", "memory", "nerf", "parallel", "vanilla", "refine", "peer"])
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
     args = ap.parse_args()
     q = args.quick
@@ -450,6 +513,35 @@ def main() -> None:
     m = isolated("machine_ceilings", device=dev, repeats=repeats, n=1024 if q else 2048, mbytes=256)
     results["machine"] = m
     md.append(table("machine", [m]))
+
+    if "encoding" not in args.skip:
+        rows = [isolated("encoding_case", device=dev, n=n, repeats=repeats) for n in (16384, 200_000)]
+        results["encoding"] = rows
+        md.append(table("hash encoding (default size), fused CPU kernel against the PyTorch path", [
+            {k: v for k, v in r.items() if not k.startswith("peak")} for r in rows]))
+
+    if "memory" not in args.skip:
+        store = str(synthetic_store(work, 16, 120, 160))
+        mem_rays = 4096
+        techniques = {
+            "none (fp32, one chunk, no checkpointing)": [],
+            f"ray chunking (chunk {mem_rays // 8})": [f"nerf.train.chunk={mem_rays // 8}"],
+            "gradient checkpointing": ["nerf.field.gradient_checkpointing=true"],
+            "mixed precision (bf16 autocast)": ["nerf.train.amp=bf16"],
+            "all three": [f"nerf.train.chunk={mem_rays // 8}", "nerf.field.gradient_checkpointing=true",
+                          "nerf.train.amp=bf16"],
+        }
+        rows = []
+        for name, overrides in techniques.items():
+            r = isolated("memory_case", scenes=store, device=dev, steps=25 if q else 60, rays=mem_rays,
+                         overrides=["nerf.train.guide_spread=0", *overrides])
+            rows.append({"technique": name, "step ms": r["step_ms"], "added GB": r["added_gb"],
+                         "peak GB": r["peak_rss_gb"] if dev == "cpu" else r["peak_gpu_gb"]})
+        for r in rows[1:]:
+            r["memory vs none"] = f"{r['added GB'] / max(rows[0]['added GB'], 1e-9):.2f}x"
+            r["time vs none"] = f"{r['step ms'] / rows[0]['step ms']:.2f}x"
+        results["memory"] = rows
+        md.append(table(f"NeRF memory techniques ({mem_rays} rays per step, coarse + fine sampling, 160x120)", rows))
 
     if "nerf" not in args.skip:
         base = synthetic_store(work, 16, 120, 160)
@@ -480,7 +572,7 @@ def main() -> None:
         md.append(table("NeRF step time and memory against frames and resolution", scaling))
 
         renders = [isolated("nerf_render_case", scenes=str(synthetic_store(work, 16, h, w)), device=dev, steps=200)
-                   for h, w in ((120, 160), (240, 320))]
+                   for h, w in ((120, 160), (240, 320), (480, 640))]
         results["nerf_render"] = renders
         md.append(table("NeRF full-image render (RGB + depth)", [
             {"resolution": r["resolution"], "s / image": r["render_s"], "peak GB": r["peak_rss_gb"]} for r in renders]))
@@ -512,10 +604,12 @@ def main() -> None:
         md.append(table(f"scene-parallel NeRF fits ({pst} steps each; bound = 2 / intra-op speed-up)", rows))
 
     if "vanilla" not in args.skip:
-        v = isolated("vanilla_case", scenes=str(synthetic_store(work, 16, 120, 160)), device=dev,
-                     seconds=30.0 if q else 90.0)
-        results["vanilla"] = v
-        md.append(table("time-to-PSNR against the original NeRF (same scene, renderer, machine)", [v]))
+        store = str(synthetic_store(work, 16, 120, 160))
+        rows = [isolated("vanilla_case", scenes=store, device=dev, seconds=30.0 if q else 90.0, variant=v)
+                for v in ("colour", "depth")]
+        results["vanilla"] = rows
+        md.append(table("time-to-PSNR against the original NeRF, like for like (same scene, supervision, sampling, "
+                        "renderer, machine)", [{k: v for k, v in r.items() if not k.startswith("peak")} for r in rows]))
 
     if "refine" not in args.skip:
         rows = [isolated("refine_case", device=dev, height=480, width=640, steps=s, samples=2, repeats=repeats)
@@ -531,14 +625,20 @@ def main() -> None:
         md.append(table("classical baselines per 640x480 frame (s)", [b]))
 
     if args.kitchen is not None and "peer" not in args.skip:
-        seconds = args.kitchen_seconds or (60.0 if q else 300.0)
-        k = isolated("kitchen_case", kitchen=str(args.kitchen.resolve()), device=dev, seconds=seconds, work=str(work),
-                     overrides=args.kitchen_set)
-        results["peer"] = {"ours": k, "peer": PEER}
-        rows = [{"method": "ours (hash grid + sensor depth)", **c, "peak GB": k["peak_rss_gb"]} for c in k["curve"]]
+        runs = []
+        for budget in args.kitchen_budgets:
+            seconds, steps = (float(v) for v in budget.split(":"))
+            for source, label in (("noisy", "ours, sensor depth"), ("none", "ours, colour only")):
+                k = isolated("kitchen_case", kitchen=str(args.kitchen.resolve()), device=dev, seconds=seconds,
+                             steps=int(steps), source=source, work=str(work), overrides=args.kitchen_set)
+                runs.append({"method": label, "budget_s": seconds, **k})
+        results["peer"] = {"ours": runs, "peer": PEER}
+        rows = [{"method": f"{r['method']} ({r['steps']}-step schedule)", **c, "peak GB": r["peak_rss_gb"]}
+                for r in runs for c in r["curve"]]
         rows += [{"method": PEER["name"], "train_s": s, "psnr": p, "render_s": PEER["render_s"],
                   "peak GB": PEER["peak_gb"]} for s, p in PEER["psnr_at_s"]]
-        md.append(table(f"7-Scenes kitchen 320x240, {k['train_views']} train / {k['eval_views']} eval views", rows))
+        md.append(table(f"7-Scenes kitchen 320x240, nerfstudio interval split: {runs[0]['train_views']} train / "
+                        f"{runs[0]['eval_views']} eval views", rows))
 
     if args.pipeline:
         p = isolated("pipeline_case", work=str(work), overrides=args.pipeline_set)
