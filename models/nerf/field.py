@@ -202,6 +202,31 @@ class NeRFField(nn.Module):
         sigma, _ = self._density_and_features(x.reshape(-1, 3))
         return sigma.reshape(lead)
 
+    def geometry(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """Density and the geometry features the colour MLP reads (the first half of :meth:`forward`).
+
+        Args:
+            x: ``[k, 3]`` world points.
+
+        Returns:
+            sigma: ``[k]`` >= 0, 0 outside ``aabb``.
+            geo: ``[k, G]``.
+        """
+        return self._density_and_features(x.reshape(-1, 3))
+
+    def color(self, geo: Tensor, d: Tensor) -> Tensor:
+        """View-dependent colour from :meth:`geometry`'s features (the second half of :meth:`forward`).
+
+        Args:
+            geo: ``[k, G]``.
+            d: ``[k, 3]`` viewing directions (any length).
+
+        Returns:
+            ``[k, 3]`` rgb in ``[0, 1]``.
+        """
+        sh = spherical_harmonics(d.reshape(-1, 3).to(geo.dtype), self.cfg.sh_degree)
+        return torch.sigmoid(self._maybe_checkpoint(self.color_mlp, torch.cat([geo, sh], dim=-1)))
+
     def forward(self, x: Tensor, d: Tensor) -> tuple[Tensor, Tensor]:
         """Colour and density.
 
@@ -214,8 +239,6 @@ class NeRFField(nn.Module):
             sigma: ``[...]`` >= 0, 0 outside ``aabb``.
         """
         lead = x.shape[:-1]
-        sigma, geo = self._density_and_features(x.reshape(-1, 3))
-        sh = spherical_harmonics(d.reshape(-1, 3).to(geo.dtype), self.cfg.sh_degree)
-        raw = self._maybe_checkpoint(self.color_mlp, torch.cat([geo, sh], dim=-1))
-        rgb = torch.sigmoid(raw)
+        sigma, geo = self.geometry(x)
+        rgb = self.color(geo, d)
         return rgb.reshape(*lead, 3), sigma.reshape(lead)

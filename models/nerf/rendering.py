@@ -270,7 +270,7 @@ def _evaluate_pass(
     stop_below: float,
 ) -> tuple[Tensor | None, Tensor, int]:
     """One pass of the renderer: early ray termination where no gradient is needed (renders, the coarse
-    pass) and ``stop_below > 0``, every kept sample otherwise. Returns rgb, sigma and the evaluation count."""
+    pass) and ``stop_below > 0``; every kept sample otherwise. Returns rgb, sigma and the evaluation count."""
     if stop_below > 0 and not torch.is_grad_enabled():
         rgb, sigma, evaluated = _evaluate_front_to_back(fn, x, d, keep, deltas, with_rgb, stop_below, 4)
         return rgb, sigma, int(evaluated.sum())
@@ -380,9 +380,9 @@ def render_rays(
     z_scale: Tensor | None = None,
     generator: torch.Generator | None = None,
     guide: tuple[Tensor, Tensor] | None = None,
-    stop_below: float = 1e-4,
+    stop_below: float = 0.0,
 ) -> dict[str, Any]:
-    """Render rays hierarchically with empty-space skipping and early ray termination.
+    """Render rays hierarchically with empty-space skipping (and optional early ray termination).
 
     1. ``n_coarse`` stratified bins over ``[near, far]``; samples whose midpoint lies in an empty cell of
        ``occupancy`` get sigma 0 and are *not* passed to the network; the others are evaluated with
@@ -395,10 +395,12 @@ def render_rays(
     3. The field gives colour and density at those bins' midpoints (again only in occupied cells); the
        result is composited. Gradients flow through this pass only.
 
-    Passes without autograd (the coarse pass, and every pass of a render under ``torch.no_grad``) evaluate
-    their samples front to back in four groups and stop a ray once its transmittance is below
-    ``stop_below`` (early ray termination; the skipped samples carry less than ``stop_below`` of the
-    weight). With autograd on, every sample in an occupied cell is evaluated, so gradients are exact.
+    With ``stop_below > 0``, passes without autograd (the coarse pass, and every pass of a render under
+    ``torch.no_grad``) evaluate their samples front to back in four groups and stop a ray once its
+    transmittance is below ``stop_below`` (early ray termination; the skipped samples carry less than ``stop_below`` of the
+    weight). With autograd on, every sample in an occupied cell is evaluated, so gradients are exact. Off
+    by default: on CPU with a warmed occupancy grid it removed under 0.1 % of the evaluations and the
+    grouped passes made renders 10-20 % slower (README, "NeRF speed").
 
     Args:
         field: ``field(x [k, 3], d [k, 3]) -> (rgb [k, 3], sigma [k])``; ``field.density(x) -> [k]`` is used

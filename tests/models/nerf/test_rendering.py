@@ -254,3 +254,4 @@ def test_early_ray_termination_skips_samples_behind_an_opaque_wall(half_space_fi
     fine_all = render_rays(field, rays_o, rays_d, 0.0, 2.0, stop_below=1e-4, **kwargs)
     assert fine_all["n_evaluated"] - early["n_evaluated"] > 0
     assert fine_all["n_evaluated"] <= full["n_evaluated"]
+
