@@ -20,10 +20,10 @@ directions); sensors measure *z-depth*, the distance along the camera's optical 
 
 from __future__ import annotations
 
+import itertools
+import math
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol
-
-import math
 
 import torch
 
@@ -245,7 +245,7 @@ def _evaluate_front_to_back(
     tau = torch.zeros(n, device=x.device, dtype=x.dtype)  # optical depth in front of the segment
     tau_stop = -math.log(stop_below)
     bounds = torch.linspace(0, s, segments + 1).round().long().tolist()
-    for a, b in zip(bounds[:-1], bounds[1:]):
+    for a, b in itertools.pairwise(bounds):
         if b <= a:
             continue
         m = mask[:, a:b] & (tau < tau_stop)[:, None]

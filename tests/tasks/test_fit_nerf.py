@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import math
-
 import json
+import math
 
 import numpy as np
 import pytest
@@ -107,7 +106,7 @@ def test_ray_chunking_gives_the_gradient_of_the_whole_batch(scene, source):
     grads, logs = [], []
     for chunk in (4096, 64):
         cfg = params.nerf.model_copy(update={"train": params.nerf.train.model_copy(update={"chunk": chunk})})
-        field_, grid = make_model(cfg, aabb, torch.device("cpu"))
+        field_, _ = make_model(cfg, aabb, torch.device("cpu"))
         gen = torch.Generator().manual_seed(0)
         logged, _ = training_step(field_, None, frames, batch, aabb, cfg, torch.device("cpu"), gen, None,
                                   perturb=False)
