@@ -1,7 +1,7 @@
 """Compiled CPU kernels: the fused hash-grid encoding (``csrc/hashgrid.cpp``).
 
 Built on first use with PyTorch's C++ extension tooling (``torch.utils.cpp_extension.load``: ``g++`` and
-``ninja``, about a minute on 2 cores) into ``$TORCH_EXTENSIONS_DIR`` (default ``~/.cache/torch_extensions``);
+``ninja``, under half a minute on 2 cores) into ``$TORCH_EXTENSIONS_DIR`` (default ``~/.cache/torch_extensions``);
 later processes load the cached build in well under a second, and a changed source is rebuilt. Concurrent
 first uses (parallel workers) wait on PyTorch's build lock. Where no compiler is available the build fails
 once, one line is logged and :func:`fused_hashgrid_available` is False: the encoding then falls back to its

@@ -399,8 +399,8 @@ def render_rays(
     ``torch.no_grad``) evaluate their samples front to back in four groups and stop a ray once its
     transmittance is below ``stop_below`` (early ray termination; the skipped samples carry less than ``stop_below`` of the
     weight). With autograd on, every sample in an occupied cell is evaluated, so gradients are exact. Off
-    by default: on CPU with a warmed occupancy grid it removed under 0.1 % of the evaluations and the
-    grouped passes made renders 10-20 % slower (README, "NeRF speed").
+    by default: on CPU with a warmed occupancy grid it removed under 0.1 % of the evaluations and did not
+    make renders measurably faster (``benchmarks/bench_kitchen.py``).
 
     Args:
         field: ``field(x [k, 3], d [k, 3]) -> (rgb [k, 3], sigma [k])``; ``field.density(x) -> [k]`` is used
