@@ -131,7 +131,7 @@ def run_stage(stage: str, params_file: Path, overrides: list[str] | None, quiet:
 
 @app.command()
 def download(params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None, quiet: QuietOpt = False) -> None:
-    """Read a dataset (synthetic, nyu_labeled, sevenscenes, tum) into the scene store (paths.scenes)."""
+    """Read a dataset (synthetic, nyu_labeled, sevenscenes, tum, nerfstudio) into the scene store (paths.scenes)."""
     run_stage("download", params, set_, quiet)
 
 
@@ -213,6 +213,35 @@ def params(params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None) -> None
 
     p = load_or_exit(params, set_)
     typer.echo(yaml.safe_dump(p.model_dump(mode="json"), sort_keys=False))
+
+
+@app.command()
+def export(
+    fmt: Annotated[str, typer.Argument(help="output format: nerfstudio (transforms.json + images + depth PNGs)")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="output folder (one sub-folder per scene)")],
+    depth: Annotated[str, typer.Option(help="depth to export: refined | noisy | gt | none")] = "refined",
+    scene: Annotated[list[str] | None, typer.Option(help="scene to export (repeatable); default: eval scenes")] = None,
+    params: ParamsOpt = Path("params.yaml"),
+    set_: SetOpt = None,
+) -> None:
+    """Export scenes of the stores for other tools, e.g. `ns-train depth-nerfacto` on our refined depth."""
+    from tasks.export import export_nerfstudio
+
+    if fmt != "nerfstudio":
+        Console(stderr=True).print(f"[bold red]error:[/] unknown export format {fmt!r} (supported: nerfstudio)")
+        raise typer.Exit(2)
+    if depth not in ("refined", "noisy", "gt", "none"):
+        Console(stderr=True).print(f"[bold red]error:[/] --depth {depth!r}: use refined, noisy, gt or none")
+        raise typer.Exit(2)
+    p = load_or_exit(params, set_)
+    try:
+        rows = export_nerfstudio(p, out, depth, scene)  # type: ignore[arg-type]
+    except DataError as e:
+        Console(stderr=True).print(f"[bold red]error:[/] {e}", highlight=False)
+        raise typer.Exit(1) from None
+    for r in rows:
+        note = f", {len(r['skipped_without_pose'])} without pose left out" if r["skipped_without_pose"] else ""
+        typer.echo(f"{r['scene']}: {r['frames']} frames, {r['depth']} depth -> {r['folder']}{note}")
 
 
 @app.command()

@@ -59,9 +59,10 @@ class TumConfig(StrictConfig):
 class DataConfig(StrictConfig):
     """The ``download`` stage: which dataset to read and how to sample its frames."""
 
-    source: Literal["synthetic", "nyu_labeled", "sevenscenes", "tum"] = "synthetic"
+    source: Literal["synthetic", "nyu_labeled", "sevenscenes", "tum", "nerfstudio"] = "synthetic"
     path: Path | None = Field(
-        None, description="dataset folder (sevenscenes, tum) or a local .mat file (nyu_labeled, skips the download)"
+        None, description="dataset folder (sevenscenes, tum, nerfstudio: the folder with transforms.json) or a "
+        "local .mat file (nyu_labeled, skips the download)"
     )
     seed: int = 0
     height: int | None = Field(None, ge=8, description="target height in pixels (with width); null = native")
@@ -77,7 +78,8 @@ class DataConfig(StrictConfig):
         None, description="[fx, fy, cx, cy] in pixels at native resolution, overriding the dataset's"
     )
     depth_scale: float | None = Field(
-        None, gt=0, description="raw depth units per metre, overriding the dataset's (7-Scenes 1000, TUM 5000)"
+        None, gt=0, description="raw depth units per metre, overriding the dataset's (7-Scenes 1000, TUM 5000, "
+        "nerfstudio 1 / depth_unit_scale_factor)"
     )
     max_depth_m: float = Field(20.0, gt=0, description="a larger median depth is taken for wrong units")
     role: Role = Field(
@@ -94,7 +96,7 @@ class DataConfig(StrictConfig):
             raise ValueError("data.height and data.width must be given together")
         if self.height is not None and self.downscale != 1:
             raise ValueError("give either data.height/width or data.downscale, not both")
-        if self.source in ("sevenscenes", "tum") and self.path is None:
+        if self.source in ("sevenscenes", "tum", "nerfstudio") and self.path is None:
             raise ValueError(f"data.source={self.source} needs data.path (the dataset folder)")
         if self.intrinsics is not None and (self.intrinsics[0] <= 0 or self.intrinsics[1] <= 0):
             raise ValueError(f"data.intrinsics focal lengths must be positive, got {list(self.intrinsics)}")

@@ -25,6 +25,7 @@ from tasks.datasets.base import (
     select_indices,
 )
 from tasks.datasets.nyu import nyu_scenes
+from tasks.datasets.nerfstudio import nerfstudio_scene
 from tasks.datasets.sevenscenes import sevenscenes_scenes
 from tasks.datasets.synthetic import synthetic_scenes
 from tasks.datasets.tum import tum_scene
@@ -63,6 +64,8 @@ def open_sources(cfg: DataConfig, raw_dir: Path) -> list[SceneSource]:
         scenes = nyu_scenes(mat, splits, cfg.nyu)
     elif cfg.source == "sevenscenes":
         scenes = sevenscenes_scenes(cfg.path, intrinsics=cfg.intrinsics, depth_scale=cfg.depth_scale)
+    elif cfg.source == "nerfstudio":
+        scenes = [nerfstudio_scene(cfg.path, depth_scale=cfg.depth_scale)]
     elif cfg.source == "tum":
         scenes = [
             tum_scene(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 
@@ -44,6 +45,15 @@ def test_download_corrupt_info_round_trip(tiny_overrides, tmp_path, prefect_api)
     rows = {line.split("│")[1].strip(): line.split("│")[2].strip() for line in res.output.splitlines() if "│" in line}
     assert rows == {"refiner_train_000": "train", "refiner_val_000": "val", "synthetic_000": "eval",
                     "synthetic_001": "eval"}  # the role column
+    # export the eval rooms with their noisy depth for nerfstudio; refiner rooms stay home
+    res = runner.invoke(app, ["export", "nerfstudio", "--out", str(tmp_path / "ns"), "--depth", "noisy",
+                              *_sets(tiny_overrides)])
+    assert res.exit_code == 0, res.output
+    assert "synthetic_000: 4 frames, noisy depth" in res.output and "refiner" not in res.output
+    meta = json.loads((tmp_path / "ns" / "synthetic_001" / "transforms.json").read_text())
+    assert len(meta["frames"]) == 4 and meta["depth_source"] == "noisy"
+    res = runner.invoke(app, ["export", "colmap", "--out", str(tmp_path / "x")])
+    assert res.exit_code == 2 and "unknown export format 'colmap'" in res.output
 
 
 def test_invalid_params_exit_2_naming_key(tiny_overrides):  # fails before any flow starts
