@@ -245,6 +245,51 @@ def export(
 
 
 @app.command()
+def render(
+    scene: Annotated[str, typer.Argument(help="a fitted scene (a folder under paths.nerf)")],
+    path: Annotated[str, typer.Option(help="camera path: train (through the train cameras) or orbit")] = "train",
+    frames: Annotated[int, typer.Option(min=1, help="frames to render")] = 60,
+    fps: Annotated[float, typer.Option(min=1, help="video frame rate")] = 15.0,
+    downscale: Annotated[int, typer.Option(min=1, help="render at 1/downscale of the scene's resolution")] = 1,
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="default: renders/<scene>-<path>")] = None,
+    params: ParamsOpt = Path("params.yaml"),
+    set_: SetOpt = None,
+    quiet: QuietOpt = False,
+) -> None:
+    """Reload a fitted NeRF and render a camera path: PNG frames and an MP4, RGB and depth side by side."""
+    import numpy as np
+
+    from tasks.render import camera_path, load_fit, render_path
+    from tasks.store import SceneView, open_store
+
+    if path not in ("train", "orbit"):
+        Console(stderr=True).print(f"[bold red]error:[/] --path {path!r}: use train or orbit")
+        raise typer.Exit(2)
+    p = load_or_exit(params, set_)
+    try:
+        fitted = load_fit(Path(p.paths.nerf) / scene)
+        store = open_store(p.paths.scenes, "scenes")
+        if scene not in store:
+            raise DataError(p.paths.scenes, f"scene {scene!r} is not in the store")
+        view = SceneView(store[scene])
+        K, c2w = view.group["K"][:], view.group["c2w"][:]
+        train = [i for i in view.indices("train") if np.all(np.isfinite(c2w[i]))]
+        if not train:
+            raise DataError(p.paths.scenes, f"scene {scene!r} has no posed train views")
+        h, w = (s // downscale for s in view.shape)
+        k = K[train[0]].copy()
+        k[:2] /= downscale
+        poses = camera_path(c2w[train], path, frames, fitted.aabb)  # type: ignore[arg-type]
+        result = render_path(fitted, k, (h, w), poses, out or Path("renders") / f"{scene}-{path}", fps,
+                             progress=not quiet)
+    except DataError as e:
+        Console(stderr=True).print(f"[bold red]error:[/] {e}", highlight=False)
+        raise typer.Exit(1) from None
+    typer.echo(f"{scene}: {result['frames']} frames -> {result['folder']}"
+               + (f" (video {result['video']})" if result["video"] else ""))
+
+
+@app.command()
 def info(store: Annotated[Path, typer.Argument(help="a scenes.zarr or noisy.zarr store")]) -> None:
     """Summarise a store: scenes, their roles, frames, resolution, split, poses and depth coverage."""
     import numpy as np

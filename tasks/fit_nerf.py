@@ -4,7 +4,8 @@ For each scene with poses: fit on the train views (:func:`fit_scene`), render th
 (PSNR / SSIM against the colour, depth errors against the scene's reference depth), and export to
 ``paths.nerf/<scene>/``: ``field.safetensors`` + ``config.json``, ``renders/`` (test-view RGB PNGs and
 16-bit millimetre depth PNGs), ``pointcloud.ply`` (coloured, from the rendered test-view depth),
-``mesh.ply`` (marching cubes on the density grid) and ``metrics.json``. Scenes without poses (e.g. NYU
+``mesh.ply`` (marching cubes on the density grid), ``occupancy.safetensors`` (the occupancy grid, for renders
+of the reloaded field: :func:`tasks.render.load_fit`) and ``metrics.json``. Scenes without poses (e.g. NYU
 single frames) are skipped with a message. A per-scene checkpoint in ``paths.nerf_checkpoints`` lets an
 interrupted fit continue; a finished fit is only re-rendered and re-exported.
 
@@ -420,6 +421,7 @@ def _export_into(tmp: Path, field_, grid, frames, aabb_np, cfg: NerfStageConfig,
                         surface=np.asarray(cloud.vertices))
     mesh.export(tmp / "mesh.ply")
     save_tensors(tmp / "field.safetensors", field_.state_dict())
+    save_tensors(tmp / "occupancy.safetensors", grid.state_dict())  # renders reload it (tasks.render.load_fit)
     (tmp / "config.json").write_text(json.dumps({"nerf": cfg.model_dump(mode="json"), "aabb": aabb_np.tolist()}, indent=2))
     evals = [r for r in state.curve]
     metrics = {

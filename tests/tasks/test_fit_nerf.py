@@ -5,11 +5,13 @@ from __future__ import annotations
 import json
 import math
 
+import cv2
 import numpy as np
 import pytest
 import torch
 import trimesh
 import zarr
+from PIL import Image
 from safetensors.torch import load_file
 
 from tasks.config import load_params
@@ -27,6 +29,7 @@ from tasks.fit_nerf import (
     training_step,
 )
 from tasks.nerf_data import RaySampler, open_scene, scene_bounds, sparse_views
+from tasks.render import camera_path, load_fit, render_path, render_pose
 from tasks.store import SceneWriter, StoreBuilder
 
 FAST = [
@@ -75,6 +78,32 @@ def test_short_fit_raises_test_psnr_and_exports(scene, tmp_path):
     assert np.all(mesh.vertices >= lo - 1e-3) and np.all(mesh.vertices <= hi + 1e-3)
     assert "encoding.tables" in "".join(load_file(out / "field.safetensors").keys())
 
+    # the export reloads (safetensors only) and renders the same test view again; a camera path becomes a video
+    fitted = load_fit(out)
+    i = frames.test[0]
+    rgb, z, _ = render_pose(fitted, frames.K[i], frames.shape, frames.c2w[i])
+    exported = np.asarray(Image.open(out / "renders" / f"{frames.view.frame_ids[i]}_rgb.png")) / 255.0
+    assert np.max(np.abs(rgb - exported)) <= 0.5 / 255 + 1e-6
+    poses = camera_path(frames.c2w[frames.train], "train", 5, fitted.aabb)
+    result = render_path(fitted, frames.K[0], frames.shape, poses, tmp_path / "video", fps=5, progress=False)
+    pngs = sorted((tmp_path / "video" / "frames").glob("*.png"))
+    assert len(pngs) == 5 and np.asarray(Image.open(pngs[0])).shape == (frames.shape[0], 2 * frames.shape[1], 3)
+    cap = cv2.VideoCapture(result["video"])  # OpenCV's wheels encode MP4 (mp4v) on Linux
+    assert int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) == 5
+    cap.release()
+    # the same from the command line: an orbit at half resolution
+    from typer.testing import CliRunner
+
+    from flows.cli import app
+
+    res = CliRunner().invoke(app, ["render", "synthetic_000", "--path", "orbit", "--frames", "3", "--downscale", "2",
+                                   "--out", str(tmp_path / "orbit"), "--quiet",
+                                   *[a for o in scene for a in ("--set", o)]])
+    assert res.exit_code == 0, res.output
+    assert len(list((tmp_path / "orbit" / "frames").glob("*.png"))) == 3 and (tmp_path / "orbit" / "video.mp4").is_file()
+    res = CliRunner().invoke(app, ["render", "no_such_scene", *[a for o in scene for a in ("--set", o)]])
+    assert res.exit_code == 1 and "no_such_scene" in res.output
+
 
 @pytest.mark.parametrize(("source", "spread", "guided"), [("gt", 3.0, True), ("gt", 0.0, False), ("none", 3.0, False)])
 def test_training_rays_are_depth_guided_only_with_depth(scene, source, spread, guided):
@@ -115,6 +144,24 @@ def test_ray_chunking_gives_the_gradient_of_the_whole_batch(scene, source):
     torch.testing.assert_close(grads[1], grads[0], rtol=1e-4, atol=1e-7)
     for k in logs[0]:
         assert logs[1][k] == pytest.approx(logs[0][k], rel=1e-5)
+
+
+def test_camera_paths_pass_the_train_cameras_and_orbit_the_box():
+    """The train path starts and ends at the first and last camera and passes through the others' positions;
+    the orbit keeps one distance from the box centre and always looks at it."""
+    from models.camera import look_at
+
+    cams = np.stack([look_at([x, 0.0, -2.0], [0.0, 0.0, 0.0], [0.0, -1.0, 0.0]) for x in (-1.0, 0.0, 1.0)])
+    box = np.array([[-1.0, -1.0, -1.0], [1.0, 1.0, 1.0]])
+    path = camera_path(cams, "train", 9, box)
+    np.testing.assert_allclose(path[0], cams[0], atol=1e-9)
+    np.testing.assert_allclose(path[-1], cams[-1], atol=1e-9)
+    np.testing.assert_allclose(path[4, :3, 3], cams[1, :3, 3], atol=1e-9)  # the middle camera, halfway along
+    orbit = camera_path(cams, "orbit", 8, box)
+    dist = np.linalg.norm(orbit[:, :3, 3], axis=1)
+    np.testing.assert_allclose(dist, dist[0], rtol=1e-9)
+    to_center = -orbit[:, :3, 3] / dist[:, None]
+    np.testing.assert_allclose(np.sum(orbit[:, :3, 2] * to_center, axis=1), 1.0, atol=1e-9)
 
 
 def test_every_depth_source_gets_the_same_scene_box(scene, tmp_path):
