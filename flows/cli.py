@@ -241,7 +241,7 @@ def export(
         raise typer.Exit(1) from None
     for r in rows:
         note = f", {len(r['skipped_without_pose'])} without pose left out" if r["skipped_without_pose"] else ""
-        typer.echo(f"{r['scene']}: {r['frames']} frames, {r['depth']} depth -> {r['folder']}{note}")
+        typer.echo(f"{r['scene']}: {r['frames']} frames, {r['depth']} depth, {r['points']} points -> {r['folder']}{note}")
 
 
 @app.command()

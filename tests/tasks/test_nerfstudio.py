@@ -7,7 +7,9 @@ import json
 
 import numpy as np
 import pytest
+import trimesh
 from PIL import Image
+from scipy.spatial import cKDTree
 
 from tasks.config import load_params
 from tasks.datasets.nerfstudio import GL_TO_CV, nerfstudio_scene
@@ -141,3 +143,10 @@ def test_export_then_import_round_trip(tmp_path):
     meta = json.loads((tmp_path / "export" / "synthetic_000" / "transforms.json").read_text())
     assert meta["depth_unit_scale_factor"] == 0.001 and meta["frames"][0]["depth_file_path"].startswith("depth/")
     np.testing.assert_allclose(np.array(meta["frames"][0]["transform_matrix"]) @ GL_TO_CV, a.group["c2w"][0])
+    # the point cloud of the exported depth lies on the scene's ground-truth surfaces
+    cloud = trimesh.load(tmp_path / "export" / "synthetic_000" / "pointcloud.ply")
+    assert len(cloud.vertices) == rows[0]["points"] > 1000 and len(cloud.colors) == len(cloud.vertices)
+    verts, faces = a.mesh()
+    surface, _ = trimesh.sample.sample_surface(trimesh.Trimesh(verts, faces, process=False), 400_000, seed=0)
+    dist, _ = cKDTree(surface).query(np.asarray(cloud.vertices[::20]))
+    assert np.median(dist) < 0.03, "a misplaced cloud (wrong pose or axes) is metres away"
