@@ -27,7 +27,6 @@ import trimesh
 from PIL import Image
 
 from models.camera import backproject
-
 from tasks.config import Params
 from tasks.datasets.nerfstudio import GL_TO_CV
 from tasks.errors import DataError
