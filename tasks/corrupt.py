@@ -14,10 +14,10 @@ from pathlib import Path
 
 import numpy as np
 import zarr
-from tqdm import tqdm
 
 from models.noise import frame_rng, simulate_sensor_noise
 from tasks.config import NoiseConfig, Params
+from tasks.progress import progress_bar
 from tasks.store import SceneView, StoreBuilder, iter_scenes, open_store
 
 log = logging.getLogger(__name__)
@@ -43,7 +43,7 @@ def corrupt_scene(view: SceneView, out_root: zarr.Group, cfg: NoiseConfig, progr
     n, (h, w) = view.n_frames, view.shape
     group = out_root.create_group(view.name)
     arr = group.create_array("depth_noisy", shape=(n, h, w), chunks=(1, h, w), dtype=np.float32, fill_value=0)
-    for i in tqdm(range(n), desc=f"corrupt {view.name}", unit="frame", disable=not progress):
+    for i in progress_bar(range(n), desc=f"corrupt {view.name}", unit="frame", interactive=progress):
         arr[i] = noisy_frame(view, i, cfg)
     group.attrs.update({"frame_ids": view.frame_ids, "units": "m"})
 

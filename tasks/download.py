@@ -13,8 +13,6 @@ from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 
-from tqdm import tqdm
-
 from tasks.config import DataConfig, Params
 from tasks.datasets.base import (
     SceneSource,
@@ -24,13 +22,14 @@ from tasks.datasets.base import (
     resize_frame,
     select_indices,
 )
-from tasks.datasets.nyu import nyu_scenes
 from tasks.datasets.nerfstudio import nerfstudio_scene
+from tasks.datasets.nyu import nyu_scenes
 from tasks.datasets.sevenscenes import sevenscenes_scenes
 from tasks.datasets.synthetic import synthetic_scenes
 from tasks.datasets.tum import tum_scene
 from tasks.errors import DataError
 from tasks.fetch import fetch
+from tasks.progress import progress_bar
 from tasks.store import SceneWriter, StoreBuilder
 
 log = logging.getLogger(__name__)
@@ -131,7 +130,7 @@ def write_scene_store(
                 role=src.role,
                 attrs={k: v for k, v in src.attrs.items() if k not in ("height", "width")},
             )
-            for i in tqdm(range(len(src)), desc=f"download {src.name}", unit="frame", disable=not progress):
+            for i in progress_bar(range(len(src)), desc=f"download {src.name}", unit="frame", interactive=progress):
                 writer.write(i, src.load(i))
             if src.mesh is not None:
                 writer.set_mesh(*src.mesh)

@@ -31,7 +31,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import trimesh
-from tqdm import tqdm
 
 from models.baselines import BaselineConfig, TuningFrame, make_baselines, tune_baselines
 from models.metrics import (
@@ -46,6 +45,7 @@ from tasks.config import Params
 from tasks.errors import DataError
 from tasks.files import write_text_atomic
 from tasks.fit_nerf import FitJob
+from tasks.progress import progress_bar
 from tasks.report import (
     ablation_figure,
     depth_histogram,
@@ -182,7 +182,7 @@ def evaluate_refinement(
             continue
         frames = view.indices("test") if cfg.split == "test" else list(range(view.n_frames))
         frames = frames or list(range(view.n_frames))
-        for i in tqdm(frames, desc=f"evaluate {name}", unit="frame", disable=not progress):
+        for i in progress_bar(frames, desc=f"evaluate {name}", unit="frame", interactive=progress):
             gt = np.asarray(view.group["depth"][i], dtype=np.float32)
             rgb, K = view.group["rgb"][i], view.group["K"][i]
             d_noisy = np.asarray(noisy[name]["depth_noisy"][i], dtype=np.float32)

@@ -29,7 +29,6 @@ import torch
 import trimesh
 from PIL import Image
 from skimage.measure import marching_cubes
-from tqdm import tqdm
 
 from models.metrics import depth_metrics, psnr, ssim
 from models.nerf.field import NeRFField
@@ -41,6 +40,7 @@ from tasks.config import NerfStageConfig, Params
 from tasks.errors import DataError
 from tasks.files import atomic_dir, load_checkpoint, save_checkpoint, save_tensors, write_text_atomic
 from tasks.nerf_data import RaySampler, SceneFrames, open_scene, scene_bounds, sparse_views
+from tasks.progress import progress_bar
 from tasks.store import SceneView, open_store, scene_names
 from tasks.train_diffusion import autocast_dtype, resolve_device
 
@@ -253,7 +253,8 @@ def fit_scene(
         sampler.load_pool(rng_state["pool"])
         log.info("%s: resuming at step %d", frames.view.name, state.step)
     ppatch = tc.patch * tc.patch
-    bar = tqdm(total=tc.steps, initial=state.step, desc=f"fit_nerf {frames.view.name}", unit="step", disable=not progress)
+    bar = progress_bar(total=tc.steps, initial=state.step, desc=f"fit_nerf {frames.view.name}", unit="step",
+                       interactive=progress)
     if on_step is not None:
         on_step(state.step, field_, grid)
     while state.step < tc.steps:

@@ -33,7 +33,6 @@ from typing import Protocol
 
 import numpy as np
 import zarr
-from tqdm import tqdm
 
 from models.baselines import Refiner, make_baselines
 from models.diffusion.refiner import DiffusionRefiner
@@ -41,6 +40,7 @@ from tasks.config import Params, RefineConfig
 from tasks.diffusion_data import check_depth_input
 from tasks.digest import code_version
 from tasks.errors import DataError
+from tasks.progress import progress_bar
 from tasks.store import SCHEMA_VERSION, StoreBuilder, consolidate, open_store, scene_names, scenes_with_role
 from tasks.train_diffusion import TrainedRefiner, load_model, model_files, resolve_device
 
@@ -202,7 +202,7 @@ def refine_scene(
     depth_noisy = noisy[name]["depth_noisy"]
     rgb_arr, K_arr = scenes[name]["rgb"], scenes[name]["K"]
     pending = [i for i in range(len(done)) if not done[i]]
-    for i in tqdm(pending, desc=f"refine {name}", unit="frame", disable=not progress):
+    for i in progress_bar(pending, desc=f"refine {name}", unit="frame", interactive=progress):
         d = np.asarray(depth_noisy[i], dtype=np.float32)
         rgb = rgb_arr[i]
         where = f"{noisy.store_path}/{name}[{i}]"

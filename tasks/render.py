@@ -23,7 +23,6 @@ from matplotlib import colormaps
 from PIL import Image
 from safetensors.torch import load_file
 from scipy.spatial.transform import Rotation, Slerp
-from tqdm import tqdm
 
 from models.camera import look_at
 from models.nerf.field import NeRFField
@@ -33,6 +32,7 @@ from tasks.config import NerfStageConfig
 from tasks.errors import DataError
 from tasks.files import atomic_dir
 from tasks.fit_nerf import near_far
+from tasks.progress import progress_bar
 
 log = logging.getLogger(__name__)
 
@@ -147,7 +147,7 @@ def render_path(scene: FittedScene, K: np.ndarray, hw: tuple[int, int], poses: n
     with atomic_dir(out) as tmp:
         (tmp / "frames").mkdir()
         writer = cv2.VideoWriter(str(tmp / "video.mp4"), cv2.VideoWriter_fourcc(*"mp4v"), fps, (2 * hw[1], hw[0]))
-        for i, pose in enumerate(tqdm(poses, desc=f"render {out.name}", unit="frame", disable=not progress)):
+        for i, pose in enumerate(progress_bar(poses, desc=f"render {out.name}", unit="frame", interactive=progress)):
             frame = side_by_side(*render_pose(scene, K, hw, pose), z_max)
             Image.fromarray(frame).save(tmp / "frames" / f"{i:05d}.png")
             if writer.isOpened():

@@ -35,7 +35,6 @@ import numpy as np
 import torch
 from safetensors.torch import load_file
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
-from tqdm import tqdm
 
 from models.diffusion.calibration import Calibration, fit_calibration
 from models.diffusion.losses import depth_refinement_loss, masked_mean
@@ -57,6 +56,7 @@ from tasks.config import DiffusionStageConfig, Params
 from tasks.diffusion_data import FramePairs, collate, random_crop
 from tasks.errors import DataError
 from tasks.files import atomic_dir, load_checkpoint, save_checkpoint, save_tensors, write_text_atomic
+from tasks.progress import progress_bar
 from tasks.store import SceneView, open_store, scenes_with_role
 
 log = logging.getLogger(__name__)
@@ -303,7 +303,8 @@ def train_diffusion(params: Params, progress: bool = True, stop_after: int | Non
         log.info("resuming from step %d (%s)", state.step, ckpt_dir)
     val = validation_batch(val_set, cfg)
 
-    bar = tqdm(total=tc.max_steps, initial=state.step, desc="train_diffusion", unit="step", disable=not progress)
+    bar = progress_bar(total=tc.max_steps, initial=state.step, desc="train_diffusion", unit="step",
+                       interactive=progress)
     while state.step < tc.max_steps and not state.stopped_early:
         t0 = time.perf_counter()
         model.train()
