@@ -54,6 +54,7 @@ from tasks.report import (
     nerf_figure,
     refinement_panel,
     save_figure,
+    training_figure,
     write_report,
 )
 from tasks.store import SceneView, open_refined, open_store, scene_names
@@ -336,6 +337,12 @@ def make_figures(params: Params, samples: dict, distance: pd.DataFrame | None, d
         out.append(save_figure(depth_histogram(depths), folder / "depth_distribution.png"))
     if not ablation.empty:
         out.append(save_figure(ablation_figure(ablation), folder / "nerf_ablation.png"))
+    diffusion_curve = Path(params.paths.diffusion) / "curve.csv"
+    nerf_curves = {name: pd.read_csv(p) for name in scene_names(open_store(params.paths.scenes, "scenes"))
+                   if (p := Path(params.paths.nerf) / name / "curve.csv").is_file()}
+    if diffusion_curve.is_file() or nerf_curves:
+        diffusion = pd.read_csv(diffusion_curve) if diffusion_curve.is_file() else None
+        out.append(save_figure(training_figure(diffusion, nerf_curves), folder / "training_curves.png"))
     scenes = open_store(params.paths.scenes, "scenes")
     for name in scene_names(scenes):
         view = SceneView(scenes[name])

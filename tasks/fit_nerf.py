@@ -4,7 +4,7 @@ For each scene with poses: fit on the train views (:func:`fit_scene`), render th
 (PSNR / SSIM against the colour, depth errors against the scene's reference depth), and export to
 ``paths.nerf/<scene>/``: ``field.safetensors`` + ``config.json``, ``renders/`` (test-view RGB PNGs and
 16-bit millimetre depth PNGs), ``pointcloud.ply`` (coloured, from the rendered test-view depth),
-``mesh.ply`` (marching cubes on the density grid), ``occupancy.safetensors`` (the occupancy grid, for renders
+``mesh.ply`` (marching cubes on the density grid), ``curve.csv`` (the training curve), ``occupancy.safetensors`` (the occupancy grid, for renders
 of the reloaded field: :func:`tasks.render.load_fit`) and ``metrics.json``. Scenes without poses (e.g. NYU
 single frames) are skipped with a message. A per-scene checkpoint in ``paths.nerf_checkpoints`` lets an
 interrupted fit continue; a finished fit is only re-rendered and re-exported.
@@ -25,6 +25,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import torch
 import trimesh
 from PIL import Image
@@ -405,6 +406,10 @@ def density_mesh(field_: NeRFField, aabb: np.ndarray, resolution: int, level: fl
     return trimesh.Trimesh(verts, faces, vertex_colors=(colors.clamp(0, 1).numpy() * 255).astype(np.uint8), process=False)
 
 
+#: The training curve of a fit (``curve.csv`` of its export): per step, train-batch PSNR and loss terms.
+CURVE_COLUMNS = ["step", "seconds", "psnr", "rgb", "depth", "edge", "ds", "rays", "samples_per_ray", "occupied"]
+
+
 def export_scene(folder: Path, field_, grid, frames, aabb_np, cfg: NerfStageConfig, state: FitState, device) -> dict:
     """Render, score and export one fitted scene into ``folder`` (written under a temporary name)."""
     with atomic_dir(folder) as tmp:
@@ -438,6 +443,7 @@ def _export_into(tmp: Path, field_, grid, frames, aabb_np, cfg: NerfStageConfig,
         "occupied_fraction": grid.occupied_fraction,
     }
     (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    pd.DataFrame(state.curve, columns=CURVE_COLUMNS).to_csv(tmp / "curve.csv", index=False)
     return metrics
 
 

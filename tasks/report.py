@@ -8,7 +8,9 @@ Figures (PNG, matplotlib, written to ``paths.report/figures``):
 - ``depth_distribution.png``: the reference depth values of the scored frames;
 - ``edges_<scene>_<frame>.png``: depth edges of the noisy and the refined depth against the reference's;
 - ``nerf_<scene>.png``: a NeRF test view beside the ground truth, with its rendered depth;
-- ``nerf_ablation.png``: test PSNR, rendered-depth RMSE and mesh F-score per depth source and scene.
+- ``nerf_ablation.png``: test PSNR, rendered-depth RMSE and mesh F-score per depth source and scene;
+- ``training_curves.png``: the diffusion refiner's training and validation loss against step, and each NeRF
+  fit's train-batch PSNR against seconds of training.
 
 ``paths.report/index.html`` embeds every figure as base64 and has the headline tables and the run's params,
 so it opens without a network or any other file.
@@ -161,6 +163,26 @@ def ablation_figure(ablation: pd.DataFrame) -> Figure:
         ax.grid(axis="y", alpha=0.3)
     axes[0].legend(fontsize=7)
     fig.suptitle("Does refined depth give a better NeRF?", fontsize=10)
+    return fig
+
+
+def training_figure(diffusion: pd.DataFrame | None, nerf: dict[str, pd.DataFrame]) -> Figure:
+    """Left: the refiner's loss (``total``) and validation loss against step; right: train PSNR against seconds
+    for each NeRF fit in ``nerf`` (scene -> its ``curve.csv``)."""
+    fig = Figure(figsize=(10, 3.6))
+    ax_d, ax_n = fig.subplots(1, 2)
+    if diffusion is not None and not diffusion.empty:
+        ax_d.plot(diffusion["step"], diffusion["total"], lw=0.8, label="training loss")
+        val = diffusion.dropna(subset=["val_loss"])
+        ax_d.plot(val["step"], val["val_loss"], "o-", ms=3, label="validation loss")
+        ax_d.set_yscale("log")
+        ax_d.legend(fontsize=8)
+    ax_d.set(xlabel="step", ylabel="loss", title="diffusion refiner")
+    for scene, curve in nerf.items():
+        ax_n.plot(curve["seconds"], curve["psnr"].rolling(20, min_periods=1).mean(), lw=1.0, label=scene)
+    if nerf:
+        ax_n.legend(fontsize=8)
+    ax_n.set(xlabel="seconds of training", ylabel="train PSNR (dB, 20-step mean)", title="NeRF fits")
     return fig
 
 

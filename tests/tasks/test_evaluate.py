@@ -195,6 +195,12 @@ def test_nerf_ablation_table_geometry_and_chart(evaluated):
     assert m["nerf_ablation"]["gt"]["test_psnr"] == pytest.approx(
         rows[rows["depth_source"] == "gt"]["test_psnr"].mean())
     assert (params.paths.report / "figures" / "nerf_ablation.png").is_file()
+    # the fit's training curve is exported and plotted
+    curve = pd.read_csv(params.paths.nerf / "synthetic_000" / "curve.csv")
+    assert list(curve["step"]) == list(range(1, 61)) and curve["seconds"].is_monotonic_increasing
+    assert curve["psnr"].iloc[-10:].mean() > curve["psnr"].iloc[:10].mean()
+    with Image.open(params.paths.report / "figures" / "training_curves.png") as im:
+        assert im.size[0] > 500
     page = (params.paths.report / "index.html").read_text()
     assert "NeRF by depth supervision" in page and "fscore" in page
 
