@@ -257,31 +257,14 @@ def render(
     quiet: QuietOpt = False,
 ) -> None:
     """Reload a fitted NeRF and render a camera path: PNG frames and an MP4, RGB and depth side by side."""
-    import numpy as np
-
-    from tasks.render import camera_path, load_fit, render_path
-    from tasks.store import SceneView, open_store
+    from tasks.render import render_scene
 
     if path not in ("train", "orbit"):
         Console(stderr=True).print(f"[bold red]error:[/] --path {path!r}: use train or orbit")
         raise typer.Exit(2)
     p = load_or_exit(params, set_)
     try:
-        fitted = load_fit(Path(p.paths.nerf) / scene)
-        store = open_store(p.paths.scenes, "scenes")
-        if scene not in store:
-            raise DataError(p.paths.scenes, f"scene {scene!r} is not in the store")
-        view = SceneView(store[scene])
-        K, c2w = view.group["K"][:], view.group["c2w"][:]
-        train = [i for i in view.indices("train") if np.all(np.isfinite(c2w[i]))]
-        if not train:
-            raise DataError(p.paths.scenes, f"scene {scene!r} has no posed train views")
-        h, w = (s // downscale for s in view.shape)
-        k = K[train[0]].copy()
-        k[:2] /= downscale
-        poses = camera_path(c2w[train], path, frames, fitted.aabb)  # type: ignore[arg-type]
-        result = render_path(fitted, k, (h, w), poses, out or Path("renders") / f"{scene}-{path}", fps,
-                             progress=not quiet)
+        result = render_scene(p, scene, path, frames, fps, downscale, out, progress=not quiet)  # type: ignore[arg-type]
     except DataError as e:
         Console(stderr=True).print(f"[bold red]error:[/] {e}", highlight=False)
         raise typer.Exit(1) from None

@@ -28,11 +28,12 @@ from models.camera import look_at
 from models.nerf.field import NeRFField
 from models.nerf.occupancy import OccupancyGrid
 from models.nerf.rendering import rays_from_camera, render_rays
-from tasks.config import NerfStageConfig
+from tasks.config import NerfStageConfig, Params
 from tasks.errors import DataError
 from tasks.files import atomic_dir
 from tasks.fit_nerf import near_far
 from tasks.progress import progress_bar
+from tasks.store import SceneView, open_store
 
 log = logging.getLogger(__name__)
 
@@ -158,3 +159,24 @@ def render_path(scene: FittedScene, K: np.ndarray, hw: tuple[int, int], poses: n
             log.warning("OpenCV cannot encode MP4 here; wrote the PNG frames only")
             (tmp / "video.mp4").unlink(missing_ok=True)
     return {"frames": len(poses), "folder": str(out), "video": str(out / "video.mp4") if video else None}
+
+
+def render_scene(params: Params, scene: str, kind: PathKind = "train", n_frames: int = 60, fps: float = 15.0,
+                 downscale: int = 1, out: str | Path | None = None, progress: bool = True) -> dict:
+    """``dnerf render``: the fitted ``scene`` (``paths.nerf/<scene>``) along a camera path built from its posed
+    train views, at ``1 / downscale`` of its resolution with the first train view's intrinsics, into ``out``
+    (default ``renders/<scene>-<kind>``)."""
+    fitted = load_fit(Path(params.paths.nerf) / scene)
+    store = open_store(params.paths.scenes, "scenes")
+    if scene not in store:
+        raise DataError(params.paths.scenes, f"scene {scene!r} is not in the store")
+    view = SceneView(store[scene])
+    K, c2w = view.group["K"][:], view.group["c2w"][:]
+    train = [i for i in view.indices("train") if np.all(np.isfinite(c2w[i]))]
+    if not train:
+        raise DataError(params.paths.scenes, f"scene {scene!r} has no posed train views")
+    h, w = (s // downscale for s in view.shape)
+    k = K[train[0]].copy()
+    k[:2] /= downscale
+    poses = camera_path(c2w[train], kind, n_frames, fitted.aabb)
+    return render_path(fitted, k, (h, w), poses, out or Path("renders") / f"{scene}-{kind}", fps, progress)
