@@ -9,12 +9,14 @@ starts and ends): ``train_diffusion: 340/1500 step (23%) loss=0.041 [00:42 elaps
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Iterable
 
 from tqdm import tqdm
 
 log = logging.getLogger(__name__)
 
+ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")  # tqdm moves the cursor when several bars run at once
 LINE_FORMAT = "{desc}: {n_fmt}/{total_fmt} {unit} ({percentage:.0f}%){postfix} [{elapsed} elapsed, {remaining} left]"
 
 
@@ -29,7 +31,8 @@ class _LogLines:
         self.buffer += text
 
     def flush(self) -> None:
-        lines = [ln.strip() for ln in self.buffer.replace("\r", "\n").splitlines() if ln.strip()]
+        text = ANSI_ESCAPE.sub("", self.buffer).replace("\r", "\n")
+        lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
         self.buffer = ""
         if lines:
             self.logger.info(lines[-1])

@@ -33,3 +33,17 @@ def test_interactive_progress_is_a_plain_tqdm_bar(caplog):
     for _ in progress_bar(range(3), desc="x", unit="frame", interactive=True):
         pass
     assert not caplog.records
+
+
+def test_concurrent_bars_log_plain_lines_without_cursor_moves(caplog):
+    """Two bars at once (scene-parallel fits): tqdm moves the cursor between them; the log gets no escapes."""
+    caplog.set_level(logging.INFO, logger="tasks.progress")
+    a = progress_bar(total=2, desc="fit a", unit="step", interactive=False, every_s=0.0)
+    b = progress_bar(total=2, desc="fit b", unit="step", interactive=False, every_s=0.0)
+    for bar in (a, b, a, b):
+        bar.update(1)
+    b.close()
+    a.close()
+    messages = [r.getMessage() for r in caplog.records]
+    assert messages and all(m.startswith(("fit a:", "fit b:")) for m in messages), messages
+    assert not any("\x1b" in m for m in messages)
