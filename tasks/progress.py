@@ -38,6 +38,14 @@ class _LogLines:
             self.logger.info(lines[-1])
 
 
+class _LogBar(tqdm):
+    """tqdm whose ``set_postfix`` waits for the next timed line instead of forcing one (stages call it every
+    step)."""
+
+    def set_postfix(self, ordered_dict=None, refresh=True, **kwargs):  # noqa: ARG002 - refresh is ignored
+        super().set_postfix(ordered_dict, refresh=False, **kwargs)
+
+
 def progress_bar(
     iterable: Iterable | None = None,
     *,
@@ -53,5 +61,5 @@ def progress_bar(
     at most every ``every_s`` seconds, plus one at the start and one at the end."""
     if interactive:
         return tqdm(iterable, total=total, initial=initial, desc=desc, unit=unit)
-    return tqdm(iterable, total=total, initial=initial, desc=desc, unit=unit, file=_LogLines(logger or log),
+    return _LogBar(iterable, total=total, initial=initial, desc=desc, unit=unit, file=_LogLines(logger or log),
                 mininterval=every_s, maxinterval=every_s, miniters=1, ascii=True, bar_format=LINE_FORMAT)

@@ -15,7 +15,7 @@ def test_non_interactive_progress_logs_a_line_at_least_every_interval(caplog):
     for _ in range(12):
         time.sleep(0.05)
         bar.update(1)
-        bar.set_postfix(psnr="21.3", refresh=False)
+        bar.set_postfix(psnr="21.3")  # as the stages call it, every step
     bar.close()
     lines = [(r.created, r.getMessage()) for r in caplog.records]
     messages = [m for _, m in lines]
