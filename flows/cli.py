@@ -273,6 +273,27 @@ def render(
 
 
 @app.command()
+def view(
+    scene: Annotated[str, typer.Argument(help="a fitted scene (a folder under paths.nerf)")],
+    port: Annotated[int, typer.Option(help="port on 127.0.0.1 (0 = a free one)")] = 8080,
+    host: Annotated[str, typer.Option(help="interface to serve on")] = "127.0.0.1",
+    preview: Annotated[int, typer.Option(min=16, help="live NeRF render width in pixels")] = 160,
+    params: ParamsOpt = Path("params.yaml"),
+    set_: SetOpt = None,
+) -> None:
+    """Serve a fitted scene in the browser (needs the viewer extra: pip install -e '.[viewer]'): its cameras
+    with their images, the refined point cloud, the mesh and a live NeRF render from the browser's camera."""
+    from tasks.viewer import ViewerUnavailable, serve_viewer
+
+    p = load_or_exit(params, set_)
+    try:
+        serve_viewer(p, scene, host=host, port=port, preview_width=preview)
+    except (DataError, ViewerUnavailable) as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(1) from None
+
+
+@app.command()
 def info(store: Annotated[Path, typer.Argument(help="a scenes.zarr or noisy.zarr store")]) -> None:
     """Summarise a store: scenes, their roles, frames, resolution, split, poses and depth coverage."""
     import numpy as np
