@@ -16,14 +16,14 @@ import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, NoReturn
 
 import typer
 from rich.console import Console
 from rich.logging import RichHandler
 from rich.table import Table
 
-from flows.server import LocalServer, configure_prefect_env
+from flows.server import LocalServer, clear_record, configure_prefect_env, prefect_home, shared_api, write_record
 from tasks.config import Params, ParamsError, load_params
 from tasks.errors import DataError
 
@@ -59,12 +59,35 @@ class RunNameFormatter(logging.Formatter):
         return f"{run}: {msg}" if run else msg
 
 
+class ExpectedErrors(logging.Filter):
+    """Log errors the command reports itself (bad data, failed scenes, missing packages) as one line, without
+    Prefect's traceback panel: the command's own ``error:`` line, last, says what to fix."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        from flows.runners import RunnerError
+        from flows.stages import StageFailed
+
+        if record.exc_info and isinstance(record.exc_info[1], DataError | StageFailed | RunnerError):
+            record.exc_info, record.exc_text = None, None
+        return True
+
+
 def _setup_logging() -> None:
     handler = RichHandler(console=Console(stderr=True), show_path=False)
     handler.setFormatter(RunNameFormatter("%(message)s"))
+    handler.addFilter(ExpectedErrors())
     logging.basicConfig(level=logging.INFO, handlers=[handler])
     for noisy in ("httpx", "httpcore"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def fail(message: str, code: int = 1) -> NoReturn:
+    """End the command with ``error: <message>`` as its last, plain line on stderr."""
+    import sys
+
+    sys.stdout.flush()
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(code)
 
 
 @app.callback()
@@ -82,21 +105,22 @@ def load_or_exit(params_file: Path, overrides: list[str] | None) -> Params:
 
 
 @contextmanager
-def api_for(params: Params) -> Iterator[None]:
-    """Runners with tasks in other processes need a real Prefect server: use ``PREFECT_API_URL`` when set,
-    else start a temporary one on loopback for this command."""
-    from flows.runners import OUT_OF_PROCESS
+def prefect_api() -> Iterator[None]:
+    """Runs report to the configured Prefect API (``PREFECT_API_URL``, or the active profile's), else to the
+    shared server of ``PREFECT_HOME``: started by the first command that needs it, reused by the next ones
+    (one server start per ``dvc repro``, not one per stage; see :mod:`flows.server`)."""
+    from prefect.settings import PREFECT_API_URL, temporary_settings
 
-    if params.orchestration.runner not in OUT_OF_PROCESS or os.environ.get("PREFECT_API_URL"):
+    if PREFECT_API_URL.value():
         yield
         return
-    err = Console(stderr=True)
-    err.print(f"orchestration.runner={params.orchestration.runner} needs a Prefect server and PREFECT_API_URL is "
-              "not set: starting a temporary one (run `dnerf server` to keep one with the UI)", highlight=False)
-    with LocalServer(Path(os.environ["PREFECT_HOME"])) as server:
-        os.environ["PREFECT_API_URL"] = server.api_url
+    with shared_api() as (api_url, started):
+        typer.echo(f"Prefect: {'started' if started else 'using'} the shared server {api_url.removesuffix('/api')} "
+                   f"(state in {prefect_home()})", err=True)
+        os.environ["PREFECT_API_URL"] = api_url  # for worker processes too
         try:
-            yield
+            with temporary_settings({PREFECT_API_URL: api_url}):
+                yield
         finally:
             os.environ.pop("PREFECT_API_URL", None)
 
@@ -108,25 +132,25 @@ def run_stage(stage: str, params_file: Path, overrides: list[str] | None, quiet:
     """Run a stage's Prefect flow; bad params exit 2, bad data or failed scenes exit 1 with one message."""
     _setup_logging()
     params = load_or_exit(params_file, overrides)
-    err = Console(stderr=True)
     from flows.runners import RunnerError
     from flows.stages import STAGE_OUTPUT, StageFailed, run_flow
 
     try:
-        with api_for(params):
+        with prefect_api():
             out = run_flow(stage, params, progress=not quiet)
-    except (DataError, StageFailed, RunnerError) as e:
-        err.print(f"[bold red]error:[/] {e}", highlight=False)
-        raise typer.Exit(1) from None
+    except StageFailed as e:
+        for name, msg in e.failures.items():
+            typer.echo(f"  {name}: {msg}", err=True)
+        fail(f"{stage}: {len(e.failures)} scene(s) failed ({', '.join(e.failures)}); the others were written")
+    except (DataError, RunnerError) as e:
+        fail(str(e))
     except OSError as e:
         if e.errno not in DISK_ERRORS:
             raise
         where = e.filename or getattr(params.paths, STAGE_OUTPUT[stage])
-        err.print(f"[bold red]error:[/] {where}: {e.strerror}; nothing was published (outputs are written under "
-                  "a temporary name and renamed when complete): free space or fix permissions, then run again",
-                  highlight=False)
-        raise typer.Exit(1) from None
-    err.print(f"[green]done:[/] {out}", highlight=False)
+        fail(f"{where}: {e.strerror}; nothing was published (outputs are written under a temporary name and "
+             "renamed when complete): free space or fix permissions, then run again")
+    typer.echo(f"done: {out}", err=True)
 
 
 @app.command()
@@ -169,21 +193,31 @@ def evaluate(params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None, quiet
 def server(
     port: Annotated[int, typer.Option(help="port on 127.0.0.1 (0 = a free one)")] = 4200,
 ) -> None:
-    """Run a local Prefect server with the UI on 127.0.0.1 until Ctrl-C (state in .prefect/, analytics off)."""
-    srv = LocalServer(Path(os.environ["PREFECT_HOME"]), port=port)
-    out = Console()
+    """Run a local Prefect server with the UI on 127.0.0.1 until Ctrl-C or SIGTERM. Stage commands in other shells
+    use it without any setup (it is recorded in PREFECT_HOME); other Prefect clients need the PREFECT_API_URL
+    it prints."""
+    import signal
+
+    home = prefect_home()
+    srv = LocalServer(home, port=port)
     try:
         srv.start()
     except RuntimeError as e:
-        Console(stderr=True).print(f"[bold red]error:[/] {e}", highlight=False)
-        raise typer.Exit(1) from None
-    out.print(f"Prefect UI:  [bold]{srv.ui_url}[/]\nIn other shells, send runs here with:\n"
-              f"  export PREFECT_API_URL={srv.api_url}\nCtrl-C stops the server.", highlight=False)
+        fail(str(e))
+    write_record(home, srv.api_url, os.getpid())
+    typer.echo(f"Prefect UI:  {srv.ui_url}\nStage commands (dnerf, dvc repro) send their runs here; other clients need:\n"
+               f"  export PREFECT_API_URL={srv.api_url}\nCtrl-C stops the server.")
+
+    def stop(*_) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, stop)
     try:
         srv.wait()
     except KeyboardInterrupt:
         pass
     finally:
+        clear_record(home, os.getpid())
         srv.stop()
 
 
@@ -193,17 +227,14 @@ def serve(
     set_: SetOpt = None,
     repo: Annotated[Path, typer.Option(help="the DVC repository to watch")] = Path("."),
 ) -> None:
-    """Serve a scheduled deployment that runs `dvc repro` when `dvc status` reports changes
-    (schedule: orchestration.schedule). Needs a server: run `dnerf server` and export PREFECT_API_URL."""
+    """Serve the pipeline as deployments: a scheduled one that runs `dvc repro` when `dvc status` reports changes
+    (schedule: orchestration.schedule), and one per stage with a Run form in the UI (params file and overrides)."""
     _setup_logging()
     p = load_or_exit(params, set_)
-    if not os.environ.get("PREFECT_API_URL"):
-        Console(stderr=True).print("[bold red]error:[/] a schedule needs a running Prefect server: start "
-                                   "`dnerf server` and export the PREFECT_API_URL it prints", highlight=False)
-        raise typer.Exit(1)
-    from flows.schedule import serve as serve_deployment
+    from flows.schedule import serve as serve_deployments
 
-    serve_deployment(p, repo)
+    with prefect_api():
+        serve_deployments(p, repo)
 
 
 @app.command()
@@ -228,17 +259,14 @@ def export(
     from tasks.export import export_nerfstudio
 
     if fmt != "nerfstudio":
-        Console(stderr=True).print(f"[bold red]error:[/] unknown export format {fmt!r} (supported: nerfstudio)")
-        raise typer.Exit(2)
+        fail(f"unknown export format {fmt!r} (supported: nerfstudio)", 2)
     if depth not in ("refined", "noisy", "gt", "none"):
-        Console(stderr=True).print(f"[bold red]error:[/] --depth {depth!r}: use refined, noisy, gt or none")
-        raise typer.Exit(2)
+        fail(f"--depth {depth!r}: use refined, noisy, gt or none", 2)
     p = load_or_exit(params, set_)
     try:
         rows = export_nerfstudio(p, out, depth, scene)  # type: ignore[arg-type]
     except DataError as e:
-        Console(stderr=True).print(f"[bold red]error:[/] {e}", highlight=False)
-        raise typer.Exit(1) from None
+        fail(str(e))
     for r in rows:
         note = f", {len(r['skipped_without_pose'])} without pose left out" if r["skipped_without_pose"] else ""
         typer.echo(f"{r['scene']}: {r['frames']} frames, {r['depth']} depth, {r['points']} points -> {r['folder']}{note}")
@@ -260,14 +288,12 @@ def render(
     from tasks.render import render_scene
 
     if path not in ("train", "orbit"):
-        Console(stderr=True).print(f"[bold red]error:[/] --path {path!r}: use train or orbit")
-        raise typer.Exit(2)
+        fail(f"--path {path!r}: use train or orbit", 2)
     p = load_or_exit(params, set_)
     try:
         result = render_scene(p, scene, path, frames, fps, downscale, out, progress=not quiet)  # type: ignore[arg-type]
     except DataError as e:
-        Console(stderr=True).print(f"[bold red]error:[/] {e}", highlight=False)
-        raise typer.Exit(1) from None
+        fail(str(e))
     typer.echo(f"{scene}: {result['frames']} frames -> {result['folder']}"
                + (f" (video {result['video']})" if result["video"] else ""))
 
@@ -303,8 +329,7 @@ def info(store: Annotated[Path, typer.Argument(help="a scenes.zarr or noisy.zarr
     try:
         root = open_store(store, None)
     except DataError as e:
-        Console(stderr=True).print(f"[bold red]error:[/] {e}", highlight=False)
-        raise typer.Exit(1) from None
+        fail(str(e))
     kind = root.attrs["schema"].removeprefix("dnerf.")
     key = {"scenes": "depth", "noisy": "depth_noisy", "refined": "depth_refined"}[kind]
     table = Table(title=f"{store} ({root.attrs.get('schema')} v{root.attrs.get('schema_version')})",

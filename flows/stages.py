@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, TypeVar
 import torch
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import (
+    create_link_artifact,
     create_markdown_artifact,
     create_progress_artifact,
     create_table_artifact,
@@ -83,7 +84,20 @@ class Progress:
 # ------------------------------------------------------------------------------ whole-stage tasks
 
 
-@task(name="download", retries=2, retry_delay_seconds=5, tags=["io"])
+def retry_io_errors(_task, _task_run, state) -> bool:
+    """Retry transient I/O failures (network, storage), not bad data: a missing file stays missing."""
+    from tasks.errors import DataError
+
+    try:
+        state.result()
+    except DataError:
+        return False
+    except Exception:  # noqa: BLE001 - anything else may be transient
+        return True
+    return False
+
+
+@task(name="download", retries=2, retry_delay_seconds=5, retry_condition_fn=retry_io_errors, tags=["io"])
 def download_task(params: Params, progress: bool = False) -> str:
     from tasks.download import run_download
 
@@ -105,19 +119,19 @@ def train_diffusion_task(params: Params, progress: bool = False) -> str:
     return str(train_diffusion(params, progress=progress))
 
 
-@flow(name="download", log_prints=True)
+@flow(name="dnerf-download", log_prints=True)
 def download_flow(params: Params, progress: bool = False) -> Path:
     """Stage 1: read the dataset into ``paths.scenes`` (retried on I/O errors)."""
     return Path(download_task(params, progress))
 
 
-@flow(name="corrupt")
+@flow(name="dnerf-corrupt")
 def corrupt_flow(params: Params, progress: bool = False) -> Path:
     """Stage 2: simulated (or measured) sensor depth into ``paths.noisy``."""
     return Path(corrupt_task(params, progress))
 
 
-@flow(name="train_diffusion")
+@flow(name="dnerf-train_diffusion")
 def train_diffusion_flow(params: Params, progress: bool = False) -> Path:
     """Stage 3: train the diffusion refiner into ``paths.diffusion``."""
     return Path(train_diffusion_task(params, progress))
@@ -216,7 +230,7 @@ def publish(stage: str, rows: list[dict], failures: dict[str, str], extra: str =
 # ------------------------------------------------------------------------------------ scene flows
 
 
-@flow(name="refine")
+@flow(name="dnerf-refine")
 def refine_flow(params: Params, progress: bool = False) -> Path:
     """Stage 4: refine every scene of ``paths.noisy`` into ``paths.refined``, scenes in parallel."""
     from tasks.refine import finish_refine, prepare_refine, refiner_digest, write_refined_scene
@@ -243,7 +257,7 @@ def refine_flow(params: Params, progress: bool = False) -> Path:
     return finish_refine(params)
 
 
-@flow(name="fit_nerf")
+@flow(name="dnerf-fit_nerf")
 def fit_nerf_flow(params: Params, progress: bool = False) -> Path:
     """Stage 5: a NeRF per posed scene (and per ablation depth source) into ``paths.nerf`` and
     ``paths.nerf_metrics``, fits in parallel."""
@@ -287,11 +301,15 @@ def evaluate_task(params: Params, progress: bool = False) -> str:
     return str(run_evaluate(params, progress=progress))
 
 
-@flow(name="evaluate")
+@flow(name="dnerf-evaluate")
 def evaluate_flow(params: Params, progress: bool = False) -> Path:
     """Stage 6: refinement and NeRF metrics into ``paths.eval_metrics`` and ``paths.plots``."""
     out = Path(evaluate_task(params, progress))
     summary = json.loads(out.read_text())
+    report = Path(params.paths.report).resolve() / "index.html"
+    if report.is_file():
+        create_link_artifact(report.as_uri(), link_text=f"report: {report}", key="dnerf-report",
+                             description="the evaluation report (self-contained HTML; open it on this machine)")
     rows = [{"method": m, **{k: v for k, v in r.items() if k in ("rmse", "mae", "abs_rel", "delta1", "edge_f1")}}
             for m, r in summary["refinement"].items()]
     publish("evaluate", rows, {})
@@ -327,4 +345,17 @@ def _run_flow(stage: str, params: Params, progress: bool) -> Path:
     results = str(Path(params.orchestration.results).resolve())
     os.environ["PREFECT_RESULTS_LOCAL_STORAGE_PATH"] = results
     with temporary_settings({PREFECT_RESULTS_LOCAL_STORAGE_PATH: results}):
-        return f.with_options(flow_run_name=f"{stage}-{params.data.source}")(params, progress)
+        return f.with_options(flow_run_name=run_name(stage, params))(params, progress)
+
+
+#: The store (or dataset) each stage processes, named in its run name.
+STAGE_INPUT = {"corrupt": "scenes", "train_diffusion": "scenes", "refine": "noisy", "fit_nerf": "scenes",
+               "evaluate": "scenes"}
+
+
+def run_name(stage: str, params: Params) -> str:
+    """A flow run's name: the stage and what it processes, e.g. ``fit_nerf: data/kitchen.zarr`` or
+    ``download: sevenscenes /data/redkitchen``."""
+    if stage == "download":
+        return f"download: {params.data.source}" + (f" {params.data.path}" if params.data.path else "")
+    return f"{stage}: {getattr(params.paths, STAGE_INPUT[stage])}"

@@ -66,7 +66,10 @@ def test_bad_data_exits_1_naming_path(tmp_path, prefect_api):
     res = dnerf("download", "--set", "data.source=sevenscenes", "--set", f"data.path={tmp_path / 'nowhere'}",
                 "--set", f"paths.scenes={tmp_path / 's.zarr'}")
     assert res.returncode == 1
-    assert "nowhere" in res.stderr and "not found" in res.stderr
+    last = res.stderr.rstrip().splitlines()[-1]  # the error is the last line, plain (no colour codes, no panel)
+    assert last.startswith("error: ") and "nowhere" in last and "not found" in last, res.stderr[-2000:]
+    assert "\x1b[" not in last and "Traceback" not in res.stderr
+    assert "Retrying" not in res.stderr  # bad data is not retried like a network error
     assert not (tmp_path / "s.zarr").exists()
 
 
