@@ -25,6 +25,7 @@ from models.nerf.occupancy import OccupancyGridConfig
 from models.noise import NoiseModelConfig
 from tasks.datasets.base import Role
 from tasks.datasets.nyu import NyuConfig
+from tasks.datasets.phone import PhoneConfig
 from tasks.datasets.synthetic import SyntheticConfig
 
 
@@ -59,10 +60,11 @@ class TumConfig(StrictConfig):
 class DataConfig(StrictConfig):
     """The ``download`` stage: which dataset to read and how to sample its frames."""
 
-    source: Literal["synthetic", "nyu_labeled", "sevenscenes", "tum", "nerfstudio"] = "synthetic"
+    source: Literal["synthetic", "nyu_labeled", "sevenscenes", "tum", "nerfstudio", "scannet", "phone"] = "synthetic"
     path: Path | None = Field(
-        None, description="dataset folder (sevenscenes, tum, nerfstudio: the folder with transforms.json) or a "
-        "local .mat file (nyu_labeled, skips the download)"
+        None, description="dataset folder (sevenscenes, tum, nerfstudio: the folder with transforms.json, scannet: "
+        "a scene folder with color/ depth/ pose/ intrinsic/ or a folder of them, phone: a Stray Scanner capture "
+        "folder) or a local .mat file (nyu_labeled, skips the download)"
     )
     seed: int = 0
     height: int | None = Field(None, ge=8, description="target height in pixels (with width); null = native")
@@ -79,7 +81,7 @@ class DataConfig(StrictConfig):
     )
     depth_scale: float | None = Field(
         None, gt=0, description="raw depth units per metre, overriding the dataset's (7-Scenes 1000, TUM 5000, "
-        "nerfstudio 1 / depth_unit_scale_factor)"
+        "nerfstudio 1 / depth_unit_scale_factor, ScanNet 1000, phone 1000)"
     )
     max_depth_m: float = Field(20.0, gt=0, description="a larger median depth is taken for wrong units")
     role: Role = Field(
@@ -89,6 +91,7 @@ class DataConfig(StrictConfig):
     synthetic: SyntheticConfig = SyntheticConfig()
     nyu: NyuConfig = NyuConfig()
     tum: TumConfig = TumConfig()
+    phone: PhoneConfig = PhoneConfig()
 
     @model_validator(mode="after")
     def _check(self) -> DataConfig:
@@ -96,7 +99,7 @@ class DataConfig(StrictConfig):
             raise ValueError("data.height and data.width must be given together")
         if self.height is not None and self.downscale != 1:
             raise ValueError("give either data.height/width or data.downscale, not both")
-        if self.source in ("sevenscenes", "tum", "nerfstudio") and self.path is None:
+        if self.source in ("sevenscenes", "tum", "nerfstudio", "scannet", "phone") and self.path is None:
             raise ValueError(f"data.source={self.source} needs data.path (the dataset folder)")
         if self.intrinsics is not None and (self.intrinsics[0] <= 0 or self.intrinsics[1] <= 0):
             raise ValueError(f"data.intrinsics focal lengths must be positive, got {list(self.intrinsics)}")

@@ -24,6 +24,8 @@ from tasks.datasets.base import (
 )
 from tasks.datasets.nerfstudio import nerfstudio_scene
 from tasks.datasets.nyu import nyu_scenes
+from tasks.datasets.phone import phone_scene
+from tasks.datasets.scannet import scannet_scenes
 from tasks.datasets.sevenscenes import sevenscenes_scenes
 from tasks.datasets.synthetic import synthetic_scenes
 from tasks.datasets.tum import tum_scene
@@ -65,6 +67,10 @@ def open_sources(cfg: DataConfig, raw_dir: Path) -> list[SceneSource]:
         scenes = sevenscenes_scenes(cfg.path, intrinsics=cfg.intrinsics, depth_scale=cfg.depth_scale)
     elif cfg.source == "nerfstudio":
         scenes = [nerfstudio_scene(cfg.path, depth_scale=cfg.depth_scale)]
+    elif cfg.source == "scannet":
+        scenes = scannet_scenes(cfg.path, intrinsics=cfg.intrinsics, depth_scale=cfg.depth_scale)
+    elif cfg.source == "phone":
+        scenes = [phone_scene(cfg.path, cfg.phone, intrinsics=cfg.intrinsics, depth_scale=cfg.depth_scale)]
     elif cfg.source == "tum":
         scenes = [
             tum_scene(
