@@ -21,11 +21,11 @@ from typing import Annotated, NoReturn
 import typer
 from rich.console import Console
 from rich.logging import RichHandler
-from rich.table import Table
 
 from flows.server import LocalServer, clear_record, configure_prefect_env, prefect_home, shared_api, write_record
 from tasks.config import Params, ParamsError, load_params
 from tasks.errors import DataError
+from tasks.progress import rows_table
 
 app = typer.Typer(
     name="dnerf",
@@ -114,9 +114,9 @@ def prefect_api() -> Iterator[None]:
     if PREFECT_API_URL.value():
         yield
         return
-    with shared_api() as (api_url, started):
-        typer.echo(f"Prefect: {'started' if started else 'using'} the shared server {api_url.removesuffix('/api')} "
-                   f"(state in {prefect_home()})", err=True)
+    with shared_api(announce=lambda msg: typer.echo(f"Prefect: {msg}", err=True)) as (api_url, started):
+        typer.echo(f"Prefect: {'started' if started else 'using'} the shared server {api_url.removesuffix('/api')}",
+                   err=True)
         os.environ["PREFECT_API_URL"] = api_url  # for worker processes too
         try:
             with temporary_settings({PREFECT_API_URL: api_url}):
@@ -322,34 +322,15 @@ def view(
 @app.command()
 def info(store: Annotated[Path, typer.Argument(help="a scenes.zarr or noisy.zarr store")]) -> None:
     """Summarise a store: scenes, their roles, frames, resolution, split, poses and depth coverage."""
-    import numpy as np
-
-    from tasks.store import SceneView, open_store
+    from tasks.store import open_store, store_summary
 
     try:
-        root = open_store(store, None)
+        rows = store_summary(store)
+        attrs = open_store(store, None).attrs
     except DataError as e:
         fail(str(e))
-    kind = root.attrs["schema"].removeprefix("dnerf.")
-    key = {"scenes": "depth", "noisy": "depth_noisy", "refined": "depth_refined"}[kind]
-    table = Table(title=f"{store} ({root.attrs.get('schema')} v{root.attrs.get('schema_version')})",
-                  caption="valid: share of frame 0's pixels with depth")
-    for col in ("scene", "role", "frames", "H x W", "train/test", "poses", "valid"):
-        table.add_column(col, no_wrap=True)
-    for name, group in sorted(root.groups()):
-        d = group[key]
-        valid = float(np.mean(d[0] > 0)) if d.shape[0] else 0.0
-        if kind == "scenes":
-            v = SceneView(group)
-            split = f"{len(v.indices('train'))}/{len(v.indices('test'))}"
-            poses = "yes" if v.has_poses else "no"
-            role = v.role
-        else:
-            split, poses, role = "-", "-", "-"
-        table.add_row(
-            name, role, str(d.shape[0]), f"{d.shape[1]}x{d.shape[2]}", split, poses, f"{valid:.0%}"
-        )
-    Console().print(table)
+    Console().print(rows_table(rows, f"{store} ({attrs.get('schema')} v{attrs.get('schema_version')})",
+                               caption="valid: share of frame 0's pixels with depth"))
 
 
 def main() -> None:  # pragma: no cover - console-script entry point

@@ -36,7 +36,7 @@ import time
 import tomllib
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -269,15 +269,18 @@ def start_shared(home: Path, idle_s: float, timeout: float = 120.0) -> str:
 
 
 @contextmanager
-def shared_api(home: Path | None = None, idle_s: float | None = None) -> Iterator[tuple[str, bool]]:
+def shared_api(home: Path | None = None, idle_s: float | None = None,
+               announce: Callable[[str], None] = lambda _msg: None) -> Iterator[tuple[str, bool]]:
     """The shared server of ``home`` (``PREFECT_HOME``), started if none answers, leased while the block runs;
-    yields ``(api_url, started)``."""
+    yields ``(api_url, started)``. ``announce`` hears about a start before it begins (it takes ~10 s)."""
     home = home or prefect_home()
     home.mkdir(parents=True, exist_ok=True)
     idle_s = float(os.environ.get("DNERF_SERVER_IDLE_S", DEFAULT_IDLE_S)) if idle_s is None else idle_s
     with FileLock(str(home / "dnerf-server.lock")):
         record = read_record(home)
         started = record is None
+        if started:
+            announce(f"starting the shared Prefect server (state in {home}; it stops after {idle_s:.0f} s unused)")
         api_url = start_shared(home, idle_s) if started else record["api_url"]
         held = take_lease(home)  # under the lock: the supervisor never sees the server idle in between
     try:

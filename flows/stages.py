@@ -122,19 +122,31 @@ def train_diffusion_task(params: Params, progress: bool = False) -> str:
 @flow(name="dnerf-download", log_prints=True)
 def download_flow(params: Params, progress: bool = False) -> Path:
     """Stage 1: read the dataset into ``paths.scenes`` (retried on I/O errors)."""
-    return Path(download_task(params, progress))
+    from tasks.store import store_summary
+
+    out = Path(download_task(params, progress))
+    publish("download", store_summary(out), {})
+    return out
 
 
 @flow(name="dnerf-corrupt")
 def corrupt_flow(params: Params, progress: bool = False) -> Path:
     """Stage 2: simulated (or measured) sensor depth into ``paths.noisy``."""
-    return Path(corrupt_task(params, progress))
+    from tasks.store import store_summary
+
+    out = Path(corrupt_task(params, progress))
+    publish("corrupt", [{k: r[k] for k in ("scene", "frames", "H x W", "valid")} for r in store_summary(out)], {})
+    return out
 
 
 @flow(name="dnerf-train_diffusion")
 def train_diffusion_flow(params: Params, progress: bool = False) -> Path:
     """Stage 3: train the diffusion refiner into ``paths.diffusion``."""
-    return Path(train_diffusion_task(params, progress))
+    out = Path(train_diffusion_task(params, progress))
+    metrics = json.loads((out / "metrics.json").read_text())
+    publish("train_diffusion", [{k: metrics[k] for k in ("steps", "best_val_loss", "stopped_early",
+                                                         "train_seconds", "crops_per_second")}], {})
+    return out
 
 
 # ------------------------------------------------------------------------------- per-scene tasks
@@ -217,7 +229,12 @@ def run_scene_tasks(
 
 
 def publish(stage: str, rows: list[dict], failures: dict[str, str], extra: str = "") -> None:
-    """A table artifact of per-scene results and a markdown summary for the stage."""
+    """The stage's results: one table on the terminal, and in Prefect a table artifact of per-scene results and a
+    markdown summary."""
+    from tasks.progress import print_summary
+
+    if rows or failures:
+        print_summary(rows, f"{stage}: {len(rows)} done" + (f", {len(failures)} failed" if failures else ""))
     if rows:
         create_table_artifact(rows, key=slug(f"{stage}-scenes"), description=f"{stage}: per-scene results")
     lines = [f"# {stage}", "", f"- scenes done: {len(rows)}", f"- scenes failed: {len(failures)}"]

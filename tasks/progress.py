@@ -10,8 +10,11 @@ from __future__ import annotations
 
 import logging
 import re
+import sys
 from collections.abc import Iterable
 
+from rich.console import Console
+from rich.table import Table
 from tqdm import tqdm
 
 log = logging.getLogger(__name__)
@@ -63,3 +66,19 @@ def progress_bar(
         return tqdm(iterable, total=total, initial=initial, desc=desc, unit=unit)
     return _LogBar(iterable, total=total, initial=initial, desc=desc, unit=unit, file=_LogLines(logger or log),
                 mininterval=every_s, maxinterval=every_s, miniters=1, ascii=True, bar_format=LINE_FORMAT)
+
+
+def rows_table(rows: list[dict], title: str, caption: str | None = None) -> Table:
+    """A rich table of ``rows`` (dicts with the same keys; floats to 4 significant digits), for the terminal."""
+    table = Table(title=title, caption=caption, title_justify="left")
+    for col in rows[0] if rows else []:
+        table.add_column(str(col), no_wrap=True)
+    for row in rows:
+        table.add_row(*(f"{v:.4g}" if isinstance(v, float) else str(v) for v in row.values()))
+    return table
+
+
+def print_summary(rows: list[dict], title: str, caption: str | None = None) -> None:
+    """Print ``rows`` as one table on stderr (where the stages' progress goes), 120 columns wide when not a
+    terminal (``dvc repro`` logs)."""
+    Console(stderr=True, width=None if sys.stderr.isatty() else 120).print(rows_table(rows, title, caption))

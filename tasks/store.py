@@ -291,3 +291,22 @@ def scenes_with_role(root: zarr.Group, role: Role | Collection[Role]) -> list[st
     if unknown:
         raise ValueError(f"unknown role(s) {sorted(unknown)}; roles are {list(ROLES)}")
     return [v.name for v in iter_scenes(root) if v.role in wanted]
+
+
+def store_summary(path: str | Path) -> list[dict[str, Any]]:
+    """One row per scene of a scene / noisy / refined store: role, frames, ``H x W``, train/test split, poses
+    and ``valid`` (share of frame 0's pixels with depth); what ``dnerf info`` and the stages' summaries show."""
+    root = open_store(path, None)
+    kind = root.attrs["schema"].removeprefix("dnerf.")
+    key = {"scenes": "depth", "noisy": "depth_noisy", "refined": "depth_refined"}[kind]
+    rows = []
+    for name, group in sorted(root.groups()):
+        d = group[key]
+        row = {"scene": name, "role": "-", "frames": d.shape[0], "H x W": f"{d.shape[1]}x{d.shape[2]}",
+               "train/test": "-", "poses": "-", "valid": f"{float(np.mean(d[0] > 0)) if d.shape[0] else 0.0:.0%}"}
+        if kind == "scenes":
+            v = SceneView(group)
+            row.update(role=v.role, poses="yes" if v.has_poses else "no",
+                       **{"train/test": f"{len(v.indices('train'))}/{len(v.indices('test'))}"})
+        rows.append(row)
+    return rows

@@ -11,6 +11,9 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 RGBD = ROOT.parent / "shared" / "data" / "rgbd"
+# A dnerf command run without PREFECT_API_URL starts the shared server (flows/server.py): in tests, let it stop
+# soon after its last command instead of lingering for the default 10 minutes.
+os.environ.setdefault("DNERF_SERVER_IDLE_S", "20")
 
 
 @pytest.fixture(scope="session")

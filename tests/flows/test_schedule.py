@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from flows.schedule import DEPLOYMENT, check_and_reproduce, describe
+from flows.schedule import DEPLOYMENT, STAGE_DEPLOYMENT, check_and_reproduce, describe, run_stage
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[2]
@@ -65,13 +65,19 @@ def test_serve_registers_a_scheduled_deployment_that_is_not_paused_on_exit(prefe
             while deployment is None and time.monotonic() < deadline:
                 assert proc.poll() is None, (tmp_path / "serve.log").read_text()
                 try:
-                    deployment = client.read_deployment_by_name(f"dvc-pipeline-check/{DEPLOYMENT}")
+                    deployment = client.read_deployment_by_name(f"dnerf-pipeline-check/{DEPLOYMENT}")
                 except Exception:  # noqa: BLE001 - not registered yet
                     time.sleep(1)
             assert deployment is not None, "dnerf serve did not register its deployment"
             assert deployment.parameters == {"repo": str(tmp_path.resolve())}
             [schedule] = deployment.schedules
             assert schedule.schedule.cron == "0 3 1 1 *" and schedule.active
+            # the stage deployment: the UI's Run form asks for a stage (a drop-down) and --set overrides
+            stage = client.read_deployment_by_name(f"dnerf-stage/{STAGE_DEPLOYMENT}")
+            form = stage.parameter_openapi_schema["properties"]
+            assert form["stage"]["enum"] == ["download", "corrupt", "train_diffusion", "refine", "fit_nerf", "evaluate"]
+            assert form["overrides"]["anyOf"][0] == {"items": {"type": "string"}, "type": "array"}
+            assert stage.parameters == {"repo": str(tmp_path.resolve())} and not stage.schedules
         # SIGTERM, as a process manager stops a service (SIGINT is ignored by background jobs of a shell)
         proc.send_signal(signal.SIGTERM)
         try:
@@ -79,10 +85,19 @@ def test_serve_registers_a_scheduled_deployment_that_is_not_paused_on_exit(prefe
         except subprocess.TimeoutExpired:
             pytest.fail(f"dnerf serve did not stop on SIGTERM:\n{(tmp_path / 'serve.log').read_text()[-3000:]}")
         with get_client(sync_client=True) as client:
-            after = client.read_deployment_by_name(f"dvc-pipeline-check/{DEPLOYMENT}")
+            after = client.read_deployment_by_name(f"dnerf-pipeline-check/{DEPLOYMENT}")
             assert not after.paused and after.schedules[0].active
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
         log.close()
+
+
+def test_stage_flow_runs_a_stage_with_overrides_and_fails_with_its_error_line(prefect_api, tmp_path, tiny_overrides):
+    """What the Run form starts: ``dnerf <stage> --set ...`` in the repository, its last line as the result."""
+    done = run_stage("download", overrides=tiny_overrides, params_file="/dev/null", repo=str(tmp_path))
+    assert done == f"done: {tmp_path / 'scenes.zarr'}"
+    with pytest.raises(Exception, match="error: .*nowhere.*not found"):
+        run_stage("download", overrides=["data.source=tum", f"data.path={tmp_path / 'nowhere'}"],
+                  params_file="/dev/null", repo=str(tmp_path))
