@@ -128,28 +128,36 @@ def prefect_api() -> Iterator[None]:
 DISK_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EFBIG}
 
 
-def run_stage(stage: str, params_file: Path, overrides: list[str] | None, quiet: bool) -> None:
-    """Run a stage's Prefect flow; bad params exit 2, bad data or failed scenes exit 1 with one message."""
-    _setup_logging()
-    params = load_or_exit(params_file, overrides)
+@contextmanager
+def reported_errors(output: Path | str) -> Iterator[None]:
+    """Turn the errors a user can act on into exit 1 with one plain ``error:`` line (failed scenes listed above
+    it); ``output`` is named when a disk error carries no file name."""
     from flows.runners import RunnerError
-    from flows.stages import STAGE_OUTPUT, StageFailed, run_flow
+    from flows.stages import StageFailed
 
     try:
-        with prefect_api():
-            out = run_flow(stage, params, progress=not quiet)
+        yield
     except StageFailed as e:
         for name, msg in e.failures.items():
             typer.echo(f"  {name}: {msg}", err=True)
-        fail(f"{stage}: {len(e.failures)} scene(s) failed ({', '.join(e.failures)}); the others were written")
+        fail(f"{e.stage}: {len(e.failures)} scene(s) failed ({', '.join(e.failures)}); the others were written")
     except (DataError, RunnerError) as e:
         fail(str(e))
     except OSError as e:
         if e.errno not in DISK_ERRORS:
             raise
-        where = e.filename or getattr(params.paths, STAGE_OUTPUT[stage])
-        fail(f"{where}: {e.strerror}; nothing was published (outputs are written under a temporary name and "
-             "renamed when complete): free space or fix permissions, then run again")
+        fail(f"{e.filename or output}: {e.strerror}; nothing was published (outputs are written under a temporary "
+             "name and renamed when complete): free space or fix permissions, then run again")
+
+
+def run_stage(stage: str, params_file: Path, overrides: list[str] | None, quiet: bool) -> None:
+    """Run a stage's Prefect flow; bad params exit 2, bad data or failed scenes exit 1 with one message."""
+    _setup_logging()
+    params = load_or_exit(params_file, overrides)
+    from flows.stages import STAGE_OUTPUT, run_flow
+
+    with reported_errors(getattr(params.paths, STAGE_OUTPUT[stage])), prefect_api():
+        out = run_flow(stage, params, progress=not quiet)
     typer.echo(f"done: {out}", err=True)
 
 
@@ -296,6 +304,41 @@ def render(
         fail(str(e))
     typer.echo(f"{scene}: {result['frames']} frames -> {result['folder']}"
                + (f" (video {result['video']})" if result["video"] else ""))
+
+
+@app.command()
+def reconstruct(
+    capture: Annotated[Path, typer.Argument(help="the capture folder (transforms.json, Stray Scanner export, ...)")],
+    source: Annotated[str, typer.Option(help="its layout: nerfstudio | phone | scannet | sevenscenes | tum")] = "nerfstudio",
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="output folder (default: reconstructions/<capture>)")] = None,
+    refiner: Annotated[Path | None, typer.Option(help="trained refiner folder (default: paths.diffusion)")] = None,
+    video_frames: Annotated[int, typer.Option(min=1, help="frames of the orbit video")] = 60,
+    params: ParamsOpt = Path("params.yaml"),
+    set_: SetOpt = None,
+    quiet: QuietOpt = False,
+) -> None:
+    """Capture in, results out: refined depth, a NeRF, its mesh and an orbit video, all under --out
+    (the download, corrupt, refine and fit_nerf stages with the capture's own depth, then a render)."""
+    from flows.reconstruct import reconstruct as run_reconstruction
+    from flows.reconstruct import reconstruct_params
+
+    _setup_logging()
+    out = out or Path("reconstructions") / capture.resolve().name
+    params_file = params if params.exists() or params != Path("params.yaml") else None  # defaults outside a project
+    try:
+        p = reconstruct_params(params_file, capture, source, out, refiner, set_ or [])
+    except ParamsError as e:
+        Console(stderr=True).print(f"[bold red]invalid params[/]\n{e}", highlight=False)
+        raise typer.Exit(2) from None
+    except DataError as e:
+        fail(str(e))
+    with reported_errors(out), prefect_api():
+        results = run_reconstruction(p, out, video_frames, progress=not quiet)
+    from tasks.progress import print_summary
+
+    print_summary([{"scene": r.scene, "frames": r.frames, "test PSNR (dB)": r.test_psnr, "mesh": r.mesh,
+                    "video": r.video or "-"} for r in results], f"reconstructed {capture} into {out}")
+    typer.echo(f"done: {out}", err=True)
 
 
 @app.command()
