@@ -76,7 +76,7 @@ def _setup_logging() -> None:
     handler = RichHandler(console=Console(stderr=True), show_path=False)
     handler.setFormatter(RunNameFormatter("%(message)s"))
     handler.addFilter(ExpectedErrors())
-    logging.basicConfig(level=logging.INFO, handlers=[handler])
+    logging.basicConfig(level=logging.INFO, handlers=[handler], force=True)  # a fresh console per command
     for noisy in ("httpx", "httpcore"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
