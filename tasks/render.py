@@ -120,8 +120,13 @@ def camera_path(c2w: np.ndarray, kind: PathKind, n_frames: int, aabb: np.ndarray
 
 
 @torch.no_grad()
-def render_pose(scene: FittedScene, K: np.ndarray, hw: tuple[int, int], c2w: np.ndarray) -> tuple[np.ndarray, ...]:
-    """``rgb [H, W, 3]`` in [0, 1], z-depth ``[H, W]`` (metres) and opacity ``[H, W]`` of one camera."""
+def render_pose(scene: FittedScene, K: np.ndarray, hw: tuple[int, int], c2w: np.ndarray,
+                stop_below: float = 0.0) -> tuple[np.ndarray, ...]:
+    """``rgb [H, W, 3]`` in [0, 1], z-depth ``[H, W]`` (metres) and opacity ``[H, W]`` of one camera.
+
+    ``stop_below > 0`` ends each ray once its transmittance drops below it (early ray termination, see
+    :func:`models.nerf.rendering.render_rays`): faster, and invisible below that level (e.g. in uint8 images).
+    """
     h, w = hw
     tc = scene.cfg.train
     device = scene.grid.aabb.device
@@ -129,15 +134,28 @@ def render_pose(scene: FittedScene, K: np.ndarray, hw: tuple[int, int], c2w: np.
     o, d, zs = rays_from_camera(K, torch.as_tensor(c2w, device=device), h, w)
     near, far = near_far(o, d, box, tc.near)
     out = render_rays(scene.field, o, d, near, far, n_coarse=tc.n_coarse, n_fine=tc.n_fine, occupancy=scene.grid,
-                      chunk=tc.chunk, z_scale=zs)
+                      chunk=tc.chunk, z_scale=zs, stop_below=stop_below)
     return (out["rgb"].float().clamp(0, 1).reshape(h, w, 3).cpu().numpy(),
             out["z_depth"].float().reshape(h, w).cpu().numpy(), out["opacity"].float().reshape(h, w).cpu().numpy())
 
 
+def depth_colours(z: np.ndarray, opacity: np.ndarray, z_max: float) -> np.ndarray:
+    """``[H, W, 3]`` in [0, 1]: z-depth ``[H, W]`` (metres) by the turbo colour map over ``[0, z_max]``, black
+    where the opacity ``[H, W]`` is at most 0.5 (nothing there)."""
+    return colormaps["turbo"](np.clip(z / z_max, 0.0, 1.0))[..., :3] * (opacity[..., None] > 0.5)
+
+
 def side_by_side(rgb: np.ndarray, z: np.ndarray, opacity: np.ndarray, z_max: float) -> np.ndarray:
-    """uint8 ``[H, 2W, 3]``: the colour and the depth (turbo colour map over ``[0, z_max]``, black where empty)."""
-    colour = colormaps["turbo"](np.clip(z / z_max, 0.0, 1.0))[..., :3] * (opacity[..., None] > 0.5)
-    return (np.concatenate([rgb, colour], axis=1) * 255 + 0.5).astype(np.uint8)
+    """uint8 ``[H, 2W, 3]``: the colour and the depth (:func:`depth_colours`)."""
+    return (np.concatenate([rgb, depth_colours(z, opacity, z_max)], axis=1) * 255 + 0.5).astype(np.uint8)
+
+
+def scene_view(params: Params, scene: str) -> SceneView:
+    """``scene`` of the scene store ``paths.scenes`` (its colour, intrinsics and poses); DataError if absent."""
+    store = open_store(params.paths.scenes, "scenes")
+    if scene not in store:
+        raise DataError(params.paths.scenes, f"scene {scene!r} is not in the store")
+    return SceneView(store[scene])
 
 
 def render_path(scene: FittedScene, K: np.ndarray, hw: tuple[int, int], poses: np.ndarray, out: str | Path,
@@ -167,10 +185,7 @@ def render_scene(params: Params, scene: str, kind: PathKind = "train", n_frames:
     train views, at ``1 / downscale`` of its resolution with the first train view's intrinsics, into ``out``
     (default ``renders/<scene>-<kind>``)."""
     fitted = load_fit(Path(params.paths.nerf) / scene)
-    store = open_store(params.paths.scenes, "scenes")
-    if scene not in store:
-        raise DataError(params.paths.scenes, f"scene {scene!r} is not in the store")
-    view = SceneView(store[scene])
+    view = scene_view(params, scene)
     K, c2w = view.group["K"][:], view.group["c2w"][:]
     train = [i for i in view.indices("train") if np.all(np.isfinite(c2w[i]))]
     if not train:
