@@ -10,6 +10,7 @@ with every output under one folder ``out``::
     out/nerf/<scene>/    fit_nerf  (nerf.depth_source=refined): field, mesh.ply with vertex colours,
                                    pointcloud.ply, renders, metrics.json, curve.csv
     out/video/<scene>-orbit/       an orbit around the scene: frames/*.png and video.mp4 (RGB | depth)
+    out/params.yaml      the effective params: ``dnerf view <scene> -p out/params.yaml`` (or render, export)
 
 The refiner is trained once, apart from any capture (``dvc repro train_diffusion`` trains it on the built-in
 synthetic rooms into ``artifacts/diffusion``); captures have no clean depth to train it on.
@@ -84,7 +85,13 @@ def reconstruct(params: Params, out: Path, video_frames: int = 60, fps: float = 
     from tasks.render import render_scene
     from tasks.store import open_store
 
+    import yaml
+
+    from tasks.files import write_text_atomic
+
     run = run or (lambda stage, p: run_flow(stage, p, progress=progress))
+    out.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(out / "params.yaml", yaml.safe_dump(params.model_dump(mode="json"), sort_keys=False))
     for stage in STAGES:
         run(stage, params)
     summary = json.loads(Path(params.paths.nerf_metrics).read_text())

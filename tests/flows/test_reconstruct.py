@@ -101,6 +101,8 @@ def test_a_capture_becomes_refined_depth_a_nerf_a_mesh_and_a_video(capture, tmp_
     while (ok := video.read())[0]:
         frames.append(ok[1])
     assert len(frames) == 6 and frames[0].shape[1] == 2 * 32  # RGB | depth, side by side
+    # the effective params are kept beside the outputs, so view / render / export find them
+    assert load_params(out / "params.yaml").paths.nerf == out.resolve() / "nerf"
 
 
 def test_without_a_trained_refiner_it_says_how_to_get_one(tmp_path):
