@@ -163,7 +163,8 @@ def run_stage(stage: str, params_file: Path, overrides: list[str] | None, quiet:
 
 @app.command()
 def download(params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None, quiet: QuietOpt = False) -> None:
-    """Read a dataset (synthetic, nyu_labeled, sevenscenes, tum, nerfstudio) into the scene store (paths.scenes)."""
+    """Read a dataset (synthetic, nyu_labeled, sevenscenes, tum, nerfstudio, scannet, phone) into the scene store
+    (paths.scenes)."""
     run_stage("download", params, set_, quiet)
 
 
