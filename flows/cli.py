@@ -73,7 +73,10 @@ class ExpectedErrors(logging.Filter):
 
 
 def _setup_logging() -> None:
-    handler = RichHandler(console=Console(stderr=True), show_path=False)
+    import sys
+
+    # wide lines where the output is a log (dvc repro, CI), not a terminal
+    handler = RichHandler(console=Console(stderr=True, width=None if sys.stderr.isatty() else 140), show_path=False)
     handler.setFormatter(RunNameFormatter("%(message)s"))
     handler.addFilter(ExpectedErrors())
     logging.basicConfig(level=logging.INFO, handlers=[handler], force=True)  # a fresh console per command
@@ -337,8 +340,9 @@ def reconstruct(
         results = run_reconstruction(p, out, video_frames, progress=not quiet)
     from tasks.progress import print_summary
 
-    print_summary([{"scene": r.scene, "frames": r.frames, "test PSNR (dB)": r.test_psnr, "mesh": r.mesh,
-                    "video": r.video or "-"} for r in results], f"reconstructed {capture} into {out}")
+    print_summary([{"scene": r.scene, "frames": r.frames, "test PSNR (dB)": r.test_psnr,
+                    "mesh": r.mesh.relative_to(out.resolve()), "video": r.video.relative_to(out.resolve()) if r.video else "-"}
+                   for r in results], f"reconstructed {capture} into {out}")
     typer.echo(f"done: {out}", err=True)
 
 

@@ -90,6 +90,7 @@ def reconstruct(params: Params, out: Path, video_frames: int = 60, fps: float = 
     from tasks.files import write_text_atomic
 
     run = run or (lambda stage, p: run_flow(stage, p, progress=progress))
+    out = out.resolve()
     out.mkdir(parents=True, exist_ok=True)
     write_text_atomic(out / "params.yaml", yaml.safe_dump(params.model_dump(mode="json"), sort_keys=False))
     for stage in STAGES:
