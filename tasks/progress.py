@@ -57,7 +57,7 @@ def progress_bar(
     unit: str,
     initial: int = 0,
     interactive: bool,
-    every_s: float = 10.0,
+    every_s: float = 5.0,
     logger: logging.Logger | None = None,
 ) -> tqdm:
     """A tqdm bar over ``iterable`` (or ``total`` steps): drawn when ``interactive``, otherwise logged as a line

@@ -19,6 +19,17 @@ def nerf_files(repo) -> dict:
     return {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
 
 
+def assert_report_linked(repo) -> None:
+    """The evaluate flow run links the report as a Prefect artifact."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
+    with get_client(sync_client=True) as client:
+        reports = client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["dnerf-report"])))
+    uri = (repo / "reports" / "index.html").resolve().as_uri()
+    assert any(uri in str(a.data) for a in reports), [a.data for a in reports]
+
+
 def test_repro_then_noop_then_only_changed_stage(dvc_template, dvc_repo, sh):
     repo, out = dvc_repo, dvc_template[1]
     stages = ["download", "corrupt", "train_diffusion", "refine", "fit_nerf", "evaluate"]
@@ -34,6 +45,9 @@ def test_repro_then_noop_then_only_changed_stage(dvc_template, dvc_repo, sh):
     shown = sh("dvc", "metrics", "show", cwd=repo)
     assert "metrics.json" in shown and "nerf.json" in shown and "evaluate.json" in shown
     assert (repo / "artifacts" / "nerf" / "synthetic_000" / "mesh.ply").is_file()
+    for stage in stages:  # every stage ends with its one-table summary
+        assert f"{stage}: " in out and " done" in out
+    assert_report_linked(dvc_template[0])
 
     out = sh("dvc", "repro", cwd=repo)
     assert "Running stage" not in out, out
