@@ -47,7 +47,7 @@ from tasks.files import folder_files, write_folder
 from tasks.locks import output_lock
 
 if TYPE_CHECKING:
-    from tasks.fit_nerf import FitJob
+    from tasks.nerf_layout import FitJob
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)
@@ -278,7 +278,7 @@ def refine_flow(params: Params, progress: bool = False) -> Path:
 def fit_nerf_flow(params: Params, progress: bool = False) -> Path:
     """Stage 5: a NeRF per posed scene (and per ablation depth source) into ``paths.nerf`` and
     ``paths.nerf_metrics``, fits in parallel."""
-    from tasks.fit_nerf import SUMMARY_KEYS, plan_fit_nerf, write_nerf_summary
+    from tasks.fit_nerf import SUMMARY_KEYS, fit_config, plan_fit_nerf, write_nerf_summary
 
     jobs, skipped = plan_fit_nerf(params)
     paths = params.paths
@@ -289,7 +289,7 @@ def fit_nerf_flow(params: Params, progress: bool = False) -> Path:
         return [Path(paths.scenes) / job.scene, Path(store) / job.scene if store else None]
 
     def key_params(job: FitJob) -> dict:
-        return {"nerf": job.config(params.nerf).model_dump(mode="json", exclude={"train": {"device"}})}
+        return {"nerf": fit_config(job, params.nerf).model_dump(mode="json", exclude={"train": {"device"}})}
 
     out_root = Path(paths.nerf)
 
