@@ -38,27 +38,24 @@ from typing import Literal
 
 import numpy as np
 import trimesh
-from pydantic import Field, field_validator
 
 from models.camera import camera_rays, intrinsics_from_fov, look_at
-from models.config import StrictConfig
 from tasks.datasets.base import Frame, Role, SceneSource
+from tasks.datasets.config import CAMERA_CLEARANCE_M, MIN_ROOM_XY_M, MIN_ROOM_Z_M, SyntheticConfig  # noqa: F401 (re-exported)
 
 # --- constants (immutable) ---------------------------------------------------------------------------
+# (CAMERA_CLEARANCE_M, MIN_ROOM_XY_M and MIN_ROOM_Z_M live in tasks.datasets.config with SyntheticConfig.)
 
 GENERATOR = "dnerf.synthetic"
 LIGHT_DIR = (0.36, -0.48, 0.80)  # towards the light, normalised when used
 AMBIENT = 0.45  # fraction of the albedo every surface gets regardless of orientation
 MIN_ALBEDO_LUMA = 0.35  # palette colours are lifted to at least this luma (Rec. 601)
-CAMERA_CLEARANCE_M = 0.6  # minimum camera distance to walls, floor, ceiling and objects
 PLACEMENT_MARGIN_M = 0.1  # extra clearance used when placing objects away from the camera arc
 OBJECT_GAP_M = 0.05  # minimum horizontal gap between objects and between objects and walls
 OBJECT_SIZE_M = (0.2, 1.2)  # range of object extents (box sides, diameters, heights)
 MAX_PLACEMENT_TRIES = 200  # rejection-sampling attempts per object before it is skipped
 MAX_ORBIT_STEP_DEG = 6.0  # largest orbit angle between consecutive frames
 MAX_ORBIT_ASPECT = 1.3  # largest ratio of the camera ellipse's semi-axes
-MIN_ROOM_XY_M = 3.0  # smallest allowed room_size along x / y
-MIN_ROOM_Z_M = 2.4  # smallest allowed room height
 RAY_CHUNK = 32768  # rays cast at once by render_frame
 RAY_EPS = 1e-9  # hits closer than this along the ray are ignored
 CYLINDER_SECTIONS = 64  # mesh tessellation of cylinders
@@ -103,75 +100,6 @@ TEXTURE_SCALE_M = MappingProxyType(
 )
 ROOM_FACES = ("wall -x", "wall +x", "wall -y", "wall +y", "floor", "ceiling")  # face = 2 * axis + hi side
 _OTHER_AXES = np.array([[1, 2], [0, 2], [0, 1]])  # in-plane axes of a face, by its normal axis
-
-
-# --- configuration -----------------------------------------------------------------------------------
-
-
-class SyntheticConfig(StrictConfig):
-    """Settings of the procedural room generator.
-
-    The first seven settings describe the evaluation rooms (role ``eval``: NeRFs are fitted on them and
-    they are scored); the ``refiner_*`` settings describe the separately generated refiner rooms (roles
-    ``train`` and ``val``), rendered at a depth camera's resolution and field of view.
-
-    Attributes:
-        n_scenes: number of evaluation rooms.
-        n_frames: frames per evaluation room along the camera arc.
-        height: image height of the evaluation rooms in pixels.
-        width: image width of the evaluation rooms in pixels.
-        fov_deg: horizontal field of view of the evaluation rooms in degrees.
-        n_objects: furniture pieces per evaluation room (fewer when they do not fit).
-        room_size: evaluation room extents ``(x, y, z)`` in metres; ``None`` draws one per scene
-            (4-6 x 3.5-5 m floor, 2.4-3 m high).
-        refiner_train_scenes: refiner rooms the depth refiner learns from (role ``train``).
-        refiner_val_scenes: refiner rooms for its validation and calibration (role ``val``).
-        refiner_frames: frames per refiner room, each from an independent hand-held-like viewpoint.
-        refiner_sizes: image sizes ``[width, height]``, cycled over the refiner rooms of each role.
-        refiner_fov_deg: horizontal field of view of the refiner rooms (Kinect v1: about 58 x 45 degrees).
-        refiner_objects: range ``[min, max]`` of furniture pieces and clutter items per refiner room.
-    """
-
-    n_scenes: int = Field(2, ge=1)
-    n_frames: int = Field(32, ge=1)
-    height: int = Field(120, ge=8)
-    width: int = Field(160, ge=8)
-    fov_deg: float = Field(65.0, gt=10.0, lt=150.0)
-    n_objects: int = Field(6, ge=0)
-    room_size: tuple[float, float, float] | None = None
-    refiner_train_scenes: int = Field(12, ge=0)
-    refiner_val_scenes: int = Field(3, ge=0)
-    refiner_frames: int = Field(4, ge=1)
-    refiner_sizes: list[tuple[int, int]] = Field(
-        default_factory=lambda: [(640, 480), (320, 240), (160, 120)], min_length=1
-    )
-    refiner_fov_deg: float = Field(58.0, gt=10.0, lt=150.0)
-    refiner_objects: tuple[int, int] = (6, 16)
-
-    @field_validator("refiner_sizes")
-    @classmethod
-    def _sizes_positive(cls, v: list[tuple[int, int]]) -> list[tuple[int, int]]:
-        bad = [list(wh) for wh in v if min(wh) < 8]
-        if bad:
-            raise ValueError(f"refiner_sizes are [width, height] pairs of at least 8 pixels, got {bad}")
-        return v
-
-    @field_validator("refiner_objects")
-    @classmethod
-    def _objects_range(cls, v: tuple[int, int]) -> tuple[int, int]:
-        if not 0 <= v[0] <= v[1]:
-            raise ValueError(f"refiner_objects must be a range [min, max] with 0 <= min <= max, got {list(v)}")
-        return v
-
-    @field_validator("room_size")
-    @classmethod
-    def _room_fits_camera(cls, v: tuple[float, float, float] | None) -> tuple[float, float, float] | None:
-        if v is not None and (v[0] < MIN_ROOM_XY_M or v[1] < MIN_ROOM_XY_M or v[2] < MIN_ROOM_Z_M):
-            raise ValueError(
-                f"room_size must be at least {MIN_ROOM_XY_M} x {MIN_ROOM_XY_M} x {MIN_ROOM_Z_M} m so the "
-                f"camera keeps {CAMERA_CLEARANCE_M} m from the walls, got {v}"
-            )
-        return v
 
 
 # --- scene description -------------------------------------------------------------------------------
