@@ -42,7 +42,7 @@ from prefect.settings import PREFECT_RESULTS_LOCAL_STORAGE_PATH, temporary_setti
 from flows.caching import SceneResultSerializer, cache_key, key_from_parameters
 from flows.runners import make_task_runner, threads_per_worker
 from tasks.config import Params
-from tasks.digest import code_version
+from tasks.digest import closure_version
 from tasks.files import folder_files, write_folder
 from tasks.locks import output_lock
 
@@ -204,7 +204,7 @@ def run_scene_tasks(
     not kept after they are written, so memory does not grow with the number of scenes.
     """
     orch = params.orchestration
-    code = code_version()
+    code = closure_version(f"tasks.{stage}")  # the code the stage runs: what dvc.yaml lists
     threads = threads_per_worker(orch)
     torch.set_num_threads(threads)  # thread runner: one torch pool shared by the workers
     if orch.cache:

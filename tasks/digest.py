@@ -1,4 +1,4 @@
-"""Content digests: of files and folders, and of the code that decides every result."""
+"""Content digests: of files and folders, and of the code a stage runs (its import closure, read from the source)."""
 
 from __future__ import annotations
 
@@ -23,19 +23,6 @@ def tree_digest(paths: Iterable[Path | None], h=None) -> str:
             with f.open("rb") as fh:
                 for block in iter(lambda: fh.read(1 << 20), b""):
                     h.update(block)
-    return h.hexdigest()
-
-
-def code_version() -> str:
-    """Digest of the source of the packages whose code decides every result (``models``, ``tasks``)."""
-    import importlib
-
-    roots = [Path(importlib.import_module(p).__file__).parent for p in PACKAGES]
-    h = hashlib.blake2b(digest_size=16)
-    for root in roots:
-        for f in sorted(root.rglob("*.py")):
-            h.update(str(f.relative_to(root.parent)).encode())
-            h.update(f.read_bytes())
     return h.hexdigest()
 
 
