@@ -30,7 +30,7 @@ from rich.table import Table
 from tasks.config import load_params
 from tasks.fit_nerf import evaluate_views, fit_scene
 from tasks.nerf_data import open_scene, sparse_views
-from tasks.train_diffusion import resolve_device
+from tasks.devices import resolve_device
 
 
 def fit_and_score(params, scene: str, source: str, views: int | None) -> dict:

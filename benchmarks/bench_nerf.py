@@ -31,7 +31,8 @@ from models.metrics import psnr
 from models.nerf.rendering import rays_from_camera, render_rays
 from models.nerf.vanilla import VanillaNeRF
 from tasks.config import load_params
-from tasks.fit_nerf import fit_scene, near_far
+from models.nerf.sampling import near_far
+from tasks.fit_nerf import fit_scene
 from tasks.nerf_data import open_scene, scene_bounds
 
 

@@ -64,8 +64,8 @@ class ExpectedErrors(logging.Filter):
     Prefect's traceback panel: the command's own ``error:`` line, last, says what to fix."""
 
     def filter(self, record: logging.LogRecord) -> bool:
+        from flows.fanout import StageFailed
         from flows.runners import RunnerError
-        from flows.stages import StageFailed
 
         if record.exc_info and isinstance(record.exc_info[1], DataError | StageFailed | RunnerError):
             record.exc_info, record.exc_text = None, None
@@ -135,8 +135,8 @@ DISK_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EFBI
 def reported_errors(output: Path | str) -> Iterator[None]:
     """Turn the errors a user can act on into exit 1 with one plain ``error:`` line (failed scenes listed above
     it); ``output`` is named when a disk error carries no file name."""
+    from flows.fanout import StageFailed
     from flows.runners import RunnerError
-    from flows.stages import StageFailed
 
     try:
         yield
@@ -164,41 +164,31 @@ def run_stage(stage: str, params_file: Path, overrides: list[str] | None, quiet:
     typer.echo(f"done: {out}", err=True)
 
 
-@app.command()
-def download(params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None, quiet: QuietOpt = False) -> None:
-    """Read a dataset (synthetic, nyu_labeled, sevenscenes, tum, nerfstudio, scannet, phone) into the scene store
-    (paths.scenes)."""
-    run_stage("download", params, set_, quiet)
+#: The pipeline's stage commands (``dnerf <stage>``, dashes for underscores) and their help.
+STAGE_COMMANDS = {
+    "download": "Read a dataset (synthetic, nyu_labeled, sevenscenes, tum, nerfstudio, scannet, phone) into the "
+                "scene store (paths.scenes).",
+    "corrupt": "Simulate depth-sensor noise on the scene store (or pass sensor depth through) into paths.noisy.",
+    "train_diffusion": "Train the diffusion depth refiner on the scene + noisy stores (resumes from its last "
+                       "checkpoint).",
+    "refine": "Refine every frame of the noisy store into paths.refined (resumable; refine.method picks a baseline).",
+    "fit_nerf": "Fit a NeRF per scene with poses, supervised by nerf.depth_source; render, score and export it.",
+    "evaluate": "Score noisy / classical / refined depth against the reference and collect the NeRF metrics.",
+}
 
 
-@app.command()
-def corrupt(params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None, quiet: QuietOpt = False) -> None:
-    """Simulate depth-sensor noise on the scene store (or pass sensor depth through) into paths.noisy."""
-    run_stage("corrupt", params, set_, quiet)
+def register_stage(stage: str, help_text: str) -> None:
+    """Add ``dnerf <stage>``: ``--params``, ``--set`` and ``--quiet``, then :func:`run_stage`."""
+
+    def command(params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None, quiet: QuietOpt = False) -> None:
+        run_stage(stage, params, set_, quiet)
+
+    command.__name__ = stage
+    app.command(stage.replace("_", "-"), help=help_text)(command)
 
 
-@app.command("train-diffusion")
-def train_diffusion(params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None, quiet: QuietOpt = False) -> None:
-    """Train the diffusion depth refiner on the scene + noisy stores (resumes from its last checkpoint)."""
-    run_stage("train_diffusion", params, set_, quiet)
-
-
-@app.command()
-def refine(params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None, quiet: QuietOpt = False) -> None:
-    """Refine every frame of the noisy store into paths.refined (resumable; refine.method picks a baseline)."""
-    run_stage("refine", params, set_, quiet)
-
-
-@app.command("fit-nerf")
-def fit_nerf(params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None, quiet: QuietOpt = False) -> None:
-    """Fit a NeRF per scene with poses, supervised by nerf.depth_source; render, score and export it."""
-    run_stage("fit_nerf", params, set_, quiet)
-
-
-@app.command()
-def evaluate(params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None, quiet: QuietOpt = False) -> None:
-    """Score noisy / classical / refined depth against the reference and collect the NeRF metrics."""
-    run_stage("evaluate", params, set_, quiet)
+for _stage, _help in STAGE_COMMANDS.items():
+    register_stage(_stage, _help)
 
 
 @app.command()

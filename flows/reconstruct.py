@@ -82,6 +82,7 @@ def reconstruct(params: Params, out: Path, video_frames: int = 60, fps: float = 
     import json
 
     from flows.stages import run_flow
+    from tasks.nerf_layout import FitFolder
     from tasks.render import render_scene
     from tasks.store import open_store
 
@@ -104,7 +105,7 @@ def reconstruct(params: Params, out: Path, video_frames: int = 60, fps: float = 
                                 progress=progress)
         results.append(Reconstruction(
             scene=scene, frames=refined[scene]["depth_refined"].shape[0], refined=Path(params.paths.refined) / scene,
-            fit=fit, mesh=fit / "mesh.ply", video=Path(rendered["video"]) if rendered["video"] else None,
+            fit=fit, mesh=FitFolder(fit).mesh, video=Path(rendered["video"]) if rendered["video"] else None,
             test_psnr=metrics.get("test_psnr"),
         ))
     return results

@@ -3,12 +3,12 @@
 Every ``dnerf <stage>`` command (and so every ``dvc repro`` stage) runs its flow, so runs show in the
 Prefect UI when ``PREFECT_API_URL`` points at a server, and in Prefect's temporary server otherwise.
 
-Per-scene tasks (``refine/<scene>``, ``fit_nerf/<scene>``):
+Per-scene tasks (``refine/<scene>``, ``fit_nerf/<scene>``, run by :mod:`flows.fanout`):
 
 - are cached by content (:mod:`flows.caching`); a cached result is *materialised* into the stage's
   outputs by the flow on every run, so ``dvc repro -f`` (which deletes the outs first) still writes them;
 - fail alone: the other scenes finish and are written, then the flow fails listing the failed scenes
-  (:class:`StageFailed`);
+  (:class:`flows.fanout.StageFailed`);
 - publish a progress artifact while they run; each stage publishes a table of per-scene results and a
   markdown summary.
 
@@ -20,68 +20,26 @@ from __future__ import annotations
 import json
 import logging
 import os
-import re
-import time
-from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING
 
 import torch
-from prefect import flow, get_run_logger, task
-from prefect.artifacts import (
-    create_link_artifact,
-    create_markdown_artifact,
-    create_progress_artifact,
-    create_table_artifact,
-    update_progress_artifact,
-)
-from prefect.cache_policies import NO_CACHE
-from prefect.futures import as_completed
+from prefect import flow, task
+from prefect.artifacts import create_link_artifact
 from prefect.settings import PREFECT_RESULTS_LOCAL_STORAGE_PATH, temporary_settings
 
-from flows.caching import SceneResultSerializer, cache_key, key_from_parameters
+from flows.caching import SceneResultSerializer
+from flows.fanout import Progress, StageFailed, publish, run_scene_tasks
 from flows.runners import make_task_runner, threads_per_worker
 from tasks.config import Params
-from tasks.digest import code_version
 from tasks.files import folder_files, write_folder
 from tasks.locks import output_lock
 
 if TYPE_CHECKING:
-    from tasks.fit_nerf import FitJob
+    from tasks.nerf_layout import FitJob
 
-T = TypeVar("T")
+__all__ = ["FLOWS", "STAGE_OUTPUT", "StageFailed", "run_flow", "run_name"]
 log = logging.getLogger(__name__)
-
-
-class StageFailed(RuntimeError):
-    """Some scenes of a stage failed; the others were written."""
-
-    def __init__(self, stage: str, failures: dict[str, str]):
-        self.stage, self.failures = stage, failures
-        lines = "\n".join(f"  {name}: {msg}" for name, msg in failures.items())
-        super().__init__(f"{stage}: {len(failures)} scene(s) failed:\n{lines}")
-
-
-def slug(text: str) -> str:
-    """An artifact key (lowercase letters, digits, dashes) from any name."""
-    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
-
-
-class Progress:
-    """A Prefect progress artifact for one task, updated at most every ``min_interval`` seconds."""
-
-    def __init__(self, key: str, description: str, min_interval: float = 2.0):
-        self.id = create_progress_artifact(0.0, key=slug(key), description=description)
-        self.min_interval, self.last = min_interval, 0.0
-
-    def __call__(self, fraction: float) -> None:
-        now = time.monotonic()
-        if fraction >= 1.0 or now - self.last >= self.min_interval:
-            update_progress_artifact(self.id, progress=round(100 * min(fraction, 1.0), 1))
-            self.last = now
-
-
-# ------------------------------------------------------------------------------ whole-stage tasks
 
 
 def retry_io_errors(_task, _task_run, state) -> bool:
@@ -192,58 +150,6 @@ def n_frames(noisy: Path, scene: str) -> int:
     return open_store(noisy, "noisy")[scene]["depth_noisy"].shape[0]
 
 
-def run_scene_tasks(
-    stage: str, params: Params, task_fn, units: dict[str, T], inputs: Callable[[T], list],
-    key_params: Callable[[T], dict], write: Callable[[T, dict], dict], progress: bool = False,
-) -> tuple[dict[T, dict], dict[str, str]]:
-    """Submit ``task_fn`` for every unit of work (a scene, or a scene and a variant; ``units`` maps its label
-    to the task's ``scene`` argument) on the flow's task runner and ``write`` each result into the stage's
-    outputs as soon as it arrives (fresh or cached); ``(what write returned by unit, failures by label)``.
-
-    A failing unit does not stop the others: its error message is collected in ``failures``. Results are
-    not kept after they are written, so memory does not grow with the number of scenes.
-    """
-    orch = params.orchestration
-    code = code_version()
-    threads = threads_per_worker(orch)
-    torch.set_num_threads(threads)  # thread runner: one torch pool shared by the workers
-    if orch.cache:
-        task_fn = task_fn.with_options(cache_key_fn=key_from_parameters, persist_result=True)
-    else:
-        task_fn = task_fn.with_options(cache_policy=NO_CACHE, persist_result=False)
-    futures = {}
-    for label, unit in units.items():
-        key = cache_key(stage, label, inputs(unit), key_params(unit), code)
-        t = task_fn.with_options(task_run_name=f"{stage}/{label}", tags=[stage, f"scene:{label.split('@')[0]}"])
-        fut = t.submit(params=params, scene=unit, cache_key=key, threads=threads, progress=progress)
-        futures[fut] = label
-    written, failures = {}, {}
-    for fut in as_completed(list(futures)):
-        label = futures[fut]
-        try:
-            written[label] = write(units[label], fut.result())
-        except Exception as err:  # noqa: BLE001 - one unit's failure must not stop the others
-            failures[label] = f"{type(err).__name__}: {err}"
-            get_run_logger().error("%s/%s failed: %s", stage, label, failures[label])
-    return {units[label]: written[label] for label in units if label in written}, failures
-
-
-def publish(stage: str, rows: list[dict], failures: dict[str, str], extra: str = "") -> None:
-    """The stage's results: one table on the terminal, and in Prefect a table artifact of per-scene results and a
-    markdown summary."""
-    from tasks.progress import print_summary
-
-    if rows or failures:
-        print_summary(rows, f"{stage}: {len(rows)} done" + (f", {len(failures)} failed" if failures else ""))
-    if rows:
-        create_table_artifact(rows, key=slug(f"{stage}-scenes"), description=f"{stage}: per-scene results")
-    lines = [f"# {stage}", "", f"- scenes done: {len(rows)}", f"- scenes failed: {len(failures)}"]
-    lines += [f"  - `{name}`: {msg}" for name, msg in failures.items()]
-    if extra:
-        lines += ["", extra]
-    create_markdown_artifact("\n".join(lines), key=slug(f"{stage}-summary"), description=f"{stage} summary")
-
-
 # ------------------------------------------------------------------------------------ scene flows
 
 
@@ -278,7 +184,7 @@ def refine_flow(params: Params, progress: bool = False) -> Path:
 def fit_nerf_flow(params: Params, progress: bool = False) -> Path:
     """Stage 5: a NeRF per posed scene (and per ablation depth source) into ``paths.nerf`` and
     ``paths.nerf_metrics``, fits in parallel."""
-    from tasks.fit_nerf import SUMMARY_KEYS, plan_fit_nerf, write_nerf_summary
+    from tasks.fit_nerf import SUMMARY_KEYS, fit_config, plan_fit_nerf, write_nerf_summary
 
     jobs, skipped = plan_fit_nerf(params)
     paths = params.paths
@@ -289,7 +195,7 @@ def fit_nerf_flow(params: Params, progress: bool = False) -> Path:
         return [Path(paths.scenes) / job.scene, Path(store) / job.scene if store else None]
 
     def key_params(job: FitJob) -> dict:
-        return {"nerf": job.config(params.nerf).model_dump(mode="json", exclude={"train": {"device"}})}
+        return {"nerf": fit_config(job, params.nerf).model_dump(mode="json", exclude={"train": {"device"}})}
 
     out_root = Path(paths.nerf)
 

@@ -14,19 +14,13 @@ from typing import Any, Literal
 import yaml
 from pydantic import Field, ValidationError, model_validator
 
-from models.baselines import BaselineConfig
+# Config modules only (no implementation), so that parsing params imports no stage's models or readers.
+from models.baselines_config import BaselineConfig
 from models.config import StrictConfig
-from models.diffusion.losses import LossWeights
-from models.diffusion.pipeline import COND_CHANNELS, DiffusionConfig
-from models.diffusion.unet import UNetConfig
-from models.nerf.encoding import HashEncodingConfig
-from models.nerf.field import NeRFFieldConfig
-from models.nerf.occupancy import OccupancyGridConfig
-from models.noise import NoiseModelConfig
-from tasks.datasets.base import Role
-from tasks.datasets.nyu import NyuConfig
-from tasks.datasets.phone import PhoneConfig
-from tasks.datasets.synthetic import SyntheticConfig
+from models.diffusion.config import COND_CHANNELS, DiffusionConfig, LossWeights, UNetConfig
+from models.nerf.config import HashEncodingConfig, NeRFFieldConfig, OccupancyGridConfig
+from models.noise_config import NoiseModelConfig
+from tasks.datasets.config import NyuConfig, PhoneConfig, Role, SyntheticConfig
 
 
 class ParamsError(ValueError):

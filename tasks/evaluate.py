@@ -44,7 +44,7 @@ from models.metrics import (
 from tasks.config import Params
 from tasks.errors import DataError
 from tasks.files import write_text_atomic
-from tasks.fit_nerf import FitJob
+from tasks.nerf_layout import FitFolder, FitJob
 from tasks.progress import progress_bar
 from tasks.report import (
     ablation_figure,
@@ -281,12 +281,11 @@ def evaluate_nerf(params: Params, nerf: dict) -> pd.DataFrame:
         for scene, m in entry["scenes"].items():
             row = {"scene": scene, "depth_source": source, "label": f"{scene} / {source}",
                    **{k: m.get(k, np.nan) for k in NERF_COLUMNS}}
-            folder = FitJob(scene, source, ablation=source != main).folder(params.paths.nerf)
-            if scene in scenes and (folder / "mesh.ply").is_file():
-                aabb = np.asarray(json.loads((folder / "config.json").read_text())["aabb"])
-                gt = reference_points(SceneView(scenes[scene]), aabb, cfg.geometry_points)
+            fit = FitFolder(FitJob(scene, source, ablation=source != main).folder(params.paths.nerf))
+            if scene in scenes and fit.mesh.is_file():
+                gt = reference_points(SceneView(scenes[scene]), fit.aabb(), cfg.geometry_points)
                 if gt is not None:
-                    pred = mesh_points(folder / "mesh.ply", cfg.geometry_points)
+                    pred = mesh_points(fit.mesh, cfg.geometry_points)
                     row.update(geometry_metrics(pred, gt, cfg.fscore_threshold_m))
             rows.append(row)
     return pd.DataFrame(rows)
@@ -337,9 +336,9 @@ def make_figures(params: Params, samples: dict, distance: pd.DataFrame | None, d
         out.append(save_figure(depth_histogram(depths), folder / "depth_distribution.png"))
     if not ablation.empty:
         out.append(save_figure(ablation_figure(ablation), folder / "nerf_ablation.png"))
-    diffusion_curve = Path(params.paths.diffusion) / "curve.csv"
+    diffusion_curve = Path(params.paths.diffusion) / "curve.csv"  # the refiner's folder: tasks/refiner_files.py
     nerf_curves = {name: pd.read_csv(p) for name in scene_names(open_store(params.paths.scenes, "scenes"))
-                   if (p := Path(params.paths.nerf) / name / "curve.csv").is_file()}
+                   if (p := FitFolder(Path(params.paths.nerf) / name).curve).is_file()}
     if diffusion_curve.is_file() or nerf_curves:
         diffusion = pd.read_csv(diffusion_curve) if diffusion_curve.is_file() else None
         out.append(save_figure(training_figure(diffusion, nerf_curves), folder / "training_curves.png"))
@@ -347,7 +346,7 @@ def make_figures(params: Params, samples: dict, distance: pd.DataFrame | None, d
     for name in scene_names(scenes):
         view = SceneView(scenes[name])
         test = view.indices("test")
-        renders = Path(params.paths.nerf) / name / "renders"
+        renders = FitFolder(Path(params.paths.nerf) / name).renders
         if not test or not renders.is_dir():
             continue
         fig = nerf_figure(renders, view.group["rgb"][test[0]], view.frame_ids[test[0]], f"NeRF {name}")

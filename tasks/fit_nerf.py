@@ -36,14 +36,15 @@ from models.nerf.field import NeRFField
 from models.nerf.losses import depth_nll_loss, ds_nerf_loss, patch_edge_loss, rgb_loss
 from models.nerf.occupancy import OccupancyGrid
 from models.nerf.rendering import rays_from_camera, render_rays
-from models.nerf.sampling import ray_aabb_intersect
+from models.nerf.sampling import near_far
 from tasks.config import NerfStageConfig, Params
+from tasks.devices import autocast_dtype, resolve_device
 from tasks.errors import DataError
 from tasks.files import atomic_dir, load_checkpoint, save_checkpoint, save_tensors, write_text_atomic
 from tasks.nerf_data import RaySampler, SceneFrames, open_scene, scene_bounds, sparse_views
+from tasks.nerf_layout import ABLATION, FitFolder, FitJob
 from tasks.progress import progress_bar
 from tasks.store import SceneView, open_store, scene_names
-from tasks.train_diffusion import autocast_dtype, resolve_device
 
 log = logging.getLogger(__name__)
 
@@ -61,11 +62,6 @@ def batch_rays(frames: SceneFrames, frame: torch.Tensor, pixel: torch.Tensor, de
         sel = frame == i
         o[sel], d[sel], zs[sel] = rays_from_camera(frames.K[i], frames.c2w[i], h, w, pixel[sel])
     return o.to(device), d.to(device), zs.to(device)
-
-
-def near_far(rays_o: torch.Tensor, rays_d: torch.Tensor, aabb: torch.Tensor, near_min: float):
-    t0, t1, _ = ray_aabb_intersect(rays_o, rays_d, aabb)
-    return t0.clamp_min(near_min), t1
 
 
 # --------------------------------------------------------------------------------------------- model
@@ -420,15 +416,16 @@ def _export_into(tmp: Path, field_, grid, frames, aabb_np, cfg: NerfStageConfig,
     aabb = torch.from_numpy(aabb_np).to(device)
     views = frames.test or frames.train[:1]
     scores, renders = evaluate_views(field_, grid, frames, views, aabb, cfg, device)
-    write_renders(tmp / "renders", frames, renders)
+    out = FitFolder(tmp)
+    write_renders(out.renders, frames, renders)
     cloud = point_cloud(frames, renders)
-    cloud.export(tmp / "pointcloud.ply")
+    cloud.export(out.pointcloud)
     mesh = density_mesh(field_, aabb_np, cfg.export.mesh_resolution, cfg.export.mesh_level, device,
                         surface=np.asarray(cloud.vertices))
-    mesh.export(tmp / "mesh.ply")
-    save_tensors(tmp / "field.safetensors", field_.state_dict())
-    save_tensors(tmp / "occupancy.safetensors", grid.state_dict())  # renders reload it (tasks.render.load_fit)
-    (tmp / "config.json").write_text(json.dumps({"nerf": cfg.model_dump(mode="json"), "aabb": aabb_np.tolist()}, indent=2))
+    mesh.export(out.mesh)
+    save_tensors(out.field, field_.state_dict())
+    save_tensors(out.occupancy, grid.state_dict())  # renders reload it (tasks.render.load_fit)
+    out.config.write_text(json.dumps({"nerf": cfg.model_dump(mode="json"), "aabb": aabb_np.tolist()}, indent=2))
     evals = [r for r in state.curve]
     metrics = {
         "scene": frames.view.name,
@@ -442,42 +439,20 @@ def _export_into(tmp: Path, field_, grid, frames, aabb_np, cfg: NerfStageConfig,
         "samples_per_ray": float(np.mean([r["samples_per_ray"] for r in evals[-20:]])) if evals else float("nan"),
         "occupied_fraction": grid.occupied_fraction,
     }
-    (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2))
-    pd.DataFrame(state.curve, columns=CURVE_COLUMNS).to_csv(tmp / "curve.csv", index=False)
+    out.metrics.write_text(json.dumps(metrics, indent=2))
+    pd.DataFrame(state.curve, columns=CURVE_COLUMNS).to_csv(out.curve, index=False)
     return metrics
 
 
 # --------------------------------------------------------------------------------------------- stage
 
 
-@dataclass(frozen=True)
-class FitJob:
-    """One NeRF to fit: a scene and the depth source that supervises it.
-
-    The main fit (``nerf.depth_source``) goes to ``paths.nerf/<scene>``; an ablation fit (one of
-    ``nerf.ablation_sources``) to ``paths.nerf/ablation/<source>/<scene>``, with the same layout.
-    """
-
-    scene: str
-    source: str
-    ablation: bool = False
-
-    @property
-    def label(self) -> str:
-        """``scene`` or ``scene@source``: task names, logs and result keys."""
-        return f"{self.scene}@{self.source}" if self.ablation else self.scene
-
-    def folder(self, root: Path) -> Path:
-        """This fit's folder under ``root`` (the outputs root or the checkpoints root)."""
-        return Path(root) / ABLATION / self.source / self.scene if self.ablation else Path(root) / self.scene
-
-    def config(self, cfg: NerfStageConfig) -> NerfStageConfig:
-        """The config of this one fit: its depth source, and none of the stage-level scene / ablation lists,
-        so the same fit has the same fingerprint whichever way it was asked for."""
-        return cfg.model_copy(update={"depth_source": self.source, "ablation_sources": [], "scenes": None})
 
 
-ABLATION = "ablation"
+def fit_config(job: FitJob, cfg: NerfStageConfig) -> NerfStageConfig:
+    """The config of one fit: its depth source, and none of the stage-level scene / ablation lists, so the same
+    fit has the same fingerprint whichever way it was asked for."""
+    return cfg.model_copy(update={"depth_source": job.source, "ablation_sources": [], "scenes": None})
 
 
 def plan_fit_nerf(params: Params) -> tuple[list[FitJob], dict[str, str]]:
@@ -516,7 +491,7 @@ def plan_fit_nerf(params: Params) -> tuple[list[FitJob], dict[str, str]]:
 
 def fit_one_scene(params: Params, job: FitJob, out_dir: Path, progress: bool = True, on_step=None) -> dict:
     """Run one fit (resuming from its checkpoint) and export it into ``out_dir``; its metrics."""
-    cfg = job.config(params.nerf)
+    cfg = fit_config(job, params.nerf)
     paths = params.paths
     frames = open_scene(paths.scenes, job.scene, job.source, paths.noisy, paths.refined)
     frames = sparse_views(frames, cfg.train_views)

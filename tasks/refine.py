@@ -37,12 +37,13 @@ import zarr
 from models.baselines import Refiner, make_baselines
 from models.diffusion.refiner import DiffusionRefiner
 from tasks.config import Params, RefineConfig
+from tasks.devices import resolve_device
 from tasks.diffusion_data import check_depth_input
-from tasks.digest import code_version
+from tasks.digest import closure_version
 from tasks.errors import DataError
 from tasks.progress import progress_bar
+from tasks.refiner_files import TrainedRefiner, load_model, model_files
 from tasks.store import SCHEMA_VERSION, StoreBuilder, consolidate, open_store, scene_names, scenes_with_role
-from tasks.train_diffusion import TrainedRefiner, load_model, model_files, resolve_device
 
 log = logging.getLogger(__name__)
 
@@ -147,7 +148,7 @@ def refine_fingerprint(params: Params, model_digest: str) -> str:
     cfg = params.refine.model_dump(mode="json", exclude={"device"})
     h = hashlib.sha256(json.dumps(cfg, sort_keys=True).encode() + model_digest.encode())
     h.update((Path(params.paths.noisy) / "zarr.json").read_bytes())
-    h.update(code_version().encode())
+    h.update(closure_version("tasks.refine").encode())  # the code this stage runs
     return h.hexdigest()[:16]
 
 

@@ -10,7 +10,6 @@ right, coloured by distance) and ``video.mp4`` into a folder written under a tem
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,10 +27,11 @@ from models.camera import look_at
 from models.nerf.field import NeRFField
 from models.nerf.occupancy import OccupancyGrid
 from models.nerf.rendering import rays_from_camera, render_rays
+from models.nerf.sampling import near_far
 from tasks.config import NerfStageConfig, Params
 from tasks.errors import DataError
 from tasks.files import atomic_dir
-from tasks.fit_nerf import near_far
+from tasks.nerf_layout import FitFolder
 from tasks.progress import progress_bar
 from tasks.store import SceneView, open_store
 
@@ -52,25 +52,24 @@ class FittedScene:
 
 def load_fit(folder: str | Path, device: str | torch.device = "cpu") -> FittedScene:
     """The fitted scene exported in ``folder`` (``paths.nerf/<scene>``), in eval mode on ``device``."""
-    folder = Path(folder)
-    for name in ("config.json", "field.safetensors"):
-        if not (folder / name).is_file():
-            raise DataError(folder / name, "not found: run dnerf fit-nerf for this scene first")
+    fit = FitFolder(Path(folder))
+    for path in (fit.config, fit.field):
+        if not path.is_file():
+            raise DataError(path, "not found: run dnerf fit-nerf for this scene first")
     try:
-        meta = json.loads((folder / "config.json").read_text())
-        cfg = NerfStageConfig.model_validate(meta["nerf"])
-        aabb = np.asarray(meta["aabb"], dtype=np.float32)
+        cfg = NerfStageConfig.model_validate(fit.read_config()["nerf"])
     except (KeyError, ValueError) as err:
-        raise DataError(folder / "config.json", f"not a NeRF export config: {err}") from None
+        raise DataError(fit.config, f"not a NeRF export config: {err}") from None
+    aabb = fit.aabb().astype(np.float32)
     field_ = NeRFField(cfg.field, aabb)
     try:
-        field_.load_state_dict(load_file(folder / "field.safetensors"))
+        field_.load_state_dict(load_file(fit.field))
     except RuntimeError as err:
-        raise DataError(folder / "field.safetensors", f"weights do not match config.json: {err}") from None
+        raise DataError(fit.field, f"weights do not match config.json: {err}") from None
     field_ = field_.to(device).eval()
     grid = OccupancyGrid(aabb, cfg.occupancy.resolution).to(device)
-    if (folder / "occupancy.safetensors").is_file():
-        grid.load_state_dict(load_file(folder / "occupancy.safetensors"))
+    if fit.occupancy.is_file():
+        grid.load_state_dict(load_file(fit.occupancy))
     else:  # older exports: mark the cells where the fitted field has density
         oc = cfg.occupancy
         with torch.no_grad():

@@ -26,14 +26,12 @@ import io
 import json
 import logging
 import math
-import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors.torch import load_file
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from models.diffusion.calibration import Calibration, fit_calibration
@@ -50,110 +48,18 @@ from models.diffusion.pipeline import (
     training_target,
 )
 from models.diffusion.refiner import DiffusionRefiner
-from models.diffusion.unet import DepthUNet, UNetConfig
+from models.diffusion.unet import DepthUNet
 from models.noise import SensorPrior
 from tasks.config import DiffusionStageConfig, Params
+from tasks.devices import autocast_dtype, resolve_device
 from tasks.diffusion_data import FramePairs, collate, random_crop
 from tasks.errors import DataError
-from tasks.files import atomic_dir, load_checkpoint, save_checkpoint, save_tensors, write_text_atomic
+from tasks.files import load_checkpoint, save_checkpoint, write_text_atomic
 from tasks.progress import progress_bar
+from tasks.refiner_files import load_model, save_model
 from tasks.store import SceneView, open_store, scenes_with_role
 
 log = logging.getLogger(__name__)
-
-WEIGHTS = "model.safetensors"
-CONFIG = "config.json"
-
-
-# ------------------------------------------------------------------------------------------ devices
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "cuda" and not torch.cuda.is_available():
-        raise DataError("device", "CUDA was requested but is not available")
-    return torch.device("cuda" if name == "auto" and torch.cuda.is_available() else ("cpu" if name == "auto" else name))
-
-
-def autocast_dtype(amp: str, device: torch.device) -> torch.dtype | None:
-    """Mixed-precision dtype: bf16 on CUDA by default; off on CPU, where autocast costs more than it saves."""
-    if amp == "off" or (amp == "auto" and device.type != "cuda"):
-        return None
-    return torch.float16 if amp == "fp16" else torch.bfloat16
-
-
-# ----------------------------------------------------------------------------------- model files
-
-
-@dataclass(frozen=True)
-class TrainedRefiner:
-    """A trained refiner as loaded from its folder: the network (eval mode), the parametrisation it was
-    trained with, the sensor prior behind its units and bound, and its uncertainty calibration."""
-
-    model: DepthUNet
-    schedule: DiffusionConfig
-    sensor: SensorPrior
-    calibration: Calibration
-    focal_range: tuple[float, float] | None = None  # focal lengths (pixels) of the frames it was trained on
-
-
-def save_model(
-    folder: Path, model: torch.nn.Module, unet: UNetConfig, schedule: DiffusionConfig, sensor: SensorPrior,
-    calibration: Calibration, meta: dict,
-) -> None:
-    """Write weights + config into ``folder`` atomically; other files already there (curve, metrics) stay."""
-    folder = Path(folder)
-    with atomic_dir(folder) as tmp:
-        save_tensors(tmp / WEIGHTS, model.state_dict())
-        config = {
-            "unet": unet.model_dump(mode="json"), "schedule": schedule.model_dump(mode="json"),
-            "sensor": sensor.model_dump(mode="json"), "calibration": calibration.model_dump(mode="json"), **meta,
-        }
-        (tmp / CONFIG).write_text(json.dumps(config, indent=2))
-        if folder.exists():
-            for p in folder.iterdir():
-                if not (tmp / p.name).exists():
-                    shutil.copy2(p, tmp / p.name)
-
-
-def model_files(folder: str | Path) -> tuple[Path, Path]:
-    """``(config.json, model.safetensors)`` of a trained refiner; a DataError names a missing one."""
-    folder = Path(folder)
-    paths = folder / CONFIG, folder / WEIGHTS
-    for p in paths:
-        if not p.is_file():
-            raise DataError(p, "missing; train the model first (dnerf train-diffusion)")
-    return paths
-
-
-def load_model(folder: str | Path, device: torch.device | str = "cpu") -> TrainedRefiner:
-    """Load a trained refiner (safetensors weights, config beside them); errors name the file and problem."""
-    cfg_path, w_path = model_files(folder)
-    try:
-        meta = json.loads(cfg_path.read_text())
-        unet_cfg = UNetConfig.model_validate(meta["unet"])
-        schedule = DiffusionConfig.model_validate(meta["schedule"])
-        sensor = SensorPrior.model_validate(meta["sensor"])
-        calibration = Calibration.model_validate(meta["calibration"])
-        focal = meta.get("trained_focal_px")
-        focal_range = (float(focal[0]), float(focal[1])) if focal is not None else None
-    except (json.JSONDecodeError, KeyError, ValueError) as err:
-        raise DataError(cfg_path, f"not a valid model config: {err}") from None
-    model = DepthUNet(unet_cfg)
-    try:
-        state = load_file(w_path, device=str(device))
-    except Exception as err:  # safetensors raises its own error types for damaged files
-        raise DataError(w_path, f"cannot read weights: {err}") from None
-    missing, unexpected = model.state_dict().keys() - state.keys(), state.keys() - model.state_dict().keys()
-    mismatched = [k for k in state.keys() & model.state_dict().keys() if state[k].shape != model.state_dict()[k].shape]
-    if missing or unexpected or mismatched:
-        raise DataError(
-            w_path,
-            f"weights do not match {cfg_path.name}: {len(missing)} missing, {len(unexpected)} unexpected, "
-            f"{len(mismatched)} with other shapes (e.g. {sorted(missing or unexpected or mismatched)[:3]})",
-        )
-    model.load_state_dict(state)
-    return TrainedRefiner(model.to(device).eval(), schedule, sensor, calibration, focal_range)
-
 
 # ------------------------------------------------------------------------------------------- losses
 

@@ -47,6 +47,7 @@ from models.camera import backproject, intrinsics_matrix
 from tasks.config import Params
 from tasks.errors import DataError
 from tasks.nerf_data import frame_depth, open_scene
+from tasks.nerf_layout import FitFolder
 from tasks.render import FittedScene, depth_colours, load_fit, render_pose, scene_view
 from tasks.store import SceneView
 
@@ -255,13 +256,13 @@ def load_content(params: Params, scene: str, max_cameras: int = 100, image_width
         points, colours = found
         label = f"{fitted.cfg.depth_source} depth of the train views"
     else:
-        points, colours = ply_points(folder / "pointcloud.ply", max_points)
+        points, colours = ply_points(FitFolder(folder).pointcloud, max_points)
         label = "NeRF depth of the test views (pointcloud.ply)"
     up = -np.mean([s.c2w[:3, 1] for s in shots], axis=0)  # OpenCV y points down in the image
     up = up / np.linalg.norm(up) if np.linalg.norm(up) > 1e-9 else np.array([0.0, 0.0, 1.0])
-    metrics_file = folder / "metrics.json"
+    metrics_file = FitFolder(folder).metrics
     metrics = json.loads(metrics_file.read_text()) if metrics_file.is_file() else {}
-    return SceneContent(scene, fitted, view.shape, shots, points, colours, label, load_mesh(folder / "mesh.ply"),
+    return SceneContent(scene, fitted, view.shape, shots, points, colours, label, load_mesh(FitFolder(folder).mesh),
                         up, metrics)
 
 

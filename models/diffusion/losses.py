@@ -17,9 +17,8 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from pydantic import Field
 
-from models.config import StrictConfig
+from models.diffusion.config import LossWeights
 
 Tensor = torch.Tensor
 
@@ -341,22 +340,6 @@ def normal_loss(
 
 
 # ------------------------------------------------------------------------------------------------ total
-
-
-class LossWeights(StrictConfig):
-    """Weights of the refinement losses (all ``>= 0``; 0 disables a term's contribution).
-
-    Attributes:
-        mse: Diffusion MSE (applied by the trainer).
-        edge: :func:`edge_loss`.
-        ssim: :func:`ms_ssim_loss`.
-        normal: :func:`normal_loss`.
-    """
-
-    mse: float = Field(1.0, ge=0.0)
-    edge: float = Field(0.5, ge=0.0)
-    ssim: float = Field(0.2, ge=0.0)
-    normal: float = Field(0.1, ge=0.0)
 
 
 def depth_refinement_loss(

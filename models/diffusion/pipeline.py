@@ -39,41 +39,17 @@ sampling used at inference and for the losses computed on the x0 estimate during
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
-from pydantic import Field, field_validator
 
 from models.baselines import fill_holes, median_filter
-from models.config import StrictConfig
+from models.diffusion.config import COND_CHANNELS, DiffusionConfig, PredictionType  # noqa: F401 (re-exported)
 from models.noise import SensorPrior, expected_sigma, trusted_measurements
 
 if TYPE_CHECKING:
     from diffusers.schedulers.scheduling_ddim import DDIMScheduler
-
-PredictionType = Literal["v_prediction", "epsilon", "sample"]
-
-
-class DiffusionConfig(StrictConfig):
-    """Noise schedule and depth parametrisation (shared by training and sampling; saved with the weights)."""
-
-    num_train_timesteps: int = Field(1000, ge=10)
-    prediction_type: PredictionType = "v_prediction"
-    target: Literal["residual", "depth"] = "residual"
-    log_scale: float = Field(0.5, gt=0, description="y = log(d / median) / log_scale")
-    residual_scale: float = Field(0.1, gt=0, description="x0 = (y_clean - y_base) / residual_scale at untrusted pixels")
-    measured_bound: float = Field(
-        2.5, ge=0, description="largest correction of a trusted measurement, in expected sensor sigmas (0 = none)"
-    )
-    base_median: int = Field(5, ge=1, le=9, description="median window on the hole-filled base (1 = none)")
-
-    @field_validator("base_median")
-    @classmethod
-    def _odd(cls, v: int) -> int:
-        if v % 2 == 0:
-            raise ValueError(f"base_median must be odd (1 = no median), got {v}")
-        return v
 
 
 def make_scheduler(cfg: DiffusionConfig) -> DDIMScheduler:
@@ -256,9 +232,6 @@ def normalise(
     deviation = ((y_obs - y_base) / unit).clamp(-10, 10) * valid
     cond = torch.cat([rgb * 2 - 1, y_obs, y_base, valid, torch.log(unit / cfg.residual_scale), trusted, deviation], 1)
     return Normalised(cond=cond, y_base=y_base, y_obs=y_obs, unit=unit, trusted=trusted, scale=scale)
-
-
-COND_CHANNELS = 9
 
 
 @torch.no_grad()

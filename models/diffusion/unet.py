@@ -30,11 +30,10 @@ import math
 
 import torch
 import torch.nn.functional as F
-from pydantic import Field, model_validator
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
-from models.config import StrictConfig
+from models.diffusion.config import UNetConfig
 
 __all__ = [
     "UNetConfig",
@@ -47,67 +46,6 @@ __all__ = [
     "pad_to_multiple",
     "count_parameters",
 ]
-
-
-# ----------------------------------------------------------------------------------------------- config
-
-
-class UNetConfig(StrictConfig):
-    """Architecture of :class:`DepthUNet`.
-
-    Attributes:
-        in_channels: Channels of the noisy sample ``x_t`` (normalised depth: 1).
-        cond_channels: Channels of the conditioning image (e.g. RGB in [-1, 1], observed normalised depth
-            with 0 at holes, validity mask).
-        out_channels: Channels of the prediction.
-        base_channels: Channels at full resolution (times ``channel_mults[0]``); divisible by ``groups``.
-            16 keeps a 640x480 forward pass on 2 CPU cores at about 0.45 s (32: about 1.3 s, 4x the
-            convolution FLOPs).
-        channel_mults: One entry per resolution level; level ``l`` has ``base_channels * channel_mults[l]``
-            channels at ``1 / 2**l`` of the input size.
-        num_res_blocks: Residual blocks per level, in the encoder and in the decoder.
-        groups: GroupNorm groups.
-        attention_heads: Heads of the bottleneck self-attention; must divide the bottleneck channels.
-        attention_max_tokens: The attention's keys/values are average-pooled to at most this many positions
-            (queries stay at full bottleneck resolution); bottlenecks with no more positions than this get
-            exact global attention.
-        dropout: Dropout probability inside the residual blocks.
-        enhance_skips: Put CBAM-style feature-enhancement blocks (channel then spatial attention) on the
-            skip connections.
-        gradient_checkpointing: In training mode, recompute each residual block in the backward pass
-            (``torch.utils.checkpoint``, non-reentrant) instead of storing its activations.
-    """
-
-    in_channels: int = Field(1, ge=1)
-    cond_channels: int = Field(5, ge=0)
-    out_channels: int = Field(1, ge=1)
-    base_channels: int = Field(16, ge=8)
-    channel_mults: tuple[int, ...] = Field((1, 2, 4), min_length=1)
-    num_res_blocks: int = Field(1, ge=1)
-    groups: int = Field(8, ge=1)
-    attention_heads: int = Field(4, ge=1)
-    attention_max_tokens: int = Field(1024, ge=1)
-    dropout: float = Field(0.0, ge=0.0, lt=1.0)
-    enhance_skips: bool = True
-    gradient_checkpointing: bool = False
-
-    @model_validator(mode="after")
-    def _check_channels(self) -> UNetConfig:
-        if any(m < 1 for m in self.channel_mults):
-            raise ValueError(f"channel_mults must all be >= 1, got {self.channel_mults}")
-        if self.base_channels % self.groups:
-            raise ValueError(f"base_channels ({self.base_channels}) must be divisible by groups ({self.groups})")
-        bottleneck = self.base_channels * self.channel_mults[-1]
-        if bottleneck % self.attention_heads:
-            raise ValueError(
-                f"attention_heads ({self.attention_heads}) must divide the bottleneck channels "
-                f"(base_channels * channel_mults[-1] = {bottleneck})"
-            )
-        return self
-
-    def channels(self, level: int) -> int:
-        """Channels of resolution level ``level``."""
-        return self.base_channels * self.channel_mults[level]
 
 
 def count_parameters(module: nn.Module) -> int:

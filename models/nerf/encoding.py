@@ -23,12 +23,9 @@ from __future__ import annotations
 import math
 
 import torch
-from typing import Literal
-
-from pydantic import Field, model_validator
 from torch import nn
 
-from models.config import StrictConfig
+from models.nerf.config import HashEncodingConfig
 from models.nerf.kernels import fused_hash_encoding, fused_hashgrid_available
 
 Tensor = torch.Tensor
@@ -37,39 +34,6 @@ __all__ = ["HashEncodingConfig", "HashEncoding", "level_resolutions", "HASH_PRIM
 
 # The spatial-hash primes of Instant-NGP (Teschner et al. 2003, with 1 for the first axis for coherence).
 HASH_PRIMES = (1, 2654435761, 805459861)
-
-
-class HashEncodingConfig(StrictConfig):
-    """Size of the hash grid.
-
-    Attributes:
-        n_levels: Number of resolution levels ``L``.
-        features_per_level: Feature entries ``F`` per vertex and level.
-        log2_hashmap_size: ``log2`` of the rows ``T`` of each level's table.
-        base_resolution: Coarsest resolution ``N_min`` (cells per axis).
-        max_resolution: Finest resolution ``N_max``; must exceed ``base_resolution``.
-        init_scale: Table entries start uniform in ``[-init_scale, init_scale]``.
-        backend: ``fused``: the compiled CPU kernel (:mod:`models.nerf.kernels`; an error where it cannot be
-            built); ``torch``: the pure-PyTorch reference; ``auto``: the kernel for CPU tensors where it builds,
-            PyTorch otherwise (CUDA, no compiler). The backends agree to float rounding.
-    """
-
-    n_levels: int = Field(12, ge=1, le=64)
-    features_per_level: int = Field(2, ge=1)
-    log2_hashmap_size: int = Field(17, ge=1, le=30)
-    base_resolution: int = Field(16, ge=1)
-    max_resolution: int = Field(1024, ge=2, le=2**20)
-    init_scale: float = Field(1e-4, gt=0.0)
-    backend: Literal["auto", "fused", "torch"] = "auto"
-
-    @model_validator(mode="after")
-    def _check_resolutions(self) -> HashEncodingConfig:
-        if self.max_resolution <= self.base_resolution:
-            raise ValueError(
-                f"max_resolution ({self.max_resolution}) must be greater than base_resolution "
-                f"({self.base_resolution})"
-            )
-        return self
 
 
 def growth_factor(cfg: HashEncodingConfig) -> float:

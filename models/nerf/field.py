@@ -17,12 +17,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
-from pydantic import Field
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from models.config import StrictConfig
-from models.nerf.encoding import HashEncoding, HashEncodingConfig
+from models.nerf.config import NeRFFieldConfig
+from models.nerf.encoding import HashEncoding
 
 Tensor = torch.Tensor
 
@@ -122,31 +121,6 @@ def _mlp(in_dim: int, hidden: int, n_hidden: int, out_dim: int) -> nn.Sequential
         d = hidden
     layers.append(nn.Linear(d, out_dim))
     return nn.Sequential(*layers)
-
-
-class NeRFFieldConfig(StrictConfig):
-    """Architecture of :class:`NeRFField`.
-
-    Attributes:
-        encoding: The hash grid.
-        hidden_dim: Width of both MLPs.
-        geo_features: Features ``G`` passed from the density MLP to the colour MLP.
-        n_density_layers: Hidden layers of the density MLP.
-        n_color_layers: Hidden layers of the colour MLP.
-        sh_degree: Bands of the view-direction SH encoding (4 -> 16 coefficients).
-        density_bias: Added to the raw density before ``trunc_exp`` (-1: initial density ~ e^-1 per unit).
-        gradient_checkpointing: In training mode with autograd on, recompute encoding + MLPs in the backward
-            pass (``torch.utils.checkpoint``, non-reentrant) instead of storing their activations.
-    """
-
-    encoding: HashEncodingConfig = HashEncodingConfig()
-    hidden_dim: int = Field(64, ge=1)
-    geo_features: int = Field(15, ge=0)
-    n_density_layers: int = Field(1, ge=0)
-    n_color_layers: int = Field(2, ge=0)
-    sh_degree: int = Field(4, ge=1, le=4)
-    density_bias: float = -1.0
-    gradient_checkpointing: bool = False
 
 
 class NeRFField(nn.Module):

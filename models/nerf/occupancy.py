@@ -22,37 +22,13 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 
 import torch
-from pydantic import Field
 from torch import nn
 
-from models.config import StrictConfig
+from models.nerf.config import OccupancyGridConfig
 
 Tensor = torch.Tensor
 
 __all__ = ["OccupancyGridConfig", "OccupancyGrid"]
-
-
-class OccupancyGridConfig(StrictConfig):
-    """Settings of :class:`OccupancyGrid` and of its updates (for a training loop to pass on).
-
-    Attributes:
-        resolution: Cells per axis ``R``.
-        update_every: Training steps between updates.
-        warmup_steps: Every cell counts as occupied before this step.
-        decay: EMA decay of the per-cell maximum.
-        threshold: Density above which a cell is always occupied.
-        n_samples_per_cell: Random points per cell and update.
-        n_cells: ``None``: evaluate every cell at every update; an integer ``k``: after warm-up, ``k`` random
-            cells plus ``k`` random occupied cells per update (nerfacc's scheme, cheaper for large ``R``).
-    """
-
-    resolution: int = Field(128, ge=1)
-    update_every: int = Field(16, ge=1)
-    warmup_steps: int = Field(256, ge=0)
-    decay: float = Field(0.95, ge=0.0, le=1.0)
-    threshold: float = Field(0.01, ge=0.0)
-    n_samples_per_cell: int = Field(1, ge=1)
-    n_cells: int | None = Field(None, ge=1)
 
 
 class OccupancyGrid(nn.Module):

@@ -14,7 +14,7 @@ if TYPE_CHECKING:  # only for annotations: sampling does not depend on the grid'
 
 Tensor = torch.Tensor
 
-__all__ = ["stratified_samples", "sample_pdf", "gaussian_samples", "ray_aabb_intersect", "occupancy_filter"]
+__all__ = ["stratified_samples", "sample_pdf", "gaussian_samples", "ray_aabb_intersect", "near_far", "occupancy_filter"]
 
 
 def _per_ray(v: Tensor | float, like: Tensor) -> Tensor:
@@ -190,6 +190,13 @@ def ray_aabb_intersect(rays_o: Tensor, rays_d: Tensor, aabb: Tensor) -> tuple[Te
     t_near = torch.minimum(t0, t1).amax(dim=-1).clamp_min(0.0)
     t_far = torch.maximum(t0, t1).amin(dim=-1)
     return t_near, t_far, t_far > t_near
+
+
+def near_far(rays_o: Tensor, rays_d: Tensor, aabb: Tensor, near_min: float) -> tuple[Tensor, Tensor]:
+    """``[n]`` near and far ray parameters inside the box ``aabb`` (:func:`ray_aabb_intersect`), the near one no
+    closer than ``near_min`` (world units along ``rays_d``). Rays that miss the box get ``far <= near``."""
+    t0, t1, _ = ray_aabb_intersect(rays_o, rays_d, aabb)
+    return t0.clamp_min(near_min), t1
 
 
 @torch.no_grad()

@@ -20,15 +20,11 @@ from typing import Literal
 import cv2
 import numpy as np
 
+from tasks.datasets.config import ROLES, Role  # noqa: F401 (re-exported)
 from tasks.errors import DataError
 
 DepthKind = Literal["reference", "sensor"]
 Split = Literal["train", "test"]
-#: What a scene is for: ``train`` (the depth refiner learns from all its frames), ``val`` (the refiner's
-#: validation, early stopping and calibration, and baseline tuning) or ``eval`` (NeRFs are fitted on it and
-#: it is scored). Refiner rooms (train / val) and evaluation rooms never share a scene.
-Role = Literal["train", "val", "eval"]
-ROLES: tuple[Role, ...] = ("train", "val", "eval")
 
 UNKNOWN_POSE = np.full((4, 4), np.nan)
 

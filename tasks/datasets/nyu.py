@@ -26,11 +26,10 @@ from pathlib import Path
 import h5py
 import numpy as np
 import scipy.io
-from pydantic import Field, field_validator
 
 from models.camera import intrinsics_matrix
-from models.config import StrictConfig
 from tasks.datasets.base import UNKNOWN_POSE, Frame, SceneSource, Split, scale_intrinsics
+from tasks.datasets.config import NyuConfig
 from tasks.errors import DataError
 
 NYU_INTRINSICS = (5.1885790117450188e02, 5.1946961112127485e02, 3.2558244941119034e02, 2.5373616633400465e02)
@@ -43,33 +42,6 @@ SOURCE = "nyu_labeled"
 REQUIRED_DATASETS = ("images", "depths", "rawDepths", "scenes")
 SPLIT_KEYS = ("trainNdxs", "testNdxs")
 _SCENE_NAME = re.compile(r"[A-Za-z0-9_.-]+")
-
-
-class NyuConfig(StrictConfig):
-    """Where the NYU Depth V2 labeled file comes from and how its frames become scenes.
-
-    Attributes:
-        url: the labeled ``.mat`` file (about 2.8 GB); also a ``file://`` URL or local path.
-        sha256: expected SHA-256 of the file, verified when given. No official hash is published.
-        size: expected size in bytes, verified when given.
-        splits_url: ``splits.mat`` with the official train / test split; ``None`` = no official split
-            (the download stage then holds out every k-th frame).
-        group_by_scene: one scene per NYU scene name (e.g. ``kitchen_0028a``); ``False`` = a single scene
-            ``nyu_labeled`` with all frames.
-    """
-
-    url: str = "http://horatio.cs.nyu.edu/mit/silberman/nyu_depth_v2/nyu_depth_v2_labeled.mat"
-    sha256: str | None = None
-    size: int | None = Field(default=None, gt=0)
-    splits_url: str | None = "http://horatio.cs.nyu.edu/mit/silberman/indoor_seg_sup/splits.mat"
-    group_by_scene: bool = True
-
-    @field_validator("sha256")
-    @classmethod
-    def _hex_digest(cls, v: str | None) -> str | None:
-        if v is not None and not re.fullmatch(r"[0-9a-fA-F]{64}", v):
-            raise ValueError(f"sha256 must be 64 hex digits, got {v!r}")
-        return None if v is None else v.lower()
 
 
 def nyu_scenes(mat_path: Path, splits_path: Path | None, cfg: NyuConfig) -> list[SceneSource]:

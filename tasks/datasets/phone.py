@@ -41,28 +41,16 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-from pydantic import Field
 
 from models.camera import intrinsics_matrix, pose_from_tum
-from models.config import StrictConfig
 from tasks.datasets.base import UNKNOWN_POSE, Frame, SceneSource, scale_intrinsics
+from tasks.datasets.config import PhoneConfig
 from tasks.datasets.formats import read_image, read_rgb, read_uint16_image
 from tasks.errors import DataError
 
 PHONE_DEPTH_SCALE = 1000.0  # millimetres
 ODOMETRY_COLUMNS = ("frame", "x", "y", "z", "qx", "qy", "qz", "qw")
 RGB_EXTENSIONS = ("jpg", "jpeg", "png")
-
-
-class PhoneConfig(StrictConfig):
-    """Phone LiDAR (Stray Scanner) specifics."""
-
-    min_confidence: int = Field(
-        2, ge=0, le=2, description="keep depth whose ARKit confidence is at least this (0 low, 1 medium, 2 high)"
-    )
-    depth_upsample: int = Field(
-        2, ge=1, le=8, description="store resolution = depth map resolution x this (256x192 x 2 = 512x384)"
-    )
 
 
 def read_camera_matrix(path: Path) -> np.ndarray:

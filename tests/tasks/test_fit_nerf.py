@@ -19,8 +19,8 @@ from tasks.corrupt import run_corrupt
 from tasks.download import run_download
 from tasks.errors import DataError
 from tasks.fit_nerf import (
-    FitJob,
     evaluate_views,
+    fit_config,
     fit_scene,
     make_model,
     plan_fit_nerf,
@@ -29,6 +29,7 @@ from tasks.fit_nerf import (
     training_step,
 )
 from tasks.nerf_data import RaySampler, open_scene, scene_bounds, sparse_views
+from tasks.nerf_layout import FitJob
 from tasks.render import camera_path, load_fit, render_path, render_pose
 from tasks.store import SceneWriter, StoreBuilder
 
@@ -250,5 +251,5 @@ def test_the_ablation_plans_one_fit_per_scene_and_source(tmp_path):
     assert jobs[1].folder(tmp_path) == tmp_path / "ablation" / "none" / "s"
     # the same fit has the same config (so the same checkpoint and cache key) however it was asked for
     alone = load_params(None, base + ["nerf.ablation_sources=[]", "nerf.scenes=[s]"]).nerf
-    assert jobs[0].config(load_params(None, base).nerf) == FitJob("s", "refined").config(alone)
-    assert FitJob("s", "none", True).config(alone).depth_source == "none"
+    assert fit_config(jobs[0], load_params(None, base).nerf) == fit_config(FitJob("s", "refined"), alone)
+    assert fit_config(FitJob("s", "none", True), alone).depth_source == "none"

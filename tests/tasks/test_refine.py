@@ -18,7 +18,7 @@ from tasks.download import run_download
 from tasks.errors import DataError
 from tasks.refine import run_refine
 from tasks.store import open_store
-from tasks.train_diffusion import save_model
+from tasks.refiner_files import save_model
 
 TINY_UNET = RefinerUNetConfig(base_channels=8, channel_mults=(1, 2), attention_heads=2)
 

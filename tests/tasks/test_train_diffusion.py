@@ -13,7 +13,8 @@ from tasks.config import load_params
 from tasks.corrupt import run_corrupt
 from tasks.download import run_download
 from tasks.errors import DataError
-from tasks.train_diffusion import load_model, train_diffusion
+from tasks.refiner_files import load_model
+from tasks.train_diffusion import train_diffusion
 
 TINY_NET = [
     "diffusion.unet.base_channels=8",

@@ -1,0 +1,99 @@
+"""The folder of a fitted NeRF: the contract between ``fit_nerf`` (writes it) and ``evaluate``, ``dnerf render``,
+``dnerf view`` and ``dnerf reconstruct`` (read it).
+
+The main fit of a scene (``nerf.depth_source``) is ``paths.nerf/<scene>/``; an ablation fit (one of
+``nerf.ablation_sources``) is ``paths.nerf/ablation/<source>/<scene>/``. Either holds (:class:`FitFolder`):
+
+* ``config.json``: ``{"nerf": <the fit's nerf config>, "aabb": [[x0, y0, z0], [x1, y1, z1]]}`` (metres, world);
+* ``field.safetensors`` and ``occupancy.safetensors``: the field's and the occupancy grid's tensors;
+* ``mesh.ply`` (marching cubes, vertex colours; may be empty) and ``pointcloud.ply`` (coloured, world);
+* ``renders/``: per test view ``<frame>.png`` (RGB) and ``<frame>_depth.png`` (uint16 millimetres);
+* ``metrics.json`` (test-view PSNR, SSIM, depth errors, timings) and ``curve.csv`` (the training curve).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from tasks.errors import DataError
+
+#: The folder under ``paths.nerf`` that holds the ablation fits (a scene may not have this name).
+ABLATION = "ablation"
+
+
+@dataclass(frozen=True)
+class FitJob:
+    """One NeRF to fit: a scene and the depth source that supervises it (``ablation``: one of
+    ``nerf.ablation_sources`` rather than ``nerf.depth_source``)."""
+
+    scene: str
+    source: str
+    ablation: bool = False
+
+    @property
+    def label(self) -> str:
+        """``scene`` or ``scene@source``: task names, logs and result keys."""
+        return f"{self.scene}@{self.source}" if self.ablation else self.scene
+
+    def folder(self, root: Path | str) -> Path:
+        """This fit's folder under ``root`` (the outputs root or the checkpoints root)."""
+        return Path(root) / ABLATION / self.source / self.scene if self.ablation else Path(root) / self.scene
+
+
+@dataclass(frozen=True)
+class FitFolder:
+    """The files of one fitted scene's folder."""
+
+    path: Path
+
+    @property
+    def config(self) -> Path:
+        return self.path / "config.json"
+
+    @property
+    def field(self) -> Path:
+        return self.path / "field.safetensors"
+
+    @property
+    def occupancy(self) -> Path:
+        return self.path / "occupancy.safetensors"
+
+    @property
+    def mesh(self) -> Path:
+        return self.path / "mesh.ply"
+
+    @property
+    def pointcloud(self) -> Path:
+        return self.path / "pointcloud.ply"
+
+    @property
+    def renders(self) -> Path:
+        return self.path / "renders"
+
+    @property
+    def metrics(self) -> Path:
+        return self.path / "metrics.json"
+
+    @property
+    def curve(self) -> Path:
+        return self.path / "curve.csv"
+
+    def read_config(self) -> dict:
+        """``config.json`` as a dict; a DataError names a missing or unreadable file."""
+        try:
+            return json.loads(self.config.read_text())
+        except FileNotFoundError:
+            raise DataError(self.config, "missing: not a fitted scene (run fit_nerf first)") from None
+        except (OSError, ValueError) as err:
+            raise DataError(self.config, f"cannot read: {err}") from None
+
+    def aabb(self) -> np.ndarray:
+        """``[2, 3]`` scene box (min, max corners, metres)."""
+        try:
+            return np.asarray(self.read_config()["aabb"], dtype=np.float64).reshape(2, 3)
+        except (KeyError, ValueError) as err:
+            raise DataError(self.config, f"no valid 'aabb': {err}") from None
