@@ -53,6 +53,14 @@ def dnerf(stage: str, overrides: list[str]) -> subprocess.CompletedProcess:
     return res
 
 
+def straight_run(stage: str, overrides: list[str]) -> None:
+    """The uninterrupted reference run: the stage's flow in this process (what ``dnerf <stage>`` runs; only the
+    killed and the resumed runs need a process of their own)."""
+    from flows.stages import run_flow
+
+    run_flow(stage, load_params(None, overrides))
+
+
 def kill_when(stage: str, overrides: list[str], ready: Callable[[], bool], max_delay_s: float,
               timeout: float = 180) -> None:
     """Start ``dnerf stage``, wait until ``ready()``, wait a random extra delay, SIGKILL it."""
@@ -111,7 +119,7 @@ def outputs(tmp_path: Path, name: str) -> list[str]:
 def test_killed_training_resumes_to_the_same_weights(base, tmp_path):
     train = base + ["diffusion.train.max_steps=120", "diffusion.train.checkpoint_every=4",
                     "diffusion.train.val_every=4", "diffusion.train.patience=100"]
-    dnerf("train-diffusion", train + outputs(tmp_path, "straight"))
+    straight_run("train_diffusion", train + outputs(tmp_path, "straight"))
     run = outputs(tmp_path, "killed")
     ckpt = tmp_path / "killed" / "diffusion_checkpoints" / "state.json"
     kill_when("train-diffusion", train + run, checkpoint_reached(ckpt, 8), max_delay_s=0.5)
@@ -135,7 +143,7 @@ def test_killed_refinement_keeps_finished_frames_and_matches(base, tmp_path):
     params = load_params(None, refine)
     run_download(params, progress=False)  # longer scenes, so the kill lands mid-way
     run_corrupt(params, progress=False)
-    dnerf("refine", refine + [f"paths.refined={tmp_path / 'straight.zarr'}"])
+    straight_run("refine", refine + [f"paths.refined={tmp_path / 'straight.zarr'}"])
     killed = tmp_path / "killed.zarr"
     run = refine + [f"paths.refined={killed}"]
     kill_when("refine", run, lambda: _done_chunks(killed) >= 3, max_delay_s=0.5)
@@ -180,7 +188,7 @@ def test_killed_nerf_fit_resumes_to_the_same_field(base, tmp_path):
 def test_killed_download_leaves_no_store_and_reruns_to_the_same(tiny_overrides, tmp_path, prefect_api):
     big = tiny_overrides + ["data.synthetic.n_scenes=3", "data.synthetic.n_frames=24", "data.synthetic.height=72",
                             "data.synthetic.width=96"]
-    dnerf("download", big + [f"paths.scenes={tmp_path / 'straight.zarr'}"])
+    straight_run("download", big + [f"paths.scenes={tmp_path / 'straight.zarr'}"])
     target = tmp_path / "killed.zarr"
     run = big + [f"paths.scenes={target}"]
     kill_when("download", run, lambda: any(tmp_path.glob(".killed.zarr.tmp-*/*/rgb/c/*")), max_delay_s=0.3)
