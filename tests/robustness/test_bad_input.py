@@ -8,12 +8,15 @@ import json
 import subprocess
 import uuid
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
 import zarr
+from typer.testing import CliRunner
 
+from flows.cli import app
 from tasks.config import load_params
 from tasks.corrupt import run_corrupt
 from tasks.download import run_download
@@ -25,8 +28,13 @@ def _sets(overrides: list[str]) -> list[str]:
     return [a for o in overrides for a in ("--set", o)]
 
 
-def dnerf(stage: str, overrides: list[str]) -> subprocess.CompletedProcess:
-    return subprocess.run(["dnerf", stage, "--quiet", *_sets(overrides)], capture_output=True, text=True, timeout=300)
+def dnerf(stage: str, overrides: list[str]) -> SimpleNamespace:
+    """``dnerf <stage> --quiet --set ...`` in this process (the exit code and messages are the point here, not
+    the process): ``returncode``, ``stdout`` and ``stderr`` as a subprocess run would give them."""
+    res = CliRunner().invoke(app, [stage, "--quiet", *_sets(overrides)])
+    if res.exception is not None and not isinstance(res.exception, SystemExit):
+        raise res.exception
+    return SimpleNamespace(returncode=res.exit_code, stdout=res.stdout, stderr=res.stderr)
 
 
 def snapshot(path: Path) -> dict[Path, bytes]:
@@ -85,10 +93,6 @@ def test_a_store_of_another_schema_version_is_refused_by_name(stores, tmp_path):
 
 
 def test_unknown_wrong_type_and_out_of_range_params_exit_2_naming_the_key(tiny_overrides):
-    from typer.testing import CliRunner
-
-    from flows.cli import app
-
     for bad, fragments in (("noise.sigmaa=0.1", ["noise.sigmaa", "unknown key"]),
                            ("nerf.train.steps=many", ["nerf.train.steps", "many"]),
                            ("refine.steps=0", ["refine.steps", "0"])):
