@@ -14,7 +14,6 @@ import time
 from collections.abc import Callable
 from typing import TypeVar
 
-import torch
 from prefect import get_run_logger
 from prefect.artifacts import (
     create_markdown_artifact,
@@ -77,8 +76,7 @@ def run_scene_tasks(
     """
     orch = params.orchestration
     code = closure_version(f"tasks.{stage}")  # the code the stage runs: what dvc.yaml lists
-    threads = threads_per_worker(orch)
-    torch.set_num_threads(threads)  # thread runner: one torch pool shared by the workers
+    threads = threads_per_worker(orch)  # each task's share (the flow set it for its own process)
     if orch.cache:
         task_fn = task_fn.with_options(cache_key_fn=key_from_parameters, persist_result=True)
     else:

@@ -20,6 +20,8 @@ from __future__ import annotations
 import json
 import logging
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -73,7 +75,7 @@ def corrupt_task(params: Params, progress: bool = False) -> str:
 def train_diffusion_task(params: Params, progress: bool = False) -> str:
     from tasks.train_diffusion import train_diffusion
 
-    torch.set_num_threads(threads_per_worker(params.orchestration.model_copy(update={"workers": 1})))
+    use_threads(stage_threads("train_diffusion", params))
     return str(train_diffusion(params, progress=progress))
 
 
@@ -115,7 +117,7 @@ def refine_scene_task(params: Params, scene: str, cache_key: str, threads: int, 
     """Refine one scene into the prepared store; its arrays (the cached result)."""
     from tasks.refine import refine_one_scene
 
-    torch.set_num_threads(threads)
+    use_threads(threads)
     n = n_frames(params.paths.noisy, scene)
     report = Progress(f"refine-{scene}", f"refine {scene}: frames done")
     arrays = refine_one_scene(params, scene, progress, on_frame=lambda _s, i: report((i + 1) / n))
@@ -131,7 +133,7 @@ def fit_nerf_scene_task(params: Params, scene: FitJob, cache_key: str, threads: 
 
     from tasks.fit_nerf import fit_one_scene
 
-    torch.set_num_threads(threads)
+    use_threads(threads)
     steps = params.nerf.train.steps
     report = Progress(f"fit-nerf-{scene.label}", f"fit_nerf {scene.label}: training steps done")
     staging = Path(params.paths.nerf_checkpoints)
@@ -262,13 +264,51 @@ def run_flow(stage: str, params: Params, progress: bool = False) -> Path:
 
 def _run_flow(stage: str, params: Params, progress: bool) -> Path:
     f = FLOWS[stage]
-    if stage in ("refine", "fit_nerf"):
+    if stage in SCENE_STAGES:
         f = f.with_options(task_runner=make_task_runner(params.orchestration))
-    # Cached results go to orchestration.results; the environment carries it to worker processes.
-    results = str(Path(params.orchestration.results).resolve())
-    os.environ["PREFECT_RESULTS_LOCAL_STORAGE_PATH"] = results
-    with temporary_settings({PREFECT_RESULTS_LOCAL_STORAGE_PATH: results}):
+    with flow_environment(stage, params):
         return f.with_options(flow_run_name=run_name(stage, params))(params, progress)
+
+
+#: Stages that fan out one task per scene (the others run as one task on every core).
+SCENE_STAGES = ("refine", "fit_nerf")
+
+
+def stage_threads(stage: str, params: Params) -> int:
+    """Torch intra-op threads for a stage's tasks: a share of the cores per worker for per-scene stages, every
+    core for the others."""
+    orch = params.orchestration
+    return threads_per_worker(orch if stage in SCENE_STAGES else orch.model_copy(update={"workers": 1}))
+
+
+@contextmanager
+def flow_environment(stage: str, params: Params) -> Iterator[None]:
+    """The process settings of one flow run, set once and restored afterwards: torch's thread count
+    (:func:`stage_threads`) and Prefect's result storage (``orchestration.results``, also in the environment,
+    which worker processes inherit)."""
+    results = str(Path(params.orchestration.results).resolve())
+    saved_threads, saved_env = torch.get_num_threads(), os.environ.get(RESULTS_ENV)
+    torch.set_num_threads(stage_threads(stage, params))
+    os.environ[RESULTS_ENV] = results
+    try:
+        with temporary_settings({PREFECT_RESULTS_LOCAL_STORAGE_PATH: results}):
+            yield
+    finally:
+        torch.set_num_threads(saved_threads)
+        if saved_env is None:
+            os.environ.pop(RESULTS_ENV, None)
+        else:
+            os.environ[RESULTS_ENV] = saved_env
+
+
+RESULTS_ENV = "PREFECT_RESULTS_LOCAL_STORAGE_PATH"
+
+
+def use_threads(n: int) -> None:
+    """In a task: torch's thread count for this worker. A no-op where the flow already set it (the thread
+    runner shares the flow's process); worker processes of the process, Dask and Ray runners set it once."""
+    if torch.get_num_threads() != n:
+        torch.set_num_threads(n)
 
 
 #: The store (or dataset) each stage processes, named in its run name.

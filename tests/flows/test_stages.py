@@ -10,6 +10,7 @@ import subprocess
 
 import numpy as np
 import pytest
+import torch
 import zarr
 
 from flows.caching import SceneResultSerializer, cache_key
@@ -94,7 +95,9 @@ def api_runs(flow_name: str):
 
 def test_flows_run_scenes_in_parallel_cache_by_content_and_rewrite_deleted_outs(prefect_api, stores, tmp_path):
     params = load_params(None, stores)
+    threads, env = torch.get_num_threads(), dict(os.environ)
     run_flow("refine", params)
+    assert torch.get_num_threads() == threads and dict(os.environ) == env  # a flow run leaves the process as it was
     flowed = zarr.open_group(str(params.paths.refined), mode="r")
     seq = load_params(None, stores + [f"paths.refined={tmp_path / 'seq.zarr'}"])
     run_refine(seq, progress=False)
