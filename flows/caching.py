@@ -1,36 +1,36 @@
-"""Content-addressed cache keys and a pickle-free result format for per-scene Prefect tasks.
+"""Content-addressed cache keys and per-scene artifacts: cached results are receipts, not data.
 
 A per-scene result is cached under a key built from what determines it, never from file paths:
 
 - the bytes of the scene's input data (every file of the scene's group in each input store, and any extra
   input such as the diffusion weights),
 - the params that the stage reads (as canonical JSON),
-- a code version: a digest of every ``.py`` file of the ``models`` and ``tasks`` packages, so a change in a
-  helper module invalidates the cache too (Prefect's ``TASK_SOURCE`` only sees the task function's body).
+- the digest of the code the stage runs (its import closure: :func:`tasks.digest.closure_version`).
 
-Cached results live in Prefect result storage (``orchestration.results``), outside every DVC out, and are
-written with :class:`SceneResultSerializer` (``numpy.savez``, loaded with ``allow_pickle=False``).
+The task writes what it makes once, as a folder in the artifact store ``orchestration.results/artifacts/<key>``
+(outside every DVC out), and its Prefect result is a small JSON *receipt* (:class:`Receipt`) that names that
+folder and its manifest digest. The flow puts the artifact in place in the stage's outputs (hard links for
+files that are never written again, copies for zarr chunks); a receipt whose folder is gone or changed is
+stale, and the unit runs again. So ``dvc repro -f`` (which deletes the outs first) still costs no recompute,
+and no scene's arrays or files ever pass through Prefect's result records or memory.
 """
 
 from __future__ import annotations
 
-import base64
 import hashlib
-import io
 import json
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-from prefect.serializers import Serializer
-from pydantic import Field
+from pydantic import BaseModel
 
 from tasks.digest import tree_digest
+from tasks.files import manifest_digest
 
 
 def cache_key(stage: str, scene: str, inputs: Iterable[Path | None], params: Any, code: str) -> str:
-    """``stage/scene/<digest>`` of the scene's input bytes, the stage's params (JSON-able) and the code."""
+    """``stage-scene-<digest>`` of the scene's input bytes, the stage's params (JSON-able) and the code."""
     h = hashlib.blake2b(digest_size=16)
     h.update(json.dumps(params, sort_keys=True, default=str).encode())
     h.update(code.encode())
@@ -42,34 +42,26 @@ def key_from_parameters(context, parameters: dict) -> str:
     return parameters["cache_key"]
 
 
-class SceneResultSerializer(Serializer):
-    """Per-scene results ``{"arrays": {name: ndarray}, "files": {relpath: bytes}, "meta": JSON}`` as npz.
+def artifact_dir(results: str | Path, key: str) -> Path:
+    """Where the unit of work cached under ``key`` writes what it makes."""
+    return Path(results).resolve() / "artifacts" / key
 
-    No pickle anywhere: arrays must have a plain dtype, ``meta`` must be JSON. The npz bytes are base64
-    encoded because Prefect embeds the blob in a JSON result record.
-    """
 
-    type: str = Field(default="dnerf-scene-npz", frozen=True)
+class Receipt(BaseModel):
+    """A per-scene task's cached result: its artifact folder, that folder's manifest digest, and small
+    JSON metadata (metrics, frame counts) for the stage's summary."""
 
-    def dumps(self, obj: dict) -> bytes:
-        entries = {f"a:{k}": np.asarray(v) for k, v in obj.get("arrays", {}).items()}
-        for name, arr in entries.items():
-            if arr.dtype.hasobject:
-                raise TypeError(f"result array {name[2:]!r} has dtype object; only plain dtypes are cached")
-        entries.update({f"f:{k}": np.frombuffer(v, np.uint8) for k, v in obj.get("files", {}).items()})
-        entries["meta"] = np.frombuffer(json.dumps(obj.get("meta")).encode(), np.uint8)
-        buf = io.BytesIO()
-        np.savez(buf, **entries)
-        return base64.b64encode(buf.getvalue())
+    artifact: str
+    manifest: str
+    meta: dict[str, Any]
 
-    def loads(self, blob: bytes) -> dict:
-        out: dict = {"arrays": {}, "files": {}, "meta": None}
-        with np.load(io.BytesIO(base64.b64decode(blob)), allow_pickle=False) as z:
-            for name in z.files:
-                if name.startswith("a:"):
-                    out["arrays"][name[2:]] = z[name]
-                elif name.startswith("f:"):
-                    out["files"][name[2:]] = z[name].tobytes()
-                else:
-                    out["meta"] = json.loads(z[name].tobytes().decode())
-        return out
+    @classmethod
+    def for_folder(cls, folder: Path, meta: dict[str, Any]) -> Receipt:
+        digest = manifest_digest(folder)
+        if digest is None:
+            raise FileNotFoundError(folder)
+        return cls(artifact=str(folder), manifest=digest, meta=meta)
+
+    def valid(self) -> bool:
+        """Is the artifact still there, as written?"""
+        return manifest_digest(self.artifact) == self.manifest

@@ -10,6 +10,7 @@ the stage's outputs as it arrives (fresh or cached); and collects failures witho
 from __future__ import annotations
 
 import re
+import shutil
 import time
 from collections.abc import Callable
 from typing import TypeVar
@@ -24,7 +25,7 @@ from prefect.artifacts import (
 from prefect.cache_policies import NO_CACHE
 from prefect.futures import as_completed
 
-from flows.caching import cache_key, key_from_parameters
+from flows.caching import Receipt, cache_key, key_from_parameters
 from flows.runners import threads_per_worker
 from tasks.config import Params
 from tasks.digest import closure_version
@@ -65,14 +66,15 @@ class Progress:
 
 def run_scene_tasks(
     stage: str, params: Params, task_fn, units: dict[str, T], inputs: Callable[[T], list],
-    key_params: Callable[[T], dict], write: Callable[[T, dict], dict], progress: bool = False,
+    key_params: Callable[[T], dict], write: Callable[[T, Receipt], dict], progress: bool = False,
 ) -> tuple[dict[T, dict], dict[str, str]]:
     """Submit ``task_fn`` for every unit of work (a scene, or a scene and a variant; ``units`` maps its label
     to the task's ``scene`` argument) on the flow's task runner and ``write`` each result into the stage's
     outputs as soon as it arrives (fresh or cached); ``(what write returned by unit, failures by label)``.
 
-    A failing unit does not stop the others: its error message is collected in ``failures``. Results are
-    not kept after they are written, so memory does not grow with the number of scenes.
+    A task writes its artifact (:func:`flows.caching.artifact_dir` of its ``cache_key``) and returns a
+    :class:`flows.caching.Receipt`; a cached receipt whose artifact is gone runs its unit again. A failing unit
+    does not stop the others: its error message is collected in ``failures``.
     """
     orch = params.orchestration
     code = closure_version(f"tasks.{stage}")  # the code the stage runs: what dvc.yaml lists
@@ -81,20 +83,40 @@ def run_scene_tasks(
         task_fn = task_fn.with_options(cache_key_fn=key_from_parameters, persist_result=True)
     else:
         task_fn = task_fn.with_options(cache_policy=NO_CACHE, persist_result=False)
-    futures = {}
+    futures, submits, keys = {}, {}, {}
     for label, unit in units.items():
-        key = cache_key(stage, label, inputs(unit), key_params(unit), code)
-        t = task_fn.with_options(task_run_name=f"{stage}/{label}", tags=[stage, f"scene:{label.split('@')[0]}"])
-        fut = t.submit(params=params, scene=unit, cache_key=key, threads=threads, progress=progress)
+        keys[label] = cache_key(stage, label, inputs(unit), key_params(unit), code)
+        submits[label] = task_fn.with_options(task_run_name=f"{stage}/{label}",
+                                              tags=[stage, f"scene:{label.split('@')[0]}"])
+        fut = submits[label].submit(params=params, scene=unit, cache_key=keys[label], threads=threads,
+                                    progress=progress)
         futures[fut] = label
-    written, failures = {}, {}
-    for fut in as_completed(list(futures)):
-        label = futures[fut]
-        try:
-            written[label] = write(units[label], fut.result())
-        except Exception as err:  # noqa: BLE001 - one unit's failure must not stop the others
-            failures[label] = f"{type(err).__name__}: {err}"
-            get_run_logger().error("%s/%s failed: %s", stage, label, failures[label])
+    written, failures, rerun = {}, {}, set()
+    pending = list(futures)
+    while pending:
+        for fut in as_completed(pending):
+            pending.remove(fut)
+            label = futures[fut]
+            try:
+                receipt = Receipt.model_validate(fut.result())
+                if not receipt.valid():
+                    if label in rerun:
+                        raise RuntimeError(f"artifact {receipt.artifact} changed while it was being placed")
+                    get_run_logger().info("%s/%s: cached artifact %s is gone; running it again", stage, label,
+                                          receipt.artifact)
+                    rerun.add(label)
+                    retry = submits[label].with_options(refresh_cache=True)
+                    new = retry.submit(params=params, scene=units[label], cache_key=keys[label], threads=threads,
+                                       progress=progress)
+                    futures[new] = label
+                    pending.append(new)
+                    break  # as_completed holds the old list: start over with the new future in it
+                written[label] = write(units[label], receipt)
+                if not orch.cache:
+                    shutil.rmtree(receipt.artifact, ignore_errors=True)  # nothing will ever reuse it
+            except Exception as err:  # noqa: BLE001 - one unit's failure must not stop the others
+                failures[label] = f"{type(err).__name__}: {err}"
+                get_run_logger().error("%s/%s failed: %s", stage, label, failures[label])
     return {units[label]: written[label] for label in units if label in written}, failures
 
 

@@ -30,11 +30,11 @@ from prefect import flow, task
 from prefect.artifacts import create_link_artifact
 from prefect.settings import PREFECT_RESULTS_LOCAL_STORAGE_PATH, temporary_settings
 
-from flows.caching import SceneResultSerializer
+from flows.caching import Receipt, artifact_dir
 from flows.fanout import Progress, StageFailed, publish, run_scene_tasks
 from flows.runners import make_task_runner, threads_per_worker
 from tasks.config import Params
-from tasks.files import folder_files, write_folder
+from tasks.files import place_tree
 from tasks.locks import output_lock
 
 if TYPE_CHECKING:
@@ -112,9 +112,9 @@ def train_diffusion_flow(params: Params, progress: bool = False) -> Path:
 # ------------------------------------------------------------------------------- per-scene tasks
 
 
-@task(name="refine-scene", result_serializer=SceneResultSerializer())
+@task(name="refine-scene", result_serializer="json")
 def refine_scene_task(params: Params, scene: str, cache_key: str, threads: int, progress: bool = False) -> dict:
-    """Refine one scene into the prepared store; its arrays (the cached result)."""
+    """Refine one scene into the prepared store and keep a copy of its group as the artifact; the receipt."""
     from tasks.refine import refine_one_scene
 
     use_threads(threads)
@@ -122,28 +122,25 @@ def refine_scene_task(params: Params, scene: str, cache_key: str, threads: int, 
     report = Progress(f"refine-{scene}", f"refine {scene}: frames done")
     arrays = refine_one_scene(params, scene, progress, on_frame=lambda _s, i: report((i + 1) / n))
     report(1.0)
-    return {"arrays": arrays, "meta": {"scene": scene, "frames": n}}
+    artifact = artifact_dir(params.orchestration.results, cache_key)
+    place_tree(Path(params.paths.refined) / scene, artifact, link=False)  # zarr chunks may be written again
+    meta = {"scene": scene, "frames": n, "mean_std_m": round(float(arrays["depth_std"].mean()), 4)}
+    return Receipt.for_folder(artifact, meta).model_dump()
 
 
-@task(name="fit-nerf-scene", result_serializer=SceneResultSerializer())
+@task(name="fit-nerf-scene", result_serializer="json")
 def fit_nerf_scene_task(params: Params, scene: FitJob, cache_key: str, threads: int, progress: bool = False) -> dict:
-    """Run one fit (a scene and a depth source) and export it into a staging folder; its files and metrics
-    (the cached result)."""
-    import tempfile
-
+    """Run one fit (a scene and a depth source) and export it once, as its artifact; the receipt (with the
+    fit's metrics)."""
     from tasks.fit_nerf import fit_one_scene
 
     use_threads(threads)
     steps = params.nerf.train.steps
     report = Progress(f"fit-nerf-{scene.label}", f"fit_nerf {scene.label}: training steps done")
-    staging = Path(params.paths.nerf_checkpoints)
-    staging.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=staging, prefix=f".{scene.scene}-export-") as tmp:
-        metrics = fit_one_scene(params, scene, Path(tmp) / "out", progress,
-                                on_step=lambda step, *_: report(step / steps))
-        files = folder_files(Path(tmp) / "out")
+    artifact = artifact_dir(params.orchestration.results, cache_key)
+    metrics = fit_one_scene(params, scene, artifact, progress, on_step=lambda step, *_: report(step / steps))
     report(1.0)
-    return {"files": files, "meta": metrics}
+    return Receipt.for_folder(artifact, metrics).model_dump()
 
 
 def n_frames(noisy: Path, scene: str) -> int:
@@ -158,7 +155,7 @@ def n_frames(noisy: Path, scene: str) -> int:
 @flow(name="dnerf-refine")
 def refine_flow(params: Params, progress: bool = False) -> Path:
     """Stage 4: refine every scene of ``paths.noisy`` into ``paths.refined``, scenes in parallel."""
-    from tasks.refine import finish_refine, prepare_refine, refiner_digest, write_refined_scene
+    from tasks.refine import finish_refine, place_refined_scene, prepare_refine, refiner_digest
 
     scenes = prepare_refine(params)
     digest = refiner_digest(params)
@@ -169,10 +166,9 @@ def refine_flow(params: Params, progress: bool = False) -> Path:
         return [Path(paths.noisy) / scene / "depth_noisy", Path(paths.scenes) / scene / "rgb",
                 Path(paths.scenes) / scene / "K"]
 
-    def write(scene: str, result: dict) -> dict:
-        write_refined_scene(params, scene, result["arrays"])
-        return {"scene": scene, "frames": result["meta"]["frames"],
-                "mean_std_m": round(float(result["arrays"]["depth_std"].mean()), 4)}
+    def write(scene: str, receipt: Receipt) -> dict:
+        place_refined_scene(params, scene, Path(receipt.artifact))
+        return receipt.meta
 
     rows, failures = run_scene_tasks("refine", params, refine_scene_task, {s: s for s in scenes}, inputs,
                                      lambda _scene: key_params, write, progress)
@@ -201,9 +197,9 @@ def fit_nerf_flow(params: Params, progress: bool = False) -> Path:
 
     out_root = Path(paths.nerf)
 
-    def write(job: FitJob, result: dict) -> dict:
-        write_folder(job.folder(out_root), result["files"])
-        return result["meta"]
+    def write(job: FitJob, receipt: Receipt) -> dict:
+        place_tree(receipt.artifact, job.folder(out_root), link=True)  # export files are never written again
+        return receipt.meta
 
     metrics, failures = run_scene_tasks("fit_nerf", params, fit_nerf_scene_task, {j.label: j for j in jobs},
                                         inputs, key_params, write, progress)

@@ -6,6 +6,7 @@ into place only when complete, so an interrupted run never leaves a half-written
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -76,17 +77,33 @@ def atomic_dir(dest: str | Path) -> Iterator[Path]:
     replace_dir(tmp, dest)
 
 
-def folder_files(folder: Path) -> dict[str, bytes]:
-    """Every file under ``folder`` as ``{relative posix path: bytes}``."""
-    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+def manifest_digest(folder: str | Path) -> str | None:
+    """Digest of the relative names and sizes of every file under ``folder`` (``None`` where it is missing):
+    cheap to check, and it changes when a file is added, removed, truncated or replaced by another size."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return None
+    h = hashlib.blake2b(digest_size=16)
+    for f in sorted(p for p in folder.rglob("*") if p.is_file()):
+        h.update(f"{f.relative_to(folder).as_posix()}\0{f.stat().st_size}\n".encode())
+    return h.hexdigest()
 
 
-def write_folder(dest: str | Path, files: dict[str, bytes]) -> None:
-    """Replace ``dest`` with a folder holding ``files`` (``{relative path: bytes}``), atomically."""
+def place_tree(src: str | Path, dest: str | Path, link: bool) -> None:
+    """Replace ``dest`` with the files of ``src``, atomically: hard links where ``link`` (files that are never
+    written again, on the same file system; copies otherwise), else copies."""
+    src = Path(src)
     with atomic_dir(dest) as tmp:
-        for rel, data in files.items():
-            (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
-            (tmp / rel).write_bytes(data)
+        for f in sorted(p for p in src.rglob("*") if p.is_file()):
+            target = tmp / f.relative_to(src)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            if link:
+                try:
+                    os.link(f, target)
+                    continue
+                except OSError:
+                    pass
+            shutil.copy2(f, target)
 
 
 def write_text_atomic(path: str | Path, text: str) -> None:

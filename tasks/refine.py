@@ -41,6 +41,7 @@ from tasks.devices import resolve_device
 from tasks.diffusion_data import check_depth_input
 from tasks.digest import closure_version
 from tasks.errors import DataError
+from tasks.files import place_tree
 from tasks.progress import progress_bar
 from tasks.refiner_files import TrainedRefiner, load_model, model_files
 from tasks.store import SCHEMA_VERSION, StoreBuilder, consolidate, open_store, scene_names, scenes_with_role
@@ -256,14 +257,15 @@ def refine_one_scene(
     return {key: out[name][key][:] for key in ("depth_refined", "depth_std")}
 
 
-def write_refined_scene(params: Params, name: str, arrays: dict[str, np.ndarray]) -> None:
-    """Put a scene's refined arrays (e.g. a cached result) into the store unless it already holds them."""
-    g = zarr.open_group(str(params.paths.refined), mode="r+", zarr_format=3)[name]
-    if g["done"][:].all():
+def place_refined_scene(params: Params, name: str, group: Path) -> None:
+    """Put a refined scene's group (a copy of ``<refined store>/<name>``, e.g. a cached artifact) into the
+    prepared store unless it already holds the scene, done."""
+    if zarr.open_group(str(params.paths.refined), mode="r", zarr_format=3)[name]["done"][:].all():
         return
-    for key in ("depth_refined", "depth_std"):
-        g[key][:] = arrays[key]
-    g["done"][:] = True
+    done = zarr.open_group(str(group), mode="r", zarr_format=3)["done"][:]
+    if not done.all():
+        raise DataError(group, f"refined scene {name!r} is not complete ({int(done.sum())}/{done.size} frames)")
+    place_tree(group, Path(params.paths.refined) / name, link=False)
 
 
 def finish_refine(params: Params) -> Path:
