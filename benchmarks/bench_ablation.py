@@ -28,8 +28,9 @@ from rich.console import Console
 from rich.table import Table
 
 from tasks.config import load_params
-from tasks.fit_nerf import evaluate_views, fit_scene
+from tasks.fit_nerf import fit_scene
 from tasks.nerf_data import open_scene, sparse_views
+from tasks.nerf_export import evaluate_views
 from tasks.devices import resolve_device
 
 

@@ -28,8 +28,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from tasks.config import load_params  # noqa: E402
-from tasks.fit_nerf import evaluate_views, fit_scene  # noqa: E402
+from tasks.fit_nerf import fit_scene  # noqa: E402
 from tasks.nerf_data import open_scene  # noqa: E402
+from tasks.nerf_export import evaluate_views
 
 KEYS = ("psnr", "ssim", "depth_rmse")
 

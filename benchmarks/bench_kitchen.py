@@ -34,8 +34,9 @@ from tasks.config import load_params  # noqa: E402
 from tasks.corrupt import run_corrupt  # noqa: E402
 from tasks.download import run_download  # noqa: E402
 from models.nerf.sampling import near_far  # noqa: E402
-from tasks.fit_nerf import evaluate_views, fit_scene  # noqa: E402
+from tasks.fit_nerf import fit_scene  # noqa: E402
 from tasks.nerf_data import open_scene  # noqa: E402
+from tasks.nerf_export import evaluate_views
 
 VARIANTS = {
     "fused kernel, fp32 (default)": [],

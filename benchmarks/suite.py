@@ -198,8 +198,9 @@ def nerf_render_case(scenes: str, device: str, steps: int) -> dict:
     grid's warm-up, so empty space is skipped as in a finished fit)."""
     import torch
 
-    from tasks.fit_nerf import fit_scene, render_view
+    from tasks.fit_nerf import fit_scene
     from tasks.nerf_data import open_scene
+    from tasks.nerf_export import render_view
 
     params = nerf_params(Path(scenes), device, steps)
     frames = open_scene(params.paths.scenes, "synthetic_000", "gt", None, None)
@@ -348,8 +349,9 @@ def kitchen_case(kitchen: str, device: str, seconds: float, steps: int, source: 
     from tasks.config import load_params
     from tasks.corrupt import run_corrupt
     from tasks.download import run_download
-    from tasks.fit_nerf import evaluate_views, fit_scene, render_view
+    from tasks.fit_nerf import fit_scene
     from tasks.nerf_data import open_scene, scene_bounds
+    from tasks.nerf_export import evaluate_views, render_view
 
     w = Path(work)
     params = load_params(ROOT / "params.yaml", [

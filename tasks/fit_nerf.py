@@ -1,13 +1,15 @@
 """The ``fit_nerf`` stage: a memory-efficient NeRF per scene, supervised by colour and (refined) depth.
 
-For each scene with poses: fit on the train views (:func:`fit_scene`), render the test views, score them
-(PSNR / SSIM against the colour, depth errors against the scene's reference depth), and export to
-``paths.nerf/<scene>/``: ``field.safetensors`` + ``config.json``, ``renders/`` (test-view RGB PNGs and
-16-bit millimetre depth PNGs), ``pointcloud.ply`` (coloured, from the rendered test-view depth),
-``mesh.ply`` (marching cubes on the density grid), ``curve.csv`` (the training curve), ``occupancy.safetensors`` (the occupancy grid, for renders
-of the reloaded field: :func:`tasks.render.load_fit`) and ``metrics.json``. Scenes without poses (e.g. NYU
-single frames) are skipped with a message. A per-scene checkpoint in ``paths.nerf_checkpoints`` lets an
-interrupted fit continue; a finished fit is only re-rendered and re-exported.
+For each scene with poses: fit on the train views (:func:`fit_scene`), then render, score and export it to
+``paths.nerf/<scene>/`` (:func:`tasks.nerf_export.export_scene`: the fit folder of :mod:`tasks.nerf_layout`).
+Scenes without poses (e.g. NYU single frames) are skipped with a message. A per-scene checkpoint in
+``paths.nerf_checkpoints`` lets an interrupted fit continue; a finished fit is only re-rendered and re-exported.
+
+Determinism: a fit draws nothing from the global RNGs (two fits may run at once in threads). The initial
+parameters come from a CPU ``torch.Generator`` seeded ``nerf.seed`` (:func:`init_generator`), the occupancy
+grid's and the renderer's training samples from a ``torch.Generator`` on the fit's device seeded ``nerf.seed``
+(checkpointed), the rays and the frame pool from the sampler's NumPy generator seeded ``nerf.seed``
+(checkpointed) and the scene box's points from one seeded ``nerf.seed``.
 
 Memory: rays are drawn from a small pool of frames read from the stores on the fly, full images are
 rendered in ray chunks, the ray batch adapts to keep the number of network evaluations per step near
@@ -25,13 +27,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import torch
-import trimesh
-from PIL import Image
-from skimage.measure import marching_cubes
 
-from models.metrics import depth_metrics, psnr, ssim
 from models.nerf.field import NeRFField
 from models.nerf.losses import depth_nll_loss, ds_nerf_loss, patch_edge_loss, rgb_loss
 from models.nerf.occupancy import OccupancyGrid
@@ -40,9 +37,10 @@ from models.nerf.sampling import near_far
 from tasks.config import NerfStageConfig, Params
 from tasks.devices import autocast_dtype, resolve_device
 from tasks.errors import DataError
-from tasks.files import atomic_dir, load_checkpoint, save_checkpoint, save_tensors, write_text_atomic
+from tasks.files import load_checkpoint, save_checkpoint, write_text_atomic
 from tasks.nerf_data import RaySampler, SceneFrames, open_scene, scene_bounds, sparse_views
-from tasks.nerf_layout import ABLATION, FitFolder, FitJob
+from tasks.nerf_export import export_scene
+from tasks.nerf_layout import ABLATION, FitJob
 from tasks.progress import progress_bar
 from tasks.store import SceneView, open_store, scene_names
 
@@ -75,9 +73,19 @@ class FitState:
     curve: list[dict] = field(default_factory=list)
 
 
-def make_model(cfg: NerfStageConfig, aabb: torch.Tensor, device) -> tuple[NeRFField, OccupancyGrid]:
-    torch.manual_seed(cfg.seed)
-    field_ = NeRFField(cfg.field, aabb).to(device)
+def init_generator(cfg: NerfStageConfig) -> torch.Generator:
+    """The CPU generator a fit's initial parameters are drawn from: its own, seeded ``nerf.seed``."""
+    return torch.Generator().manual_seed(cfg.seed)
+
+
+def make_model(
+    cfg: NerfStageConfig, aabb: torch.Tensor, device, generator: torch.Generator | None = None
+) -> tuple[NeRFField, OccupancyGrid]:
+    """The hash-grid field and its occupancy grid on ``device``; the field's parameters are drawn on the CPU
+    from ``generator`` (default :func:`init_generator`), so they do not depend on the device or on any other
+    use of a random number generator."""
+    generator = generator if generator is not None else init_generator(cfg)
+    field_ = NeRFField(cfg.field, aabb, generator).to(device)
     grid = OccupancyGrid(aabb, cfg.occupancy.resolution).to(device)
     return field_, grid
 
@@ -220,7 +228,8 @@ def fit_scene(
     Returns the field, its occupancy grid, the fit's state (steps, time, curve) and the scene box.
     ``on_step(step, field, grid)`` is called after every step, and once before the first one with the
     starting step (benchmarks start their training clocks there, after the setup, and measure time-to-PSNR).
-    ``make_field(aabb) -> nn.Module`` replaces the hash-grid field (e.g. the vanilla NeRF baseline) and
+    ``make_field(aabb) -> nn.Module`` replaces the hash-grid field (e.g. the vanilla NeRF baseline): a module
+    on the CPU with an ``init_weights(generator)`` method, which draws its parameters from :func:`init_generator`;
     ``use_occupancy=False`` renders without empty-space skipping (the grid is then None).
     """
     tc = cfg.train
@@ -228,10 +237,13 @@ def fit_scene(
     amp = autocast_dtype(tc.amp, device)
     aabb_np = scene_bounds(frames, cfg.bounds_padding, seed=cfg.seed)
     aabb = torch.from_numpy(aabb_np).to(device)
-    field_, grid = make_model(cfg, aabb, device)
-    if make_field is not None:
-        torch.manual_seed(cfg.seed)
-        field_ = make_field(aabb).to(device)
+    if make_field is None:
+        field_, grid = make_model(cfg, aabb, device)
+    else:
+        field_ = make_field(aabb)
+        field_.init_weights(init_generator(cfg))
+        field_ = field_.to(device)
+        grid = OccupancyGrid(aabb, cfg.occupancy.resolution).to(device)
     if not use_occupancy:
         grid = None
     opt = torch.optim.Adam(field_.parameters(), lr=tc.lr, eps=1e-15, weight_decay=tc.weight_decay)
@@ -291,162 +303,7 @@ def fit_scene(
     return field_, grid, state, aabb_np
 
 
-# ----------------------------------------------------------------------------------------- rendering
-
-
-@torch.no_grad()
-def render_view(field_, grid, frames: SceneFrames, i: int, aabb: torch.Tensor, cfg: NerfStageConfig, device):
-    """Render frame ``i``'s camera: ``rgb [H, W, 3]`` in [0, 1], ``z [H, W]`` metres, ``opacity [H, W]``."""
-    h, w = frames.shape
-    field_.eval()
-    rgb, z, acc = [], [], []
-    for start in range(0, h * w, cfg.train.chunk):
-        pix = torch.arange(start, min(start + cfg.train.chunk, h * w))
-        o, d, zs = rays_from_camera(frames.K[i], frames.c2w[i], h, w, pix)
-        o, d, zs = o.to(device), d.to(device), zs.to(device)
-        near, far = near_far(o, d, aabb, cfg.train.near)
-        out = render_rays(field_, o, d, near, far, n_coarse=cfg.train.n_coarse, n_fine=cfg.train.n_fine,
-                          occupancy=grid, perturb=False, chunk=cfg.train.chunk, z_scale=zs)
-        rgb.append(out["rgb"].float().cpu())
-        z.append(out["z_depth"].float().cpu())
-        acc.append(out["opacity"].float().cpu())
-    return (
-        torch.cat(rgb).reshape(h, w, 3).clamp(0, 1).numpy(),
-        torch.cat(z).reshape(h, w).numpy(),
-        torch.cat(acc).reshape(h, w).numpy(),
-    )
-
-
-def evaluate_views(field_, grid, frames: SceneFrames, views: list[int], aabb, cfg, device) -> tuple[dict, list]:
-    """Render ``views`` and score them: colour PSNR / SSIM, depth errors against the scene's depth."""
-    rows, renders = [], []
-    for i in views:
-        rgb, z, acc = render_view(field_, grid, frames, i, aabb, cfg, device)
-        gt_rgb = frames.view.group["rgb"][i] / 255.0
-        gt_z = frames.view.group["depth"][i]
-        row = {"psnr": psnr(rgb, gt_rgb), "ssim": ssim(rgb, gt_rgb)}
-        row.update({f"depth_{k}": v for k, v in depth_metrics(z, gt_z).items() if k in ("rmse", "mae", "abs_rel", "delta1")})
-        rows.append(row)
-        renders.append((i, rgb, z, acc))
-    keys = rows[0].keys() if rows else []
-    return {k: float(np.mean([r[k] for r in rows])) for k in keys}, renders
-
-
-# ------------------------------------------------------------------------------------------- exports
-
-
-def write_renders(folder: Path, frames: SceneFrames, renders: list) -> None:
-    folder.mkdir(parents=True, exist_ok=True)
-    for i, rgb, z, _ in renders:
-        fid = frames.view.frame_ids[i]
-        Image.fromarray((rgb * 255 + 0.5).astype(np.uint8)).save(folder / f"{fid}_rgb.png")
-        Image.fromarray(np.clip(z * 1000 + 0.5, 0, 65535).astype(np.uint16)).save(folder / f"{fid}_depth.png")
-
-
-def point_cloud(frames: SceneFrames, renders: list, min_opacity: float = 0.5) -> trimesh.PointCloud:
-    """World points (and colours) of the rendered depth of each render, where the rendering is opaque."""
-    pts, cols = [], []
-    for i, rgb, z, acc in renders:
-        K, c2w = frames.K[i], frames.c2w[i]
-        v, u = np.nonzero((acc > min_opacity) & (z > 0))
-        zz = z[v, u]
-        cam = np.stack([(u - K[0, 2]) / K[0, 0] * zz, (v - K[1, 2]) / K[1, 1] * zz, zz], -1)
-        pts.append(cam @ c2w[:3, :3].T + c2w[:3, 3])
-        cols.append((rgb[v, u] * 255).astype(np.uint8))
-    if not pts:
-        return trimesh.PointCloud(np.zeros((0, 3)))
-    return trimesh.PointCloud(np.concatenate(pts), colors=np.concatenate(cols))
-
-
-@torch.no_grad()
-def default_mesh_level(field_: NeRFField, surface: np.ndarray, cell: float, device) -> float:
-    """Iso-level for marching cubes: the density at which one grid cell is half opaque (``ln 2 / cell``),
-    lowered to half the median density at the rendered surface points ``surface [n, 3]`` when the field's
-    surfaces are softer than that (short fits), so the mesh follows the surfaces the renders show."""
-    level = float(np.log(2) / cell)
-    if len(surface):
-        pts = torch.from_numpy(surface[:: max(1, len(surface) // 20000)].astype(np.float32)).to(device)
-        at_surface = float(field_.density(pts).float().median())
-        if at_surface > 0:
-            level = min(level, 0.5 * at_surface)
-    return level
-
-
-@torch.no_grad()
-def density_mesh(field_: NeRFField, aabb: np.ndarray, resolution: int, level: float | None, device,
-                 surface: np.ndarray | None = None) -> trimesh.Trimesh:
-    """Marching cubes (scikit-image) on the density sampled on a ``resolution^3`` grid over the scene box.
-
-    ``level`` defaults to :func:`default_mesh_level` (using the rendered ``surface`` points when given).
-    """
-    lo, hi = aabb
-    axes = [np.linspace(lo[k], hi[k], resolution, dtype=np.float32) for k in range(3)]
-    grid_pts = np.stack(np.meshgrid(*axes, indexing="ij"), -1).reshape(-1, 3)
-    field_.eval()
-    dens = torch.cat([
-        field_.density(torch.from_numpy(grid_pts[s : s + 2**18]).to(device)).float().cpu()
-        for s in range(0, len(grid_pts), 2**18)
-    ]).reshape(resolution, resolution, resolution).numpy()
-    spacing = (hi - lo) / (resolution - 1)
-    if level is None:
-        level = default_mesh_level(field_, surface if surface is not None else np.zeros((0, 3)), spacing.mean(), device)
-    if not (dens.min() < level < dens.max()):
-        log.warning("density never crosses the mesh level %.3g; the mesh is empty", level)
-        return trimesh.Trimesh()
-    verts, faces, normals, _ = marching_cubes(dens, level=level, spacing=tuple(spacing.tolist()))
-    verts = verts + lo
-    v_t = torch.from_numpy(verts.astype(np.float32)).to(device)
-    n_t = torch.from_numpy(normals.astype(np.float32)).to(device)
-    n_t = torch.nn.functional.normalize(n_t, dim=-1)
-    colors = torch.cat([field_(v_t[s : s + 2**16], -n_t[s : s + 2**16])[0].float().cpu() for s in range(0, len(v_t), 2**16)])
-    return trimesh.Trimesh(verts, faces, vertex_colors=(colors.clamp(0, 1).numpy() * 255).astype(np.uint8), process=False)
-
-
-#: The training curve of a fit (``curve.csv`` of its export): per step, train-batch PSNR and loss terms.
-CURVE_COLUMNS = ["step", "seconds", "psnr", "rgb", "depth", "edge", "ds", "rays", "samples_per_ray", "occupied"]
-
-
-def export_scene(folder: Path, field_, grid, frames, aabb_np, cfg: NerfStageConfig, state: FitState, device) -> dict:
-    """Render, score and export one fitted scene into ``folder`` (written under a temporary name)."""
-    with atomic_dir(folder) as tmp:
-        return _export_into(tmp, field_, grid, frames, aabb_np, cfg, state, device)
-
-
-def _export_into(tmp: Path, field_, grid, frames, aabb_np, cfg: NerfStageConfig, state: FitState, device) -> dict:
-    aabb = torch.from_numpy(aabb_np).to(device)
-    views = frames.test or frames.train[:1]
-    scores, renders = evaluate_views(field_, grid, frames, views, aabb, cfg, device)
-    out = FitFolder(tmp)
-    write_renders(out.renders, frames, renders)
-    cloud = point_cloud(frames, renders)
-    cloud.export(out.pointcloud)
-    mesh = density_mesh(field_, aabb_np, cfg.export.mesh_resolution, cfg.export.mesh_level, device,
-                        surface=np.asarray(cloud.vertices))
-    mesh.export(out.mesh)
-    save_tensors(out.field, field_.state_dict())
-    save_tensors(out.occupancy, grid.state_dict())  # renders reload it (tasks.render.load_fit)
-    out.config.write_text(json.dumps({"nerf": cfg.model_dump(mode="json"), "aabb": aabb_np.tolist()}, indent=2))
-    evals = [r for r in state.curve]
-    metrics = {
-        "scene": frames.view.name,
-        "depth_source": cfg.depth_source,
-        "test_views": len(frames.test),
-        "train_views": len(frames.train),
-        **{f"test_{k}": v for k, v in scores.items()},
-        "steps": state.step,
-        "train_seconds": round(state.seconds, 2),
-        "final_train_psnr": float(np.mean([r["psnr"] for r in evals[-20:]])) if evals else float("nan"),
-        "samples_per_ray": float(np.mean([r["samples_per_ray"] for r in evals[-20:]])) if evals else float("nan"),
-        "occupied_fraction": grid.occupied_fraction,
-    }
-    out.metrics.write_text(json.dumps(metrics, indent=2))
-    pd.DataFrame(state.curve, columns=CURVE_COLUMNS).to_csv(out.curve, index=False)
-    return metrics
-
-
 # --------------------------------------------------------------------------------------------- stage
-
-
 
 
 def fit_config(job: FitJob, cfg: NerfStageConfig) -> NerfStageConfig:

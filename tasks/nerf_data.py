@@ -159,10 +159,13 @@ class RaySampler:
     """Random ``p x p`` pixel patches from a pool of train frames, with their colour and depth supervision.
 
     Memory holds ``pool_frames`` frames at a time (refreshed every ``refresh_every`` batches), so it does not
-    grow with the number of frames in the scene.
+    grow with the number of frames in the scene. Every draw (pool frames, patches) comes from the sampler's own
+    NumPy generator ``rng``: ``seed`` is an int it is seeded with, or a ``np.random.Generator`` used as is, never
+    a global RNG (``rng.bit_generator.state`` is what a checkpoint saves).
     """
 
-    def __init__(self, frames: SceneFrames, patch: int, pool_frames: int, refresh_every: int, seed: int):
+    def __init__(self, frames: SceneFrames, patch: int, pool_frames: int, refresh_every: int,
+                 seed: int | np.random.Generator):
         self.frames, self.patch = frames, patch
         self.pool_frames, self.refresh_every = pool_frames, refresh_every
         self.rng = np.random.default_rng(seed)

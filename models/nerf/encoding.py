@@ -56,6 +56,8 @@ def level_resolutions(cfg: HashEncodingConfig) -> tuple[int, ...]:
 class HashEncoding(nn.Module):
     """Multi-resolution hash encoding of points in ``[0, 1]^3``.
 
+    ``generator`` draws the initial tables (:meth:`init_weights`); without one they are those of seed 0.
+
     Attributes:
         resolutions: ``N_l`` per level (cells per axis).
         growth_factor: ``b``.
@@ -65,7 +67,7 @@ class HashEncoding(nn.Module):
         tables: Parameter ``[L, T, F]``.
     """
 
-    def __init__(self, cfg: HashEncodingConfig | None = None) -> None:
+    def __init__(self, cfg: HashEncodingConfig | None = None, generator: torch.Generator | None = None) -> None:
         super().__init__()
         cfg = cfg or HashEncodingConfig()
         self.cfg = cfg
@@ -79,7 +81,7 @@ class HashEncoding(nn.Module):
         self.output_dim = cfg.n_levels * cfg.features_per_level
 
         self.tables = nn.Parameter(torch.empty(cfg.n_levels, self.table_size, cfg.features_per_level))
-        nn.init.uniform_(self.tables, -cfg.init_scale, cfg.init_scale)
+        self.init_weights(generator)
 
         # Per-level constants as non-persistent buffers: they follow .to(device) and stay out of state_dict.
         res = torch.tensor(self.resolutions, dtype=torch.int64)
@@ -87,6 +89,14 @@ class HashEncoding(nn.Module):
         self.register_buffer("_dense", torch.tensor(self.is_dense), persistent=False)  # [L] bool
         self.register_buffer("_row_offset", torch.arange(cfg.n_levels) * self.table_size, persistent=False)
         self.register_buffer("_primes", torch.tensor(HASH_PRIMES, dtype=torch.int64), persistent=False)
+
+    @torch.no_grad()
+    def init_weights(self, generator: torch.Generator | None = None) -> None:
+        """Draw the tables from ``U(-init_scale, init_scale)`` with ``generator`` (on the tables' device), never
+        the global RNG; ``None``: a generator seeded 0, so the same config always builds the same tables."""
+        if generator is None:
+            generator = torch.Generator(device=self.tables.device).manual_seed(0)
+        nn.init.uniform_(self.tables, -self.cfg.init_scale, self.cfg.init_scale, generator=generator)
 
     def extra_repr(self) -> str:
         return (

@@ -14,10 +14,12 @@ blow up the backward pass (as in nerfacc / torch-ngp).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
 from torch import nn
+from torch.nn.utils import skip_init
 from torch.utils.checkpoint import checkpoint
 
 from models.nerf.config import NeRFFieldConfig
@@ -112,14 +114,33 @@ def normalize_to_aabb(x: Tensor, aabb: Tensor) -> tuple[Tensor, Tensor]:
     return x_unit, inside
 
 
+def linear(in_dim: int, out_dim: int) -> nn.Linear:
+    """An ``nn.Linear`` whose parameters are allocated but not drawn (its constructor would draw them from the
+    global RNG): initialise it with :func:`init_linear_`."""
+    return skip_init(nn.Linear, in_dim, out_dim)
+
+
+@torch.no_grad()
+def init_linear_(module: nn.Module, generator: torch.Generator) -> None:
+    """PyTorch's default ``nn.Linear`` initialisation for every linear layer of ``module`` (in registration
+    order), drawn from ``generator``: weights ``kaiming_uniform_(a=sqrt(5))`` (``U(-1/sqrt(fan_in),
+    1/sqrt(fan_in))``), biases ``U(-1/sqrt(fan_in), 1/sqrt(fan_in))``."""
+    for layer in module.modules():
+        if isinstance(layer, nn.Linear):
+            nn.init.kaiming_uniform_(layer.weight, a=math.sqrt(5), generator=generator)
+            if layer.bias is not None:
+                bound = 1 / math.sqrt(layer.in_features) if layer.in_features > 0 else 0.0
+                nn.init.uniform_(layer.bias, -bound, bound, generator=generator)
+
+
 def _mlp(in_dim: int, hidden: int, n_hidden: int, out_dim: int) -> nn.Sequential:
-    """``n_hidden`` ReLU hidden layers of width ``hidden`` then a linear output layer."""
+    """``n_hidden`` ReLU hidden layers of width ``hidden`` then a linear output layer (not initialised)."""
     layers: list[nn.Module] = []
     d = in_dim
     for _ in range(n_hidden):
-        layers += [nn.Linear(d, hidden), nn.ReLU(inplace=True)]
+        layers += [linear(d, hidden), nn.ReLU(inplace=True)]
         d = hidden
-    layers.append(nn.Linear(d, out_dim))
+    layers.append(linear(d, out_dim))
     return nn.Sequential(*layers)
 
 
@@ -129,9 +150,16 @@ class NeRFField(nn.Module):
     Args:
         cfg: Architecture.
         aabb: ``[2, 3]`` scene box ``(min, max)`` in world units; registered as a buffer.
+        generator: Draws the initial parameters (:meth:`init_weights`), never the global RNG; ``None``: a
+            generator seeded 0, so the same arguments always build the same field.
     """
 
-    def __init__(self, cfg: NeRFFieldConfig | None = None, aabb: Tensor | Sequence | None = None) -> None:
+    def __init__(
+        self,
+        cfg: NeRFFieldConfig | None = None,
+        aabb: Tensor | Sequence | None = None,
+        generator: torch.Generator | None = None,
+    ) -> None:
         super().__init__()
         cfg = cfg or NeRFFieldConfig()
         self.cfg = cfg
@@ -139,9 +167,18 @@ class NeRFField(nn.Module):
         if box.shape != (2, 3) or not bool((box[1] > box[0]).all()):
             raise ValueError(f"aabb must be [2, 3] with max > min on every axis, got {box.tolist()}")
         self.register_buffer("aabb", box.clone())
-        self.encoding = HashEncoding(cfg.encoding)
+        generator = generator if generator is not None else torch.Generator().manual_seed(0)
+        self.encoding = HashEncoding(cfg.encoding, generator)
         self.density_mlp = _mlp(self.encoding.output_dim, cfg.hidden_dim, cfg.n_density_layers, 1 + cfg.geo_features)
         self.color_mlp = _mlp(cfg.geo_features + cfg.sh_degree**2, cfg.hidden_dim, cfg.n_color_layers, 3)
+        init_linear_(self, generator)
+
+    def init_weights(self, generator: torch.Generator) -> None:
+        """Draw every parameter from ``generator`` (on the parameters' device), in a fixed order: the hash
+        tables (``U(-init_scale, init_scale)``), then the density and colour MLPs' layers (PyTorch's
+        ``nn.Linear`` default, :func:`init_linear_`). Construction with a generator draws exactly this."""
+        self.encoding.init_weights(generator)
+        init_linear_(self, generator)
 
     # ------------------------------------------------------------------------------------------ helpers
 

@@ -114,9 +114,12 @@ class OccupancyGrid(nn.Module):
             warmup_steps, decay, threshold, n_samples_per_cell: See the module docstring.
             n_cells: After warm-up, evaluate only this many random cells plus as many random occupied ones
                 (``None``: every cell).
-            generator: For the random points and cells (on the grid's device).
+            generator: For the random points and cells (on the grid's device); required, the global RNG is
+                never used.
             chunk: Points per ``density_fn`` call.
         """
+        if generator is None:
+            raise ValueError("OccupancyGrid.update draws random points: pass an explicit torch.Generator")
         r3 = self.resolution**3
         dev = self.density.device
         if step < warmup_steps or n_cells is None:

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import torch
 
-from models.nerf.sampling import gaussian_samples, occupancy_filter, sample_pdf, stratified_samples
+from models.nerf.sampling import gaussian_samples, occupancy_filter, require_generator, sample_pdf, stratified_samples
 
 if TYPE_CHECKING:
     from models.nerf.occupancy import OccupancyGrid
@@ -417,7 +417,7 @@ def render_rays(
         background: ``[3]`` or ``[n, 3]`` colour behind the scene; ``None`` = black.
         z_scale: ``[n]`` ``dot(unit d, camera forward)``; when given, ``z_depth = depth * z_scale`` is added
             (assumes unit ``rays_d``).
-        generator: For the jitter and the fine samples.
+        generator: For the jitter and the fine samples; required with ``perturb`` (no global RNG is used).
         guide: ``(center [n], std [n])`` in units of ``t``: where the surface is expected (``center <= 0``:
             unknown, the fine edges are then uniform) and how sure that is.
         stop_below: Transmittance at which ray marching stops where no gradient is needed; 0 = never.
@@ -429,6 +429,8 @@ def render_rays(
         ``z_depth [n]`` (if ``z_scale``), ``n_evaluated`` (int, network evaluations incl. the coarse pass) and
         ``n_samples`` (int, evaluations there would have been without the occupancy grid).
     """
+    if perturb:
+        require_generator(generator, "render_rays(perturb=True)")
     n = rays_o.shape[0]
     near_t = torch.as_tensor(near, device=rays_o.device, dtype=rays_o.dtype)
     far_t = torch.as_tensor(far, device=rays_o.device, dtype=rays_o.dtype)

@@ -17,6 +17,14 @@ Tensor = torch.Tensor
 __all__ = ["stratified_samples", "sample_pdf", "gaussian_samples", "ray_aabb_intersect", "near_far", "occupancy_filter"]
 
 
+def require_generator(generator: torch.Generator | None, what: str) -> torch.Generator:
+    """``generator``, or a ValueError: random draws come from an explicit generator, never the global RNG (so
+    two fits in two threads cannot take each other's numbers)."""
+    if generator is None:
+        raise ValueError(f"{what} draws random numbers: pass an explicit torch.Generator (the global RNG is not used)")
+    return generator
+
+
 def _per_ray(v: Tensor | float, like: Tensor) -> Tensor:
     """A scalar or ``[n]`` / ``[n, 1]`` value as ``[n]`` on ``like``'s device and dtype."""
     v = torch.as_tensor(v, device=like.device, dtype=like.dtype)
@@ -44,7 +52,7 @@ def stratified_samples(
         near, far: ``[n]`` or scalars, ray parameters of the interval.
         n_samples: Bins per ray.
         perturb: Jitter the interior edges.
-        generator: For the jitter.
+        generator: For the jitter (required with ``perturb``).
 
     Returns:
         t_starts, t_ends: ``[n, n_samples]``; ``t_ends[:, i] == t_starts[:, i + 1]``.
@@ -53,6 +61,8 @@ def stratified_samples(
     n = rays_o.shape[0]
     near_t, far_t = _per_ray(near, rays_o), _per_ray(far, rays_o)
     s = torch.linspace(0.0, 1.0, n_samples + 1, device=rays_o.device, dtype=rays_o.dtype).expand(n, -1)
+    if perturb:
+        require_generator(generator, "stratified_samples(perturb=True)")
     if perturb and n_samples > 1:
         mids = 0.5 * (s[:, 1:] + s[:, :-1])  # [n, m]
         lo, hi = mids[:, :-1], mids[:, 1:]  # around interior edges 1 .. m-1
@@ -86,7 +96,7 @@ def sample_pdf(
         weights: ``[n, m]`` non-negative bin weights (any scale).
         n_samples: Samples per ray.
         deterministic: Use quantiles instead of random draws.
-        generator: For the draws.
+        generator: For the draws (required unless ``deterministic``).
         eps: Weight added to every bin.
 
     Returns:
@@ -105,6 +115,7 @@ def sample_pdf(
     if deterministic:
         xi = torch.full((n, n_samples), 0.5, device=weights.device, dtype=cdf.dtype)
     else:
+        generator = require_generator(generator, "sample_pdf(deterministic=False)")
         xi = torch.rand(n, n_samples, device=weights.device, dtype=cdf.dtype, generator=generator)
     u = ((k + xi) / n_samples).clamp(0.0, 1.0 - 1e-7).contiguous()  # [n, k], sorted along the row
 
@@ -144,7 +155,7 @@ def gaussian_samples(
         near, far: ``[n]`` or scalars.
         n_samples: Samples per ray.
         deterministic: Use the quantiles instead of random draws.
-        generator: For the draws.
+        generator: For the draws (required unless ``deterministic``).
 
     Returns:
         ``[n, n_samples]`` sorted samples in ``[near, far]`` (no gradient).
@@ -158,6 +169,7 @@ def gaussian_samples(
     if deterministic:
         xi = torch.full((n, n_samples), 0.5, device=center.device)
     else:
+        generator = require_generator(generator, "gaussian_samples(deterministic=False)")
         xi = torch.rand(n, n_samples, device=center.device, generator=generator)
     u = (k + xi) / n_samples  # [n, k] in [0, 1), sorted along the row
     lo = torch.special.ndtr((near_t - c) / s)[:, None]

@@ -14,7 +14,7 @@ from pydantic import Field
 from torch import Tensor, nn
 
 from models.config import StrictConfig
-from models.nerf.field import normalize_to_aabb
+from models.nerf.field import init_linear_, linear, normalize_to_aabb
 
 
 class VanillaNeRFConfig(StrictConfig):
@@ -38,9 +38,14 @@ def positional_encoding(x: Tensor, n_freqs: int) -> Tensor:
 
 
 class VanillaNeRF(nn.Module):
-    """``forward(x [n, 3] world, d [n, 3] unit) -> (rgb [n, 3], sigma [n])``; zero density outside ``aabb``."""
+    """``forward(x [n, 3] world, d [n, 3] unit) -> (rgb [n, 3], sigma [n])``; zero density outside ``aabb``.
 
-    def __init__(self, cfg: VanillaNeRFConfig | None = None, aabb: Tensor | None = None) -> None:
+    ``generator`` draws the initial weights (PyTorch's ``nn.Linear`` default, :meth:`init_weights`), never the
+    global RNG; ``None``: a generator seeded 0.
+    """
+
+    def __init__(self, cfg: VanillaNeRFConfig | None = None, aabb: Tensor | None = None,
+                 generator: torch.Generator | None = None) -> None:
         super().__init__()
         self.cfg = cfg = cfg or VanillaNeRFConfig()
         aabb = torch.as_tensor(aabb if aabb is not None else [[-1.0] * 3, [1.0] * 3], dtype=torch.float32)
@@ -50,11 +55,16 @@ class VanillaNeRF(nn.Module):
         layers = []
         for i in range(cfg.depth):
             fan_in = in_xyz if i == 0 else cfg.width + (in_xyz if i == cfg.skip_layer else 0)
-            layers.append(nn.Linear(fan_in, cfg.width))
+            layers.append(linear(fan_in, cfg.width))
         self.trunk = nn.ModuleList(layers)
-        self.sigma = nn.Linear(cfg.width, 1)
-        self.feature = nn.Linear(cfg.width, cfg.width)
-        self.color = nn.Sequential(nn.Linear(cfg.width + in_dir, cfg.width // 2), nn.ReLU(), nn.Linear(cfg.width // 2, 3))
+        self.sigma = linear(cfg.width, 1)
+        self.feature = linear(cfg.width, cfg.width)
+        self.color = nn.Sequential(linear(cfg.width + in_dir, cfg.width // 2), nn.ReLU(), linear(cfg.width // 2, 3))
+        self.init_weights(generator if generator is not None else torch.Generator().manual_seed(0))
+
+    def init_weights(self, generator: torch.Generator) -> None:
+        """Draw every layer from ``generator`` (on the parameters' device), in registration order."""
+        init_linear_(self, generator)
 
     def _trunk(self, x: Tensor) -> tuple[Tensor, Tensor]:
         unit, inside = normalize_to_aabb(x, self.aabb)

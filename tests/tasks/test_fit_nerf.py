@@ -19,7 +19,6 @@ from tasks.corrupt import run_corrupt
 from tasks.download import run_download
 from tasks.errors import DataError
 from tasks.fit_nerf import (
-    evaluate_views,
     fit_config,
     fit_scene,
     make_model,
@@ -29,6 +28,7 @@ from tasks.fit_nerf import (
     training_step,
 )
 from tasks.nerf_data import RaySampler, open_scene, scene_bounds, sparse_views
+from tasks.nerf_export import evaluate_views
 from tasks.nerf_layout import FitJob
 from tasks.render import camera_path, load_fit, render_path, render_pose
 from tasks.store import SceneWriter, StoreBuilder

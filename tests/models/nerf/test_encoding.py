@@ -134,3 +134,16 @@ def test_trilinear_interpolation_is_exact_for_linear_tables(level: int) -> None:
     f = enc.features_per_level
     got = enc(x)[:, level * f : (level + 1) * f]
     torch.testing.assert_close(got, x @ a.T + c, atol=1e-5, rtol=1e-5)
+
+
+def test_tables_come_from_the_generator_only() -> None:
+    rng = torch.random.get_rng_state()
+    a = HashEncoding(MIXED, torch.Generator().manual_seed(1))
+    b = HashEncoding(MIXED, torch.Generator().manual_seed(1))
+    c = HashEncoding(MIXED, torch.Generator().manual_seed(2))
+    assert torch.equal(torch.random.get_rng_state(), rng)  # the global RNG is never drawn from
+    assert torch.equal(a.tables, b.tables) and not torch.equal(a.tables, c.tables)
+    assert float(a.tables.detach().abs().max()) <= MIXED.init_scale
+    assert torch.equal(HashEncoding(MIXED).tables, HashEncoding(MIXED, torch.Generator().manual_seed(0)).tables)
+    c.init_weights(torch.Generator().manual_seed(1))
+    assert torch.equal(c.tables, a.tables)

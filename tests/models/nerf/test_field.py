@@ -21,8 +21,7 @@ AABB = [[-1.0, -2.0, -1.0], [1.0, 2.0, 3.0]]
 
 
 def _field(seed: int = 0, **kw) -> NeRFField:
-    torch.manual_seed(seed)
-    return NeRFField(TINY.model_copy(update=kw), aabb=AABB)
+    return NeRFField(TINY.model_copy(update=kw), aabb=AABB, generator=torch.Generator().manual_seed(seed))
 
 
 def test_shapes_ranges_and_zero_density_outside_box() -> None:
@@ -133,3 +132,43 @@ def test_fit_constant_colour_through_the_renderer() -> None:
         losses.append(loss.item())
     assert losses[-1] < 0.1 * losses[0]
     assert losses[-1] < 2e-3
+
+
+def test_the_init_comes_from_the_generator_only() -> None:
+    """Fields built with generators seeded alike are equal, another seed gives another field, and building
+    them leaves the global RNG untouched (two fits in two threads cannot take each other's numbers)."""
+    rng = torch.random.get_rng_state()
+    a, b = _field(seed=5), _field(seed=5)
+    c = _field(seed=6)
+    assert torch.equal(torch.random.get_rng_state(), rng)
+    sa, sb, sc = a.state_dict(), b.state_dict(), c.state_dict()
+    assert sa.keys() == sb.keys() == sc.keys()
+    for name in sa:
+        assert torch.equal(sa[name], sb[name]), name
+        assert name == "aabb" or not torch.equal(sa[name], sc[name]), name
+    # Without a generator a field is that of seed 0, still without touching the global RNG.
+    default = NeRFField(TINY, aabb=AABB)
+    assert all(torch.equal(v, _field(seed=0).state_dict()[k]) for k, v in default.state_dict().items())
+    assert torch.equal(torch.random.get_rng_state(), rng)
+    # init_weights redraws exactly what construction drew.
+    c.init_weights(torch.Generator().manual_seed(5))
+    assert all(torch.equal(v, sa[k]) for k, v in c.state_dict().items())
+
+
+def test_the_init_uses_pytorchs_default_distributions() -> None:
+    """Tables ~ U(-init_scale, init_scale); each linear layer as nn.Linear draws it after manual_seed (weights
+    kaiming_uniform(a=sqrt(5)), biases U(+-1/sqrt(fan_in))), in construction order."""
+    field = _field(seed=11)
+    saved = torch.random.get_rng_state()
+    try:
+        torch.manual_seed(11)
+        tables = torch.empty_like(field.encoding.tables).uniform_(-TINY.encoding.init_scale, TINY.encoding.init_scale)
+        layers = [torch.nn.Linear(m.in_features, m.out_features) for m in field.modules()
+                  if isinstance(m, torch.nn.Linear)]
+    finally:
+        torch.random.set_rng_state(saved)
+    assert torch.equal(field.encoding.tables, tables)
+    mine = [m for m in field.modules() if isinstance(m, torch.nn.Linear)]
+    assert len(mine) == len(layers) > 0
+    for m, ref in zip(mine, layers):
+        assert torch.equal(m.weight, ref.weight) and torch.equal(m.bias, ref.bias)

@@ -26,8 +26,7 @@ CFG = HashEncodingConfig(n_levels=6, features_per_level=3, log2_hashmap_size=12,
 
 def pair(cfg: HashEncodingConfig, dtype=torch.float32) -> tuple[HashEncoding, HashEncoding]:
     """The reference and the fused encoding with the same random tables."""
-    torch.manual_seed(0)
-    ref = HashEncoding(cfg.model_copy(update={"backend": "torch"})).to(dtype)
+    ref = HashEncoding(cfg.model_copy(update={"backend": "torch"}), torch.Generator().manual_seed(0)).to(dtype)
     fused = HashEncoding(cfg.model_copy(update={"backend": "fused"})).to(dtype)
     fused.load_state_dict(ref.state_dict())
     return ref, fused

@@ -33,12 +33,15 @@ def test_warmup_keeps_everything_occupied() -> None:
         calls.append(x.shape[0])
         return torch.zeros(x.shape[0])
 
+    gen = torch.Generator().manual_seed(0)
     for step in range(0, 10, 3):
-        grid.update(step, zero, warmup_steps=10, n_samples_per_cell=2)
+        grid.update(step, zero, warmup_steps=10, n_samples_per_cell=2, generator=gen)
         assert grid.occupied_fraction == 1.0
         assert bool(grid.binary.all())
     assert sum(calls) == 4 * 8**3 * 2  # warm-up evaluates every cell
-    grid.update(10, zero, warmup_steps=10)
+    grid.update(10, zero, warmup_steps=10, generator=gen)
+    with pytest.raises(ValueError, match="explicit torch.Generator"):  # never the global RNG
+        grid.update(11, zero, warmup_steps=10)
     assert grid.occupied_fraction == 0.0  # a scene with no density at all is empty after warm-up
 
 
@@ -64,15 +67,16 @@ def test_cells_above_threshold_are_never_marked_empty(n_cells: int | None) -> No
 
 def test_decay_forgets_density_that_went_away() -> None:
     grid = OccupancyGrid(AABB, resolution=4)
+    gen = torch.Generator().manual_seed(0)
     table = torch.zeros(4, 4, 4)
     table[1, 2, 3] = 1.0
-    grid.update(0, _cellwise(table), warmup_steps=0, decay=0.5, threshold=0.1)
+    grid.update(0, _cellwise(table), warmup_steps=0, decay=0.5, threshold=0.1, generator=gen)
     assert grid.binary[1, 2, 3] and grid.binary.sum() == 1
     # The cell stays occupied while its estimate exceeds min(threshold, mean) ...
     later = torch.zeros(4, 4, 4)
     later[2:] = 0.3  # ... so give the scene a mean (~0.15) above the threshold.
     for step in range(1, 5):
-        grid.update(step, _cellwise(later), warmup_steps=0, decay=0.5, threshold=0.1)
+        grid.update(step, _cellwise(later), warmup_steps=0, decay=0.5, threshold=0.1, generator=gen)
     assert grid.density[1, 2, 3].item() == pytest.approx(0.5**4)
     assert not bool(grid.binary[1, 2, 3])
     assert bool(grid.binary[2:].all()) and not bool(grid.binary[:2].any())

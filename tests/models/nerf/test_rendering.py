@@ -179,6 +179,8 @@ def test_perturbed_rendering_is_seeded_and_unbiased(sphere_field) -> None:
     b = render_rays(field, rays_o, rays_d, 1.0, 5.0, generator=torch.Generator().manual_seed(0), **kw)
     torch.testing.assert_close(a["rgb"], b["rgb"])
     assert a["t_starts"].std(dim=0).max() > 0  # different rays got different samples
+    with pytest.raises(ValueError, match="explicit torch.Generator"):  # never the global RNG
+        render_rays(field, rays_o, rays_d, 1.0, 5.0, **kw)
     expected = 1 - math.exp(-1.5 * 2 * math.sqrt(0.64 - 0.09))
     assert a["opacity"].mean().item() == pytest.approx(expected, abs=0.01)
 
