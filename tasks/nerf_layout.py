@@ -7,7 +7,7 @@ The main fit of a scene (``nerf.depth_source``) is ``paths.nerf/<scene>/``; an a
 * ``config.json``: ``{"nerf": <the fit's nerf config>, "aabb": [[x0, y0, z0], [x1, y1, z1]]}`` (metres, world);
 * ``field.safetensors`` and ``occupancy.safetensors``: the field's and the occupancy grid's tensors;
 * ``mesh.ply`` (marching cubes, vertex colours; may be empty) and ``pointcloud.ply`` (coloured, world);
-* ``renders/``: per test view ``<frame>.png`` (RGB) and ``<frame>_depth.png`` (uint16 millimetres);
+* ``renders/``: per test view ``<frame>_rgb.png`` and ``<frame>_depth.png`` (uint16 millimetres);
 * ``metrics.json`` (test-view PSNR, SSIM, depth errors, timings) and ``curve.csv`` (the training curve).
 """
 
