@@ -171,7 +171,8 @@ def open_refined_complete(path: Path) -> bool:
 
 def test_killed_nerf_fit_resumes_to_the_same_field(base, tmp_path):
     fit = base + ["nerf.train.steps=60", "nerf.train.checkpoint_every=10", "nerf.scenes=[synthetic_000]"]
-    dnerf("fit-nerf", fit + outputs(tmp_path, "straight"))  # a fresh process, like the resumed run (an in-process fit differs from it in the last bits)
+    # the reference fit runs in a fresh process, like the resumed one: an in-process fit differs in the last bits
+    dnerf("fit-nerf", fit + outputs(tmp_path, "straight"))
     run = outputs(tmp_path, "killed")
     ckpt = tmp_path / "killed" / "nerf_checkpoints" / "synthetic_000" / "state.json"
     kill_when("fit-nerf", fit + run, checkpoint_reached(ckpt, 20), max_delay_s=0.3)
