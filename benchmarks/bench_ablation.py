@@ -28,10 +28,10 @@ from rich.console import Console
 from rich.table import Table
 
 from tasks.config import load_params
+from tasks.devices import resolve_device
 from tasks.fit_nerf import fit_scene
 from tasks.nerf_data import open_scene, sparse_views
 from tasks.nerf_export import evaluate_views
-from tasks.devices import resolve_device
 
 
 def fit_and_score(params, scene: str, source: str, views: int | None) -> dict:
@@ -94,9 +94,9 @@ def main() -> None:
             table.add_column(col, justify="right")
         for views in view_counts:
             n, r = ([results[s, views, k] for s in scenes] for k in ("noisy", "refined"))
-            gain = np.mean([b["psnr"] - a["psnr"] for a, b in zip(n, r)])
-            red = np.mean([1 - b["depth_rmse"] / a["depth_rmse"] for a, b in zip(n, r)])
-            sgain = np.mean([b["ssim"] - a["ssim"] for a, b in zip(n, r)])
+            gain = np.mean([b["psnr"] - a["psnr"] for a, b in zip(n, r, strict=True)])
+            red = np.mean([1 - b["depth_rmse"] / a["depth_rmse"] for a, b in zip(n, r, strict=True)])
+            sgain = np.mean([b["ssim"] - a["ssim"] for a, b in zip(n, r, strict=True)])
             table.add_row("all" if views is None else str(views), f"{gain:+.2f}", f"{red:.0%}", f"{sgain:+.3f}")
         console.print(table)
 

@@ -30,7 +30,7 @@ sys.path.insert(0, str(ROOT))
 from tasks.config import load_params  # noqa: E402
 from tasks.fit_nerf import fit_scene  # noqa: E402
 from tasks.nerf_data import open_scene  # noqa: E402
-from tasks.nerf_export import evaluate_views
+from tasks.nerf_export import evaluate_views  # noqa: E402
 
 KEYS = ("psnr", "ssim", "depth_rmse")
 

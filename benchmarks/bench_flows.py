@@ -92,9 +92,9 @@ def main() -> None:
                 for stage, plain_fn in (("refine", run_refine), ("fit_nerf", run_fit_nerf)):
                     if extra is None:
                         torch.set_num_threads(cores)
-                        t = timed(lambda: plain_fn(params, progress=False))
+                        t = timed(lambda fn=plain_fn, p=params: fn(p, progress=False))
                     else:
-                        t = timed(lambda: run_flow(stage, params))
+                        t = timed(lambda stage=stage, p=params: run_flow(stage, p))
                     times.setdefault((stage, name), []).append(t)
                     Console().log(f"{stage} {name}: {t:.1f} s")
         os.environ.pop("PREFECT_API_URL", None)

@@ -30,13 +30,13 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from models.nerf.rendering import rays_from_camera, render_rays  # noqa: E402
+from models.nerf.sampling import near_far  # noqa: E402
 from tasks.config import load_params  # noqa: E402
 from tasks.corrupt import run_corrupt  # noqa: E402
 from tasks.download import run_download  # noqa: E402
-from models.nerf.sampling import near_far  # noqa: E402
 from tasks.fit_nerf import fit_scene  # noqa: E402
 from tasks.nerf_data import open_scene  # noqa: E402
-from tasks.nerf_export import evaluate_views
+from tasks.nerf_export import evaluate_views  # noqa: E402
 
 VARIANTS = {
     "fused kernel, fp32 (default)": [],
@@ -77,11 +77,11 @@ def render_timings(frames, params, model, repeats: int) -> list[dict]:
     times: dict[float, list[float]] = {0.0: [], 1e-4: []}
     evals, images = {}, {}
     for _ in range(repeats):
-        for stop in times:
+        for stop, taken in times.items():
             t0 = time.perf_counter()
             out = render_rays(field_, o, d, near, far, n_coarse=tc.n_coarse, n_fine=tc.n_fine, occupancy=grid,
                               chunk=tc.chunk, z_scale=zs, stop_below=stop)
-            times[stop].append(time.perf_counter() - t0)
+            taken.append(time.perf_counter() - t0)
             evals[stop], images[stop] = out["n_evaluated"], out["rgb"]
     return [{"render": "early ray termination (stop below 1e-4)" if stop else "every sample in occupied cells",
              "median_s": round(statistics.median(t), 3), "evaluations_per_ray": round(evals[stop] / (h * w), 2),

@@ -18,6 +18,7 @@ each needed to reach the vanilla NeRF's final PSNR and their ratio (the time-to-
 from __future__ import annotations
 
 import argparse
+import contextlib
 import tempfile
 import time
 from pathlib import Path
@@ -29,9 +30,9 @@ from rich.table import Table
 
 from models.metrics import psnr
 from models.nerf.rendering import rays_from_camera, render_rays
+from models.nerf.sampling import near_far
 from models.nerf.vanilla import VanillaNeRF
 from tasks.config import load_params
-from models.nerf.sampling import near_far
 from tasks.fit_nerf import fit_scene
 from tasks.nerf_data import open_scene, scene_bounds
 
@@ -87,12 +88,9 @@ def run(frames, cfg, make_field, use_occupancy, seconds, probe, aabb) -> list[tu
             raise BudgetReached
 
     on_step.start, on_step.excluded = time.perf_counter(), 0.0
-    with tempfile.TemporaryDirectory() as tmp:
-        try:
-            fit_scene(frames, cfg, Path(tmp) / "ck", "bench", progress=False, on_step=on_step,
-                      make_field=make_field, use_occupancy=use_occupancy)
-        except BudgetReached:
-            pass
+    with tempfile.TemporaryDirectory() as tmp, contextlib.suppress(BudgetReached):
+        fit_scene(frames, cfg, Path(tmp) / "ck", "bench", progress=False, on_step=on_step,
+                  make_field=make_field, use_occupancy=use_occupancy)
     return curve
 
 
@@ -151,7 +149,8 @@ def main() -> None:
     def frames_for(source: str):
         return open_scene(paths.scenes, args.scene, source, paths.noisy, paths.refined)
 
-    rows = [compare(frames_for, params.nerf, v, args.depth_source, args.seconds, args.probe_rays) for v in args.variants]
+    rows = [compare(frames_for, params.nerf, v, args.depth_source, args.seconds, args.probe_rays)
+            for v in args.variants]
     table = Table(title=f"NeRF fits on {args.scene}, {args.seconds:.0f} s of training each, probe PSNR on test pixels")
     for col in rows[0]:
         table.add_column(col, justify="right")

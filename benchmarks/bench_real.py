@@ -149,7 +149,7 @@ def run(args: argparse.Namespace) -> dict:
     report: dict = {"command": args.command, "noise": "params.noise defaults on the real sensor depth",
                     "baseline_params": {k: v["params"] for k, v in tuned.items()},
                     "tuned_on": [f"{s}:{n}" for s, n in args.tune_on], "tune_frames": len(tuning),
-                    "models": {k: str(m) for k, m in zip(refiners, args.model)}, "scenes": {}}
+                    "models": {k: str(m) for k, m in zip(refiners, args.model, strict=False)}, "scenes": {}}
     seconds: dict[str, list[float]] = {k: [] for k in refiners}
     for scene, scene_frames in frames.items():
         pool = Pool()
@@ -183,8 +183,9 @@ def overall(scenes: dict) -> dict:
 
 def markdown(report: dict) -> str:
     lines = [f"# Real held-out frames: depth refinement\n\n`{report['command']}`\n",
-             f"Baselines tuned on {report['tune_frames']} validation frames of {report['tuned_on']}: "
-             f"{report['baseline_params']}\n", "RMSE in mm on measured pixels / holes; edge F1; within 1σ / 2σ.\n"]
+             (f"Baselines tuned on {report['tune_frames']} validation frames of {report['tuned_on']}: "
+             f"{report['baseline_params']}\n"),
+             "RMSE in mm on measured pixels / holes; edge F1; within 1σ / 2σ.\n"]
     for scene, res in [*report["scenes"].items(), ("overall (mean of scenes)", report["overall"])]:
         lines += [f"\n## {scene}\n", "| method | RMSE measured | RMSE holes | RMSE all | edge F1 | within 1σ / 2σ |",
                   "|---|---|---|---|---|---|"]

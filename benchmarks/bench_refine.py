@@ -105,7 +105,8 @@ def tuning_table(scores: dict[str, dict], n_frames: int) -> Table:
 def build_kitchen(kitchen: Path, workdir: Path, frames: int) -> tuple[Path, Path]:
     overrides = [
         "data.source=sevenscenes", f"data.path={kitchen}", f"data.max_frames={frames}", "data.stride=5",
-        "data.test_every=1", f"paths.scenes={workdir / 'kitchen.zarr'}", f"paths.noisy={workdir / 'kitchen_noisy.zarr'}",
+        "data.test_every=1", f"paths.scenes={workdir / 'kitchen.zarr'}",
+        f"paths.noisy={workdir / 'kitchen_noisy.zarr'}",
     ]
     params = load_params(None, overrides)
     run_download(params, progress=False)
@@ -143,7 +144,8 @@ depth[rng.random(depth.shape) < 0.1] = 0
 times = []
 for k in range(int(sys.argv[3]) + 1):
     t0 = time.perf_counter(); ref.refine(rgb, depth, 525.0, k); times.append(time.perf_counter() - t0)
-print(json.dumps({"median_s": statistics.median(times[1:]), "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+print(json.dumps({"median_s": statistics.median(times[1:]),
+                  "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
                   "steps": params.refine.steps, "samples": params.refine.samples, "threads": torch.get_num_threads()}))
 """
 

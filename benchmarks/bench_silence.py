@@ -53,7 +53,8 @@ def stage_times(lines: list[tuple[float, str]]) -> dict[str, float]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--cwd", type=Path, default=Path("."))
-    ap.add_argument("--out", type=Path, default=None, help="results file (default: benchmarks/results/<time>-silence.json)")
+    ap.add_argument("--out", type=Path, default=None,
+                    help="results file (default: benchmarks/results/<time>-silence.json)")
     ap.add_argument("cmd", nargs="+", help="the command (after --)")
     args = ap.parse_args()
     cmd = " ".join(args.cmd)

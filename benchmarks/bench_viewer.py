@@ -35,9 +35,9 @@ from rich.table import Table
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from tasks.config import Params, load_params
-from tasks.render import FittedScene, camera_path, load_fit, scene_view
-from tasks.viewer import live_frame, preview_camera, vertical_fov
+from tasks.config import Params, load_params  # noqa: E402
+from tasks.render import FittedScene, camera_path, load_fit, scene_view  # noqa: E402
+from tasks.viewer import live_frame, preview_camera, vertical_fov  # noqa: E402
 
 SCENE = "synthetic_000"
 

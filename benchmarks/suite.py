@@ -33,6 +33,8 @@ and ``.md``, so runs can be compared. Times are medians over ``--repeats``.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import itertools
 import json
 import multiprocessing as mp
 import os
@@ -152,10 +154,10 @@ def nerf_fit_case(scenes: str, device: str, steps: int, skip: int, occupancy: bo
     params = nerf_params(Path(scenes), device, steps)
     frames = open_scene(params.paths.scenes, "synthetic_000", "gt", None, None)
     with tempfile.TemporaryDirectory() as tmp:
-        field_, grid, state, _ = fit_scene(frames, params.nerf, Path(tmp), "bench", progress=False,
+        field_, _grid, state, _ = fit_scene(frames, params.nerf, Path(tmp), "bench", progress=False,
                                            use_occupancy=occupancy)
     curve = state.curve[skip:]
-    step_s = [b["seconds"] - a["seconds"] for a, b in zip(curve, curve[1:])]
+    step_s = [b["seconds"] - a["seconds"] for a, b in itertools.pairwise(curve)]
     samples = sum(r["rays"] * r["samples_per_ray"] for r in curve[1:])
     enc = params.nerf.field.encoding
     return {"frames": frames.view.n_frames, "resolution": f"{frames.shape[1]}x{frames.shape[0]}",
@@ -241,11 +243,11 @@ def encoding_case(device: str, n: int, repeats: int) -> dict:
     for backend in ("torch", "fused") if dev.type == "cpu" else ("torch",):
         enc = HashEncoding(cfg.model_copy(update={"backend": backend})).to(dev)
 
-        def forward():
+        def forward(enc=enc):
             with torch.no_grad():
                 enc(x)
 
-        def both():
+        def both(enc=enc):
             enc.tables.grad = None
             enc(x).sum().backward()
 
@@ -279,7 +281,7 @@ def memory_case(scenes: str, device: str, steps: int, rays: int, overrides: list
         _, _, state, _ = fit_scene(frames, params.nerf, Path(tmp), "bench", progress=False)
     peak = torch.cuda.max_memory_allocated() if cuda else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     curve = state.curve[5:]
-    step_s = [b["seconds"] - a["seconds"] for a, b in zip(curve, curve[1:])]
+    step_s = [b["seconds"] - a["seconds"] for a, b in itertools.pairwise(curve)]
     return {"step_ms": round(1000 * statistics.median(step_s), 1), "added_gb": round((peak - base) / 2**30, 3),
             "samples_per_ray": round(statistics.mean(r["samples_per_ray"] for r in curve), 1)}
 
@@ -292,11 +294,11 @@ def refine_case(device: str, height: int, width: int, steps: int, samples: int, 
     import numpy as np
     import torch
 
-    from models.diffusion.unet import DepthUNet
-    from tasks.config import load_params
     from models.diffusion.calibration import Calibration
     from models.diffusion.refiner import DiffusionRefiner
+    from models.diffusion.unet import DepthUNet
     from models.noise import SensorPrior
+    from tasks.config import load_params
 
     params = load_params(ROOT / "params.yaml", [f"refine.steps={steps}", f"refine.samples={samples}"])
     torch.manual_seed(0)
@@ -390,11 +392,8 @@ def kitchen_case(kitchen: str, device: str, seconds: float, steps: int, source: 
             if not checkpoints or step == steps:
                 raise BudgetReached
 
-    with tempfile.TemporaryDirectory() as tmp:
-        try:
-            fit_scene(frames, params.nerf, Path(tmp), "bench", progress=False, on_step=on_step)
-        except BudgetReached:
-            pass
+    with tempfile.TemporaryDirectory() as tmp, contextlib.suppress(BudgetReached):
+        fit_scene(frames, params.nerf, Path(tmp), "bench", progress=False, on_step=on_step)
     return {"train_views": len(frames.train), "eval_views": len(frames.test), "source": source, "steps": steps,
             "curve": curve}
 
@@ -437,9 +436,8 @@ def pipeline_case(work: str, overrides: list[str]) -> dict:
         marks, t0 = [], time.perf_counter()
         proc = subprocess.Popen(["dvc", "repro"], cwd=repo, env=env, stdout=subprocess.PIPE,
                                 stderr=subprocess.STDOUT, text=True)
-        for line in proc.stdout:
-            if line.startswith("Running stage '"):
-                marks.append((line.split("'")[1], time.perf_counter() - t0))
+        marks.extend((line.split("'")[1], time.perf_counter() - t0)
+                     for line in proc.stdout if line.startswith("Running stage '"))
         if proc.wait() != 0:
             raise RuntimeError("dvc repro failed")
         total = time.perf_counter() - t0
@@ -500,7 +498,8 @@ def main() -> None:
     ap.add_argument("--pipeline", action="store_true", help="also time `dvc repro` from a fresh clone (~15 min)")
     ap.add_argument("--pipeline-set", action="append", default=[], metavar="KEY=VALUE",
                     help="params override for that run (repeatable), e.g. data.synthetic.n_frames=8")
-    ap.add_argument("--skip", nargs="*", default=[], choices=["encoding", "memory", "nerf", "parallel", "vanilla", "refine", "peer"])
+    ap.add_argument("--skip", nargs="*", default=[],
+                    choices=["encoding", "memory", "nerf", "parallel", "vanilla", "refine", "peer"])
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
     args = ap.parse_args()
     q = args.quick
@@ -555,7 +554,8 @@ def main() -> None:
             table_gbs = r["samples_per_s"] * r["table_bytes_per_sample"] / 1e9
             rows.append({"config": name, "samples/s": r["samples_per_s"], "step ms": r["step_ms"],
                          "samples/ray": r["samples_per_ray"], "occupied": r["occupied"],
-                         "MLP GFLOP/s": round(mlp_gflops, 2), "% matmul ceiling": round(100 * mlp_gflops / m["matmul_gflops"], 1),
+                         "MLP GFLOP/s": round(mlp_gflops, 2),
+                         "% matmul ceiling": round(100 * mlp_gflops / m["matmul_gflops"], 1),
                          "table GB/s": round(table_gbs, 2), "% copy ceiling": round(100 * table_gbs / m["copy_gbs"], 1),
                          "peak GB": r["peak_rss_gb"]})
         rows.append({"config": "occupancy: samples/ray cut",
@@ -565,11 +565,14 @@ def main() -> None:
 
         scaling = []
         for n in (8, 32, 64) if q else (8, 32, 128):
-            r = isolated("nerf_fit_case", scenes=str(synthetic_store(work, n, 120, 160)), device=dev, steps=40, skip=10)
-            scaling.append({"frames": n, "resolution": r["resolution"], "step ms": r["step_ms"], "peak GB": r["peak_rss_gb"]})
+            r = isolated("nerf_fit_case", scenes=str(synthetic_store(work, n, 120, 160)), device=dev, steps=40,
+                         skip=10)
+            scaling.append({"frames": n, "resolution": r["resolution"], "step ms": r["step_ms"],
+                            "peak GB": r["peak_rss_gb"]})
         for h, w in ((60, 80), (240, 320)) + (() if q else ((480, 640),)):
             r = isolated("nerf_fit_case", scenes=str(synthetic_store(work, 16, h, w)), device=dev, steps=40, skip=10)
-            scaling.append({"frames": 16, "resolution": r["resolution"], "step ms": r["step_ms"], "peak GB": r["peak_rss_gb"]})
+            scaling.append({"frames": 16, "resolution": r["resolution"], "step ms": r["step_ms"],
+                            "peak GB": r["peak_rss_gb"]})
         results["nerf_scaling"] = scaling
         md.append(table("NeRF step time and memory against frames and resolution", scaling))
 
@@ -597,7 +600,8 @@ def main() -> None:
         intra = one_slow / one_fast
         rows = [
             {"run": f"1 fit, {cores} threads", "wall s": one_fast},
-            {"run": f"1 fit, {half} thread(s)", "wall s": one_slow, "ratio": f"{intra:.2f}x slower (intra-op speed-up)"},
+            {"run": f"1 fit, {half} thread(s)", "wall s": one_slow,
+             "ratio": f"{intra:.2f}x slower (intra-op speed-up)"},
             {"run": f"2 fits, 1 worker x {cores} threads", "wall s": serial},
             {"run": f"2 fits, 2 workers x {half} thread(s)", "wall s": both,
              "ratio": f"{serial / both:.2f}x faster (bound {2 / intra:.2f}x)"},

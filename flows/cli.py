@@ -207,7 +207,8 @@ def server(
     except RuntimeError as e:
         fail(str(e))
     write_record(home, srv.api_url, os.getpid())
-    typer.echo(f"Prefect UI:  {srv.ui_url}\nStage commands (dnerf, dvc repro) send their runs here; other clients need:\n"
+    typer.echo(f"Prefect UI:  {srv.ui_url}\n"
+               "Stage commands (dnerf, dvc repro) send their runs here; other clients need:\n"
                f"  export PREFECT_API_URL={srv.api_url}\nCtrl-C stops the server.")
 
     def stop(*_) -> None:
@@ -271,7 +272,8 @@ def export(
         fail(str(e))
     for r in rows:
         note = f", {len(r['skipped_without_pose'])} without pose left out" if r["skipped_without_pose"] else ""
-        typer.echo(f"{r['scene']}: {r['frames']} frames, {r['depth']} depth, {r['points']} points -> {r['folder']}{note}")
+        typer.echo(f"{r['scene']}: {r['frames']} frames, {r['depth']} depth, {r['points']} points -> "
+                   f"{r['folder']}{note}")
 
 
 @app.command()
@@ -303,8 +305,10 @@ def render(
 @app.command()
 def reconstruct(
     capture: Annotated[Path, typer.Argument(help="the capture folder (transforms.json, Stray Scanner export, ...)")],
-    source: Annotated[str, typer.Option(help="its layout: nerfstudio | phone | scannet | sevenscenes | tum")] = "nerfstudio",
-    out: Annotated[Path | None, typer.Option("--out", "-o", help="output folder (default: reconstructions/<capture>)")] = None,
+    source: Annotated[str, typer.Option(help="its layout: nerfstudio | phone | scannet | sevenscenes | tum")] = (
+        "nerfstudio"),
+    out: Annotated[Path | None, typer.Option("--out", "-o",
+                                             help="output folder (default: reconstructions/<capture>)")] = None,
     refiner: Annotated[Path | None, typer.Option(help="trained refiner folder (default: paths.diffusion)")] = None,
     video_frames: Annotated[int, typer.Option(min=1, help="frames of the orbit video")] = 60,
     params: ParamsOpt = Path("params.yaml"),
@@ -331,7 +335,8 @@ def reconstruct(
     from tasks.progress import print_summary
 
     print_summary([{"scene": r.scene, "frames": r.frames, "test PSNR (dB)": r.test_psnr,
-                    "mesh": r.mesh.relative_to(out.resolve()), "video": r.video.relative_to(out.resolve()) if r.video else "-"}
+                    "mesh": r.mesh.relative_to(out.resolve()),
+                    "video": r.video.relative_to(out.resolve()) if r.video else "-"}
                    for r in results], f"reconstructed {capture} into {out}")
     typer.echo(f"done: {out}", err=True)
 

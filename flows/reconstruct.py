@@ -81,14 +81,13 @@ def reconstruct(params: Params, out: Path, video_frames: int = 60, fps: float = 
     ``run(stage, params)`` runs one stage (default :func:`flows.stages.run_flow`: its Prefect flow)."""
     import json
 
+    import yaml
+
     from flows.stages import run_flow
+    from tasks.files import write_text_atomic
     from tasks.nerf_layout import FitFolder
     from tasks.render import render_scene
     from tasks.store import open_store
-
-    import yaml
-
-    from tasks.files import write_text_atomic
 
     run = run or (lambda stage, p: run_flow(stage, p, progress=progress))
     out = out.resolve()

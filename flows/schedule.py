@@ -35,7 +35,7 @@ class ReproFailed(RuntimeError):
 
 
 def dvc(repo: Path, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(["dvc", *args], cwd=repo, capture_output=True, text=True)
+    return subprocess.run(["dvc", *args], cwd=repo, check=False, capture_output=True, text=True)
 
 
 def dvc_changes(repo: Path) -> dict[str, list]:
@@ -94,7 +94,7 @@ def run_stage(stage: Stage = "fit_nerf", overrides: list[str] | None = None, par
     for override in overrides or []:
         cmd += ["--set", override]
     logger.info("in %s: dnerf %s", repo, " ".join(cmd[3:]))
-    res = subprocess.run(cmd, cwd=repo, capture_output=True, text=True)
+    res = subprocess.run(cmd, cwd=repo, check=False, capture_output=True, text=True)
     lines = (res.stdout + res.stderr).strip().splitlines()
     if res.returncode != 0:
         logger.error("\n".join(lines[-40:]))

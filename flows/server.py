@@ -40,6 +40,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Self
 
 from filelock import FileLock
 
@@ -161,19 +162,20 @@ class LocalServer:
         env.pop("PREFECT_API_URL", None)
         return env
 
-    def start(self) -> LocalServer:
+    def start(self) -> Self:
         if api_healthy(self.api_url):
             raise RuntimeError(f"something already answers on {self.ui_url}; pick another port")
         self.home.mkdir(parents=True, exist_ok=True)
-        log = open(self.log_path or self.home / "server.log", "ab")
         cmd = [sys.executable, "-m", "prefect", "server", "start", "--host", self.host, "--port", str(self.port)]
-        self.process = subprocess.Popen(cmd, env=self.env(), stdout=log, stderr=subprocess.STDOUT,
-                                        preexec_fn=_die_with_parent)
-        log.close()
+        with open(self.log_path or self.home / "server.log", "ab") as log:  # the child keeps its own copy
+            # the preexec_fn only calls prctl (no locks, no allocation), so it is safe in a threaded parent
+            self.process = subprocess.Popen(cmd, env=self.env(), stdout=log, stderr=subprocess.STDOUT,
+                                            preexec_fn=_die_with_parent)  # noqa: PLW1509
         deadline = time.monotonic() + self.startup_timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                raise RuntimeError(f"prefect server exited with {self.process.returncode}; see {self.home / 'server.log'}")
+                raise RuntimeError(f"prefect server exited with {self.process.returncode}; "
+                                   f"see {self.home / 'server.log'}")
             if api_healthy(self.api_url):
                 return self
             time.sleep(0.25)
@@ -192,7 +194,7 @@ class LocalServer:
                 self.process.kill()
                 self.process.wait()
 
-    def __enter__(self) -> LocalServer:
+    def __enter__(self) -> Self:
         return self.start()
 
     def __exit__(self, *exc) -> None:

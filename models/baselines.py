@@ -299,7 +299,7 @@ TuningFrame = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]
 def grid_points(axes: Mapping[str, Sequence]) -> list[dict[str, Any]]:
     """Every combination of the values in ``axes`` (``{field: values}``), the last field varying fastest."""
     keys = list(axes)
-    return [dict(zip(keys, values)) for values in itertools.product(*(axes[k] for k in keys))]
+    return [dict(zip(keys, values, strict=True)) for values in itertools.product(*(axes[k] for k in keys))]
 
 
 def _resolve_grid(grid: Mapping[str, Mapping[str, Sequence]] | None) -> dict[str, list[dict[str, Any]]]:
@@ -391,7 +391,7 @@ def tune_baselines(
 
     def rmse(preds: list[np.ndarray]) -> float:
         sse = 0.0
-        for pred, (_, _, mask, ref) in zip(preds, data):
+        for pred, (_, _, mask, ref) in zip(preds, data, strict=True):
             diff = pred[mask].astype(np.float64) - ref
             sse += float(diff @ diff)
         return float(np.sqrt(sse / n_ref))
@@ -438,7 +438,7 @@ def tune_baselines(
     # 2. each filtering baseline's own parameters, on the tuned fill.
     def smoothed(cfg: BaselineConfig, name: str, filled: list[np.ndarray]) -> list[np.ndarray]:
         refiner = make_baselines(cfg)[name]
-        return [refiner.smooth(rgb, f) if f.any() else f for (rgb, _, _, _), f in zip(data, filled)]
+        return [refiner.smooth(rgb, f) if f.any() else f for (rgb, _, _, _), f in zip(data, filled, strict=True)]
 
     for name in names:
         if name == "inpaint":

@@ -7,6 +7,7 @@ averaged with :func:`aggregate`. Undefined values (nothing to evaluate) are NaN,
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import numpy as np
@@ -39,7 +40,8 @@ def depth_metrics(pred: np.ndarray, gt: np.ndarray, valid: np.ndarray | None = N
 
     Returns:
         ``rmse``, ``mae`` (metres), ``abs_rel`` (mean ``|p - g| / g``), ``sq_rel`` (mean ``(p - g)^2 / g``,
-        metres), ``rmse_log`` (RMSE of ``ln p - ln g``), ``delta1``/``delta2``/``delta3`` (fraction with ``max(p/g, g/p) < 1.25^k``), ``coverage``.
+        metres), ``rmse_log`` (RMSE of ``ln p - ln g``), ``delta1``/``delta2``/``delta3`` (fraction with
+        ``max(p/g, g/p) < 1.25^k``), ``coverage``.
         Error metrics are NaN when no pixel is evaluated; ``coverage`` is NaN when no pixel is gt-valid.
     """
     pred = np.asarray(pred, dtype=np.float64)
@@ -53,7 +55,7 @@ def depth_metrics(pred: np.ndarray, gt: np.ndarray, valid: np.ndarray | None = N
     n_gt, n = int(gt_ok.sum()), int(both.sum())
     out = {"coverage": n / n_gt if n_gt else _NAN}
     if n == 0:
-        return {k: _NAN for k in ("rmse", "mae", "abs_rel", "sq_rel", "rmse_log", "delta1", "delta2", "delta3")} | out
+        return dict.fromkeys(("rmse", "mae", "abs_rel", "sq_rel", "rmse_log", "delta1", "delta2", "delta3"), _NAN) | out
     p, g = pred[both], gt[both]
     err = p - g
     ratio = np.maximum(p / g, g / p)
@@ -237,7 +239,7 @@ def errors_by_distance(
     both = _valid_depth(gt) & _valid_depth(pred)
     edges = np.asarray(bin_edges, dtype=np.float64)
     rows = []
-    for lo, hi in zip(edges[:-1], edges[1:]):
+    for lo, hi in itertools.pairwise(edges):
         sel = both & (gt >= lo) & (gt < hi)
         err = pred[sel] - gt[sel]
         n = int(sel.sum())

@@ -185,7 +185,7 @@ def trusted_measurements(depth: np.ndarray, focal_px: float, prior: SensorPrior)
 
 def _projector_shadow_mask_right(depth: np.ndarray, focal_px: float, baseline_m: float) -> np.ndarray:
     """Shadow mask for a projector to the right of the camera; see :func:`projector_shadow_mask`."""
-    h, w = depth.shape
+    _h, w = depth.shape
     valid = depth > 0
     u = np.arange(w, dtype=np.float64)[None, :]
     with np.errstate(divide="ignore"):

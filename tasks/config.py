@@ -8,6 +8,7 @@ offending value.
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 from typing import Any, Literal
 
@@ -297,7 +298,7 @@ class EvaluateConfig(StrictConfig):
     @model_validator(mode="after")
     def _check(self) -> EvaluateConfig:
         bins = self.distance_bins_m
-        if len(bins) < 2 or any(b >= c for b, c in zip(bins, bins[1:])):
+        if len(bins) < 2 or any(b >= c for b, c in itertools.pairwise(bins)):
             raise ValueError(f"evaluate.distance_bins_m must be at least two increasing edges (got {bins})")
         return self
 
@@ -372,7 +373,7 @@ def format_validation_error(err: ValidationError, where: str) -> str:
     for e in err.errors():
         key = ".".join(str(p) for p in e["loc"]) or "(top level)"
         msg = e["msg"].removeprefix("Value error, ")
-        got = "" if e["type"] in ("missing",) or "input" not in e else f" (got {e['input']!r})"
+        got = "" if e["type"] == "missing" or "input" not in e else f" (got {e['input']!r})"
         if e["type"] == "extra_forbidden":
             msg, got = "unknown key", ""
         lines.append(f"{where}: {key}: {msg}{got}")

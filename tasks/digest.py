@@ -12,10 +12,10 @@ PACKAGES = ("models", "tasks")
 def tree_digest(paths: Iterable[Path | None], h=None) -> str:
     """Digest of the relative names and bytes of every file under ``paths`` (files or folders, sorted)."""
     h = h or hashlib.blake2b(digest_size=16)
-    for root in paths:
-        if root is None:
+    for given in paths:
+        if given is None:
             continue
-        root = Path(root)
+        root = Path(given)
         files = [root] if root.is_file() else sorted(p for p in root.rglob("*") if p.is_file())
         h.update(f"<{root.name}>".encode())
         for f in files:

@@ -212,7 +212,7 @@ def consistency_pairs(c2w: np.ndarray, offset: int, max_pairs: int) -> list[tupl
     """Frame pairs ``(i, j)`` of posed frames ``offset`` apart in the sequence, at most ``max_pairs`` of them,
     evenly spread over it."""
     posed = [i for i in range(len(c2w)) if np.all(np.isfinite(c2w[i]))]
-    pairs = list(zip(posed, posed[offset:]))
+    pairs = list(zip(posed, posed[offset:], strict=False))
     if len(pairs) > max_pairs:
         pairs = [pairs[k] for k in np.unique(np.linspace(0, len(pairs) - 1, max_pairs).round().astype(int))]
     return pairs

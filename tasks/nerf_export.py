@@ -78,7 +78,8 @@ def evaluate_views(field_, grid, frames: SceneFrames, views: list[int], aabb, cf
         gt_rgb = frames.view.group["rgb"][i] / 255.0
         gt_z = frames.view.group["depth"][i]
         row = {"psnr": psnr(rgb, gt_rgb), "ssim": ssim(rgb, gt_rgb)}
-        row.update({f"depth_{k}": v for k, v in depth_metrics(z, gt_z).items() if k in ("rmse", "mae", "abs_rel", "delta1")})
+        row.update({f"depth_{k}": v for k, v in depth_metrics(z, gt_z).items()
+                    if k in ("rmse", "mae", "abs_rel", "delta1")})
         rows.append(row)
         renders.append((i, rgb, z, acc))
     keys = rows[0].keys() if rows else []
@@ -151,8 +152,10 @@ def density_mesh(field_: NeRFField, aabb: np.ndarray, resolution: int, level: fl
     v_t = torch.from_numpy(verts.astype(np.float32)).to(device)
     n_t = torch.from_numpy(normals.astype(np.float32)).to(device)
     n_t = torch.nn.functional.normalize(n_t, dim=-1)
-    colors = torch.cat([field_(v_t[s : s + 2**16], -n_t[s : s + 2**16])[0].float().cpu() for s in range(0, len(v_t), 2**16)])
-    return trimesh.Trimesh(verts, faces, vertex_colors=(colors.clamp(0, 1).numpy() * 255).astype(np.uint8), process=False)
+    colors = torch.cat([field_(v_t[s : s + 2**16], -n_t[s : s + 2**16])[0].float().cpu()
+                        for s in range(0, len(v_t), 2**16)])
+    return trimesh.Trimesh(verts, faces, vertex_colors=(colors.clamp(0, 1).numpy() * 255).astype(np.uint8),
+                           process=False)
 
 
 #: The training curve of a fit (``curve.csv`` of its export): per step, train-batch PSNR and loss terms.
@@ -179,7 +182,7 @@ def _export_into(tmp: Path, field_, grid, frames, aabb_np, cfg: NerfStageConfig,
     save_tensors(out.field, field_.state_dict())
     save_tensors(out.occupancy, grid.state_dict())  # renders reload it (tasks.render.load_fit)
     out.config.write_text(json.dumps({"nerf": cfg.model_dump(mode="json"), "aabb": aabb_np.tolist()}, indent=2))
-    evals = [r for r in state.curve]
+    evals = list(state.curve)
     metrics = {
         "scene": frames.view.name,
         "depth_source": cfg.depth_source,

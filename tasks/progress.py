@@ -45,7 +45,7 @@ class _LogBar(tqdm):
     """tqdm whose ``set_postfix`` waits for the next timed line instead of forcing one (stages call it every
     step)."""
 
-    def set_postfix(self, ordered_dict=None, refresh=True, **kwargs):  # noqa: ARG002 - refresh is ignored
+    def set_postfix(self, ordered_dict=None, refresh=True, **kwargs):  # refresh is ignored
         super().set_postfix(ordered_dict, refresh=False, **kwargs)
 
 

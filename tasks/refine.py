@@ -66,7 +66,8 @@ class FrameRefiner(Protocol):
 
     def check(self, K: np.ndarray, where: str) -> None: ...
 
-    def __call__(self, rgb: np.ndarray, noisy: np.ndarray, K: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray]: ...
+    def __call__(self, rgb: np.ndarray, noisy: np.ndarray, K: np.ndarray,
+                 seed: int) -> tuple[np.ndarray, np.ndarray]: ...
 
 
 # A frame is served when its focal length is within this factor of the range the model was trained on: the

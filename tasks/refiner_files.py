@@ -87,7 +87,7 @@ def load_model(folder: str | Path, device: torch.device | str = "cpu") -> Traine
     model = DepthUNet(unet_cfg)
     try:
         state = load_file(w_path, device=str(device))
-    except Exception as err:  # safetensors raises its own error types for damaged files
+    except Exception as err:  # noqa: BLE001 - safetensors raises its own error types for damaged files
         raise DataError(w_path, f"cannot read weights: {err}") from None
     missing, unexpected = model.state_dict().keys() - state.keys(), state.keys() - model.state_dict().keys()
     mismatched = [k for k in state.keys() & model.state_dict().keys() if state[k].shape != model.state_dict()[k].shape]

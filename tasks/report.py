@@ -124,7 +124,7 @@ def edge_figure(preds: dict[str, np.ndarray], gt: np.ndarray, rel_threshold: flo
 
     fig = Figure(figsize=(3.0 * (len(preds) + 1), 2.8))
     axes = fig.subplots(1, len(preds) + 1)
-    for ax, (method, pred) in zip(axes, preds.items()):
+    for ax, (method, pred) in zip(axes, preds.items(), strict=False):
         e = edge_matches(pred, gt, tolerance_px, rel_threshold)
         img = np.ones(gt.shape + (3,))
         img[e["gt"] & ~e["found"]] = (0.6, 0.6, 0.6)
@@ -151,7 +151,7 @@ def ablation_figure(ablation: pd.DataFrame) -> Figure:
     fig = Figure(figsize=(3.6 * len(panels), 3.2))
     axes = np.atleast_1d(fig.subplots(1, len(panels)))
     width = 0.8 / max(len(scenes), 1)
-    for ax, (col, label) in zip(axes, panels):
+    for ax, (col, label) in zip(axes, panels, strict=True):
         for k, scene in enumerate(scenes):
             sub = ablation[ablation["scene"] == scene].set_index("depth_source").reindex(order)
             ax.bar(np.arange(len(order)) + (k - (len(scenes) - 1) / 2) * width, sub[col], width, label=scene)
@@ -188,7 +188,8 @@ def training_figure(diffusion: pd.DataFrame | None, nerf: dict[str, pd.DataFrame
 
 def _img(path: Path) -> str:
     data = base64.b64encode(path.read_bytes()).decode()
-    return f'<figure><img src="data:image/png;base64,{data}" alt="{html.escape(path.stem)}"><figcaption>{html.escape(path.stem)}</figcaption></figure>'
+    return (f'<figure><img src="data:image/png;base64,{data}" alt="{html.escape(path.stem)}">'
+            f"<figcaption>{html.escape(path.stem)}</figcaption></figure>")
 
 
 def _table(df: pd.DataFrame, caption: str) -> str:
@@ -226,7 +227,8 @@ def write_report(params: Params, metrics: dict, figures: list[Path], path: Path)
     for name, why in metrics.get("skipped", {}).items():
         parts.append(f"<p>Skipped {html.escape(name)}: {html.escape(why)}</p>")
     parts += ["<h2>Figures</h2>", *(_img(f) for f in figures)]
-    parts += ["<h2>Params</h2>", f"<pre>{html.escape(yaml.safe_dump(params.model_dump(mode='json'), sort_keys=False))}</pre>"]
+    dumped = yaml.safe_dump(params.model_dump(mode="json"), sort_keys=False)
+    parts += ["<h2>Params</h2>", f"<pre>{html.escape(dumped)}</pre>"]
     style = ("body{font-family:sans-serif;max-width:1200px;margin:2em auto;padding:0 1em}"
              "table{border-collapse:collapse;margin:1em 0}td,th{padding:2px 8px;text-align:right}"
              "tr:nth-child(even){background:#f3f3f3}img{max-width:100%}figure{margin:1em 0}")

@@ -102,7 +102,7 @@ def open_store(path: str | Path, kind: StoreKind | None) -> zarr.Group:
         raise DataError(path, f"no such store (expected a {expected} zarr store; run the stage that writes it)")
     try:
         root = zarr.open_consolidated(str(path), mode="r", zarr_format=3)
-    except Exception as err:  # zarr raises several types for a damaged or foreign store
+    except Exception as err:  # noqa: BLE001 - zarr raises several types for a damaged or foreign store
         raise DataError(path, f"not a readable zarr v3 store with consolidated metadata: {err}") from None
     schema = root.attrs.get("schema")
     version = root.attrs.get("schema_version")
@@ -175,7 +175,8 @@ class SceneWriter:
         if (frame.height, frame.width) != (self.height, self.width):
             raise DataError(
                 frame.source or frame.frame_id,
-                f"frame is {frame.width}x{frame.height} but scene {self.group.basename!r} is {self.width}x{self.height}",
+                f"frame is {frame.width}x{frame.height} but scene {self.group.basename!r} is "
+                f"{self.width}x{self.height}",
             )
         self.rgb[i] = frame.rgb
         self.depth[i] = frame.depth.astype(np.float32, copy=False)

@@ -120,7 +120,8 @@ class TrainState:
 def fingerprint(cfg: DiffusionStageConfig, sensor: SensorPrior, pairs: list[tuple[Path, Path]]) -> str:
     """Identifies a run: the config, the sensor prior and the stores' metadata (rebuilt stores of other
     content differ)."""
-    h = hashlib.sha256(json.dumps([cfg.model_dump(mode="json"), sensor.model_dump(mode="json")], sort_keys=True).encode())
+    h = hashlib.sha256(json.dumps([cfg.model_dump(mode="json"), sensor.model_dump(mode="json")],
+                                  sort_keys=True).encode())
     for scenes, noisy in pairs:
         for p in (scenes, noisy):
             h.update((Path(p) / "zarr.json").read_bytes())
@@ -196,14 +197,15 @@ def train_diffusion(params: Params, progress: bool = True, stop_after: int | Non
         model.load_state_dict(load_model(tc.init_from, device).model.state_dict())
     ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(tc.ema_decay), use_buffers=True)
     opt = torch.optim.AdamW(model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
-    lr_sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=tc.lr, total_steps=tc.max_steps, pct_start=tc.warmup_frac)
+    lr_sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=tc.lr, total_steps=tc.max_steps,
+                                                   pct_start=tc.warmup_frac)
     gen = torch.Generator().manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
     alphas_cumprod = make_scheduler(cfg.schedule).alphas_cumprod.to(device)
 
     fp = fingerprint(cfg, sensor, pairs)
     restored = restore_run(ckpt_dir, fp, model, ema, opt, lr_sched, gen)
-    state, best = restored if restored else (TrainState(), None)
+    state, best = restored or (TrainState(), None)
     if restored:
         rng.bit_generator.state = state.np_rng
         log.info("resuming from step %d (%s)", state.step, ckpt_dir)
@@ -323,7 +325,8 @@ def write_outputs(
     w.writerows(state.curve)
     write_text_atomic(out_dir / "curve.csv", buf.getvalue())
     write_text_atomic(out_dir / "metrics.json", json.dumps(metrics, indent=2))
-    log.info("trained %d steps (%.1f crops/s), best validation loss %.4f", state.step, metrics["crops_per_second"], state.best_val)
+    log.info("trained %d steps (%.1f crops/s), best validation loss %.4f", state.step, metrics["crops_per_second"],
+             state.best_val)
 
 
 def run_train_diffusion(params: Params, progress: bool = True) -> Path:

@@ -175,8 +175,8 @@ def camera_shots(view: SceneView, max_cameras: int, image_width: int) -> list[Sh
     shots = []
     for split in ("train", "test"):
         posed = [i for i in view.indices(split) if np.all(np.isfinite(c2w[i]))]
-        for i in spread(posed, max_cameras):
-            shots.append(Shot(i, split, K[i], c2w[i], downscale(view.group["rgb"][i], image_width)))
+        shots.extend(Shot(i, split, K[i], c2w[i], downscale(view.group["rgb"][i], image_width))
+                     for i in spread(posed, max_cameras))
     return shots
 
 

@@ -84,7 +84,7 @@ def run_checked(*cmd: str, cwd: Path) -> str:
     """Run a command (git, dvc, dnerf) in ``cwd``; assert it succeeded; its stdout + stderr."""
     env = {**os.environ, "DVC_NO_ANALYTICS": "1", "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t",
            "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t"}
-    res = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, env=env, timeout=300)
+    res = subprocess.run(cmd, cwd=cwd, check=False, capture_output=True, text=True, env=env, timeout=300)
     assert res.returncode == 0, f"{' '.join(cmd)} failed:\n{res.stdout}\n{res.stderr}"
     return res.stdout + res.stderr
 

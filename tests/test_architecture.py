@@ -30,7 +30,8 @@ def test_the_import_reader_sees_lazy_relative_and_from_imports(tmp_path):
     pkg.mkdir(parents=True)
     (tmp_path / "tasks" / "__init__.py").write_text("")
     (pkg / "__init__.py").write_text('"""doc only"""\n')
-    (pkg / "a.py").write_text("import os\nfrom . import b\nfrom ..c import thing\n\ndef f():\n    from models.x import y\n")
+    (pkg / "a.py").write_text("import os\nfrom . import b\nfrom ..c import thing\n\n"
+                              "def f():\n    from models.x import y\n")
     (pkg / "b.py").write_text("from tasks.d import z\n")
     (tmp_path / "tasks" / "c.py").write_text("X = 1\n")
     (tmp_path / "tasks" / "d.py").write_text("")
@@ -47,9 +48,9 @@ def test_layers_import_downward_only():
     wrong = []
     for package, level in LAYERS.items():
         for path in sources(package):
-            for module in imported_modules(path, ROOT, tuple(LAYERS)):
-                if LAYERS[module.split(".")[0]] > level:
-                    wrong.append(f"{path.relative_to(ROOT)} imports {module}")
+            wrong.extend(f"{path.relative_to(ROOT)} imports {module}"
+                         for module in imported_modules(path, ROOT, tuple(LAYERS))
+                         if LAYERS[module.split(".")[0]] > level)
     assert not wrong, "imports against the layers (models <- tasks <- flows):\n" + "\n".join(wrong)
 
 

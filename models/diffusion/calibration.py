@@ -58,7 +58,8 @@ def _fit_pair(err: np.ndarray, spread: np.ndarray, sigma: np.ndarray) -> tuple[f
 
 
 def fit_calibration(
-    err: np.ndarray, spread: np.ndarray, sigma: np.ndarray, trusted: np.ndarray, max_pixels: int = 100_000, seed: int = 0
+    err: np.ndarray, spread: np.ndarray, sigma: np.ndarray, trusted: np.ndarray, max_pixels: int = 100_000,
+    seed: int = 0,
 ) -> Calibration:
     """Fit :class:`Calibration` to validation errors.
 

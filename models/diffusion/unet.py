@@ -36,15 +36,15 @@ from torch.utils.checkpoint import checkpoint
 from models.diffusion.config import UNetConfig
 
 __all__ = [
-    "UNetConfig",
     "DepthUNet",
+    "FeatureEnhancement",
     "ResBlock",
     "SelfAttention",
-    "FeatureEnhancement",
     "TimestepEmbedding",
-    "timestep_embedding",
-    "pad_to_multiple",
+    "UNetConfig",
     "count_parameters",
+    "pad_to_multiple",
+    "timestep_embedding",
 ]
 
 
@@ -323,7 +323,8 @@ class DepthUNet(nn.Module):
             EncoderLevel(cfg, level, c0 if level == 0 else cfg.channels(level - 1), emb_dim) for level in levels
         )
         cb = cfg.channels(-1)
-        res = dict(emb_dim=emb_dim, groups=cfg.groups, dropout=cfg.dropout, use_checkpoint=cfg.gradient_checkpointing)
+        res = {"emb_dim": emb_dim, "groups": cfg.groups, "dropout": cfg.dropout,
+               "use_checkpoint": cfg.gradient_checkpointing}
         self.mid_block1 = ResBlock(cb, cb, **res)
         self.mid_attention = SelfAttention(cb, cfg.attention_heads, cfg.groups, cfg.attention_max_tokens)
         self.mid_block2 = ResBlock(cb, cb, **res)
@@ -340,7 +341,7 @@ class DepthUNet(nn.Module):
         """Height and width the network needs to be divisible by (inputs are padded to it)."""
         return 2 ** (len(self.cfg.channel_mults) - 1)
 
-    def forward(self, x: Tensor, t: Tensor | int | float, cond: Tensor) -> Tensor:
+    def forward(self, x: Tensor, t: Tensor | float, cond: Tensor) -> Tensor:
         """Predict from a noisy sample.
 
         Args:
@@ -373,7 +374,7 @@ class DepthUNet(nn.Module):
             skip, h = level(h, emb)
             skips.append(skip)
         h = self.mid_block2(self.mid_attention(self.mid_block1(h, emb)), emb)
-        for level, skip in zip(self.decoder, reversed(skips)):
+        for level, skip in zip(self.decoder, reversed(skips), strict=True):
             h = level(h, skip, emb)
 
         return self.head(h)[:, :, :height, :width].contiguous()

@@ -30,7 +30,7 @@ from models.nerf.kernels import fused_hash_encoding, fused_hashgrid_available
 
 Tensor = torch.Tensor
 
-__all__ = ["HashEncodingConfig", "HashEncoding", "level_resolutions", "HASH_PRIMES"]
+__all__ = ["HASH_PRIMES", "HashEncoding", "HashEncodingConfig", "level_resolutions"]
 
 # The spatial-hash primes of Instant-NGP (Teschner et al. 2003, with 1 for the first axis for coherence).
 HASH_PRIMES = (1, 2654435761, 805459861)
@@ -50,7 +50,7 @@ def level_resolutions(cfg: HashEncodingConfig) -> tuple[int, ...]:
     exactly ``N_max`` (``16 * b**11`` evaluates to ``1023.9999...`` otherwise).
     """
     b = growth_factor(cfg)
-    return tuple(int(math.floor(cfg.base_resolution * b**level * (1.0 + 1e-9))) for level in range(cfg.n_levels))
+    return tuple(math.floor(cfg.base_resolution * b**level * (1.0 + 1e-9)) for level in range(cfg.n_levels))
 
 
 class HashEncoding(nn.Module):

@@ -27,7 +27,7 @@ from models.nerf.encoding import HashEncoding
 
 Tensor = torch.Tensor
 
-__all__ = ["NeRFFieldConfig", "NeRFField", "trunc_exp", "spherical_harmonics", "normalize_to_aabb"]
+__all__ = ["NeRFField", "NeRFFieldConfig", "normalize_to_aabb", "spherical_harmonics", "trunc_exp"]
 
 _TRUNC_EXP_MAX = 15.0
 

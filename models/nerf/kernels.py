@@ -27,7 +27,7 @@ log = logging.getLogger(__name__)
 
 Tensor = torch.Tensor
 
-__all__ = ["load_hashgrid", "fused_hashgrid_available", "fused_hash_encoding"]
+__all__ = ["fused_hash_encoding", "fused_hashgrid_available", "load_hashgrid"]
 
 CSRC = Path(__file__).resolve().parent / "csrc"
 DISABLE_ENV = "DNERF_NO_KERNELS"
@@ -44,7 +44,7 @@ def load_hashgrid() -> ModuleType | None:
 
         return load(name="dnerf_hashgrid", sources=[str(CSRC / "hashgrid.cpp")], extra_cflags=["-O3", "-fopenmp"],
                     extra_ldflags=["-fopenmp"], verbose=False)
-    except Exception as exc:  # no compiler, no ninja, no headers: all mean "use the PyTorch path"
+    except Exception as exc:  # noqa: BLE001 - no compiler, no ninja, no headers: all mean "use the PyTorch path"
         reason = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
         log.warning("fused hash-grid kernel unavailable (%s); using the pure-PyTorch encoding", reason[:200])
         return None

@@ -28,7 +28,7 @@ from models.nerf.config import OccupancyGridConfig
 
 Tensor = torch.Tensor
 
-__all__ = ["OccupancyGridConfig", "OccupancyGrid"]
+__all__ = ["OccupancyGrid", "OccupancyGridConfig"]
 
 
 class OccupancyGrid(nn.Module):

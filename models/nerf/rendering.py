@@ -44,17 +44,17 @@ class RadianceField(Protocol):
     def __call__(self, x: Tensor, d: Tensor) -> tuple[Tensor, Tensor]: ...
 
 __all__ = [
-    "render_weights",
-    "composite",
+    "RadianceField",
     "accumulated_opacity",
-    "expected_depth",
+    "composite",
     "depth_variance",
     "dilate_weights",
+    "expected_depth",
     "ray_distance_to_z",
-    "z_to_ray_distance",
     "rays_from_camera",
     "render_rays",
-    "RadianceField",
+    "render_weights",
+    "z_to_ray_distance",
 ]
 
 
@@ -397,9 +397,9 @@ def render_rays(
 
     With ``stop_below > 0``, passes without autograd (the coarse pass, and every pass of a render under
     ``torch.no_grad``) evaluate their samples front to back in four groups and stop a ray once its
-    transmittance is below ``stop_below`` (early ray termination; the skipped samples carry less than ``stop_below`` of the
-    weight). With autograd on, every sample in an occupied cell is evaluated, so gradients are exact. Off
-    by default: on CPU with a warmed occupancy grid it removed under 0.1 % of the evaluations and did not
+    transmittance is below ``stop_below`` (early ray termination; the skipped samples carry less than
+    ``stop_below`` of the weight). With autograd on, every sample in an occupied cell is evaluated, so gradients
+    are exact. Off by default: on CPU with a warmed occupancy grid it removed under 0.1 % of the evaluations and did not
     make renders measurably faster (``benchmarks/bench_kitchen.py``).
 
     Args:
@@ -425,7 +425,8 @@ def render_rays(
     Returns:
         ``rgb [n, 3]``, ``depth [n]`` (normalised expected ``t``), ``depth_var [n]``, ``opacity [n]``,
         ``weights / t_starts / t_ends [n, n_coarse + n_fine]`` (final bins, for losses),
-        ``weights_coarse / t_starts_coarse / t_ends_coarse [n, n_coarse]`` (if ``n_fine > 0`` and no guide; no gradient),
+        ``weights_coarse / t_starts_coarse / t_ends_coarse [n, n_coarse]`` (if ``n_fine > 0`` and no guide; no
+        gradient),
         ``z_depth [n]`` (if ``z_scale``), ``n_evaluated`` (int, network evaluations incl. the coarse pass) and
         ``n_samples`` (int, evaluations there would have been without the occupancy grid).
     """

@@ -14,7 +14,7 @@ if TYPE_CHECKING:  # only for annotations: sampling does not depend on the grid'
 
 Tensor = torch.Tensor
 
-__all__ = ["stratified_samples", "sample_pdf", "gaussian_samples", "ray_aabb_intersect", "near_far", "occupancy_filter"]
+__all__ = ["gaussian_samples", "near_far", "occupancy_filter", "ray_aabb_intersect", "sample_pdf", "stratified_samples"]
 
 
 def require_generator(generator: torch.Generator | None, what: str) -> torch.Generator:

@@ -245,7 +245,7 @@ def _matlab_string(f: h5py.File, ref: h5py.Reference, where: str, path: Path) ->
     if obj.attrs.get("MATLAB_empty", 0):
         return ""
     codes = np.asarray(obj[()])
-    if not np.issubdtype(codes.dtype, np.integer) or codes.size and (codes.min() < 0 or codes.max() > 0xFFFF):
+    if not np.issubdtype(codes.dtype, np.integer) or (codes.size and (codes.min() < 0 or codes.max() > 0xFFFF)):
         raise DataError(path, f"'{where}' is not a MATLAB char array: {codes.dtype} {codes.shape}")
     try:
         return codes.astype("<u2").ravel().tobytes().decode("utf-16-le")

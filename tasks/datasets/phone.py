@@ -201,8 +201,8 @@ def store_size(depth_hw: tuple[int, int], video_hw: tuple[int, int], upsample: i
     return h * upsample, w * upsample
 
 
-def _load_frame(root: Path, frame: int, read_rgb_frame: Callable[[int], np.ndarray], K_video: np.ndarray, c2w: np.ndarray,
-                depth_hw: tuple[int, int], cfg: PhoneConfig, units: float) -> Frame:
+def _load_frame(root: Path, frame: int, read_rgb_frame: Callable[[int], np.ndarray], K_video: np.ndarray,
+                c2w: np.ndarray, depth_hw: tuple[int, int], cfg: PhoneConfig, units: float) -> Frame:
     rgb_video = read_rgb_frame(frame)
     where = f"{root} frame {frame:06d}"
     H, W = store_size(depth_hw, rgb_video.shape[:2], cfg.depth_upsample, where)
@@ -225,7 +225,7 @@ def _load_frame(root: Path, frame: int, read_rgb_frame: Callable[[int], np.ndarr
                                            f"{depth_hw[1]}x{depth_hw[0]}")
         depth = phone_depth(raw, confidence, cfg.min_confidence, units)
     vh, vw = rgb_video.shape[:2]
-    rgb = cv2.resize(rgb_video, (W, H), interpolation=cv2.INTER_AREA if W < vw else cv2.INTER_LINEAR)
+    rgb = cv2.resize(rgb_video, (W, H), interpolation=cv2.INTER_AREA if vw > W else cv2.INTER_LINEAR)
     depth = cv2.resize(depth, (W, H), interpolation=cv2.INTER_NEAREST_EXACT)
     return Frame(frame_id=f"{frame:06d}", rgb=rgb, depth=depth, K=scale_intrinsics(K_video, W / vw, H / vh),
                  c2w=c2w, source=str(depth_path or where))

@@ -28,8 +28,8 @@ between the cameras. Every colour pixel whose centre lies in a footprint takes t
 (nearest-neighbour upsampling, as every resize of depth in the store: no values invented across depth edges),
 so a surface seen by both cameras is covered without holes, and only what the depth camera did not see
 (outside its view, behind occluders from its viewpoint, or unmeasured) stays 0. (A hole-filling min filter
-would instead fatten foreground objects into the disoccluded background.) Poses are the base frame's, so the colour camera's pose is
-``pose @ E_color``.
+would instead fatten foreground objects into the disoccluded background.) Poses are the base frame's, so the
+colour camera's pose is ``pose @ E_color``.
 """
 
 from __future__ import annotations
@@ -148,7 +148,7 @@ def register_depth(
     z_c = to_color(0.0, 0.0, depth[v, u])[2]
     corners = [to_color(0.5 * su, 0.5 * sv, zc[v, u]) for (su, sv), zc in corner_depths(depth).items()]
     in_front = (z_c > 0) & np.all([c[2] > 0 for c in corners], axis=0)
-    xs, ys = zip(*(project(c) for c in corners))
+    xs, ys = zip(*(project(c) for c in corners), strict=True)
     x0, x1 = np.ceil(np.min(xs, axis=0)), np.ceil(np.max(xs, axis=0))  # covered centres: x0 <= x < x1
     y0, y1 = np.ceil(np.min(ys, axis=0)), np.ceil(np.max(ys, axis=0))
     keep = in_front & np.isfinite(x0 + x1 + y0 + y1) & (x1 > 0) & (x0 < W) & (y1 > 0) & (y0 < H)

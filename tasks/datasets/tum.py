@@ -38,8 +38,8 @@ def read_list(path: Path, n_values: int) -> tuple[np.ndarray, list[list[str]]]:
     if not path.is_file():
         raise DataError(path, "file not found (expected a TUM RGB-D sequence folder)")
     stamps, rows = [], []
-    for lineno, line in enumerate(path.read_text().splitlines(), start=1):
-        line = line.strip()
+    for lineno, raw in enumerate(path.read_text().splitlines(), start=1):
+        line = raw.strip()
         if not line or line.startswith("#"):
             continue
         fields = line.split()
@@ -70,7 +70,8 @@ def associate(t_a: np.ndarray, t_b: np.ndarray, max_dt: float) -> list[tuple[int
     return sorted(pairs)
 
 
-def interpolate_poses(t_gt: np.ndarray, poses: np.ndarray, t: np.ndarray, max_gap: float = MAX_POSE_GAP_S) -> np.ndarray:
+def interpolate_poses(t_gt: np.ndarray, poses: np.ndarray, t: np.ndarray,
+                      max_gap: float = MAX_POSE_GAP_S) -> np.ndarray:
     """Camera-to-world ``[len(t), 4, 4]`` at times ``t`` from ground truth ``poses [M, 7]`` (xyz, qxyzw).
 
     NaN where ``t`` is outside ``t_gt`` or the bracketing samples are more than ``max_gap`` apart.

@@ -30,7 +30,7 @@ def test_help_lists_stages_and_options():
 
 def dnerf(*args: str) -> subprocess.CompletedProcess:
     """The installed console script in a subprocess (stage commands run Prefect flows)."""
-    return subprocess.run(["dnerf", *args], capture_output=True, text=True, timeout=300)
+    return subprocess.run(["dnerf", *args], check=False, capture_output=True, text=True, timeout=300)
 
 
 def test_download_corrupt_info_round_trip(tiny_overrides, tmp_path, prefect_api):
@@ -79,5 +79,6 @@ def test_params_command_prints_effective_values():
 
 
 def test_console_script_is_installed():
-    res = subprocess.run([sys.executable, "-m", "flows.cli", "--help"], capture_output=True, text=True, timeout=60)
+    res = subprocess.run([sys.executable, "-m", "flows.cli", "--help"], check=False, capture_output=True, text=True,
+                         timeout=60)
     assert res.returncode == 0 and "download" in res.stdout

@@ -19,7 +19,8 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_describe_names_stage_kind_and_key():
-    lines = describe({"fit_nerf": [{"changed deps": {"params.yaml": {"nerf.train.steps": 4}}}], "x": ["always changed"]})
+    lines = describe({"fit_nerf": [{"changed deps": {"params.yaml": {"nerf.train.steps": 4}}}],
+                      "x": ["always changed"]})
     assert lines == ['fit_nerf: changed deps: {"params.yaml": {"nerf.train.steps": 4}}', "x: always changed"]
 
 
@@ -98,6 +99,6 @@ def test_stage_flow_runs_a_stage_with_overrides_and_fails_with_its_error_line(pr
     """What the Run form starts: ``dnerf <stage> --set ...`` in the repository, its last line as the result."""
     done = run_stage("download", overrides=tiny_overrides, params_file="/dev/null", repo=str(tmp_path))
     assert done == f"done: {tmp_path / 'scenes.zarr'}"
-    with pytest.raises(Exception, match="error: .*nowhere.*not found"):
+    with pytest.raises(Exception, match=r"error: .*nowhere.*not found"):
         run_stage("download", overrides=["data.source=tum", f"data.path={tmp_path / 'nowhere'}"],
                   params_file="/dev/null", repo=str(tmp_path))

@@ -445,7 +445,7 @@ def test_tuning_reports_every_grid_point_and_the_end_to_end_score(tuned_on_box):
 
 
 def test_tuned_baselines_beat_the_defaults_on_held_out_frames(tuned_on_box):
-    _, cfg, scores = tuned_on_box
+    _, cfg, _scores = tuned_on_box
     test = box_frames(range(10, 14))  # other noise draws than the validation frames
     tuned, default = make_baselines(cfg), make_baselines(BaselineConfig())
     gain = {name: 1 - pooled_rmse(tuned[name], test) / pooled_rmse(default[name], test) for name in NAMES}
@@ -471,7 +471,7 @@ def test_tuning_rejects_bad_input():
         tune_baselines([])
     with pytest.raises(ValueError, match="reference pixel"):
         tune_baselines([(rgb, noisy, np.zeros_like(ref), k)])
-    with pytest.raises(ValueError, match="frame 1: .*rgb"):
+    with pytest.raises(ValueError, match=r"frame 1: .*rgb"):
         tune_baselines([good, (rgb[:-1], noisy, ref, k)])
     with pytest.raises(ValueError, match="frame 0: reference depth"):
         tune_baselines([(rgb, noisy, ref[:-1], k)])

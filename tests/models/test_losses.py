@@ -212,8 +212,8 @@ def test_normal_loss_zero_for_identical_positive_for_tilt_and_scale_free():
 
 
 LOSSES = {
-    "edge": lambda p, q, m: edge_loss(p, q, m),
-    "ssim": lambda p, q, m: ms_ssim_loss(p, q, m),
+    "edge": edge_loss,
+    "ssim": ms_ssim_loss,
     "normal": lambda p, q, m: normal_loss(p, q, m, focal_px=20.0),
     "total_aux": lambda p, q, m: depth_refinement_loss(p, q, m, LossWeights(), focal_px=20.0)["total_aux"],
 }

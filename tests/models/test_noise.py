@@ -257,7 +257,7 @@ def test_default_holes_concentrate_at_discontinuities():
     out = simulate_sensor_noise(depth, K, NoiseModelConfig(), np.random.default_rng(6))
     edges = depth_edges(depth, 0.1)
     band = np.zeros_like(edges)
-    for r, c in zip(*np.nonzero(edges)):
+    for r, c in zip(*np.nonzero(edges), strict=True):
         band[max(r - 3, 0) : r + 4, max(c - 3, 0) : c + 4] = True
     holes = out == 0
     frac_band, frac_else = holes[band].mean(), holes[~band].mean()
@@ -285,7 +285,7 @@ def test_grazing_dropout():
     holes_tilted = (simulate_sensor_noise(tilted, k, cfg, np.random.default_rng(7)) == 0).mean()
     assert holes_flat == 0  # incidence <= ~12 deg everywhere, far below start_deg
     assert holes_tilted > 0.4
-    
+
 
 def test_range_limit():
     depth = np.tile(np.linspace(0.2, 6.0, 500, dtype=np.float32), (3, 1))
@@ -364,7 +364,7 @@ def test_config_defaults():
 
 
 @pytest.mark.parametrize(
-    "kwargs, field",
+    ("kwargs", "field"),
     [
         ({"colour": 1}, "colour"),
         ({"axial": {"enabled": True, "sigma": 2.0}}, "sigma"),

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
-
-import numpy as np
 
 from models.diffusion.pipeline import (
     COND_CHANNELS,
@@ -40,7 +39,8 @@ def test_true_noise_recovers_x0_exactly(prediction_type):
     target = training_target(x0, noise, ab, prediction_type)
     torch.testing.assert_close(predict_x0(x_t, target, ab, prediction_type), x0, rtol=1e-9, atol=1e-9)
     if prediction_type == "v_prediction":
-        torch.testing.assert_close(target.float(), sched.get_velocity(x0.float(), noise.float(), t), rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(target.float(), sched.get_velocity(x0.float(), noise.float(), t),
+                                   rtol=1e-5, atol=1e-5)
 
 
 def test_naive_x0_estimate_is_wrong():
@@ -138,7 +138,8 @@ def test_normalise_units_and_conditioning():
     assert norm.cond.shape == (1, COND_CHANNELS, 24, 32)
     z = noisy[20, 4]
     # at a trusted pixel of the 2 m plane: unit = sigma(z) / z / log_scale at the base depth (= observed here)
-    assert norm.unit[0, 0, 20, 4].item() == pytest.approx(float(expected_sigma(z, sensor)) / z / cfg.log_scale, rel=1e-4)
+    expected_unit = float(expected_sigma(z, sensor)) / z / cfg.log_scale
+    assert norm.unit[0, 0, 20, 4].item() == pytest.approx(expected_unit, rel=1e-4)
     deviation = norm.cond[:, 8:9]
     torch.testing.assert_close(deviation, torch.zeros_like(deviation))  # observation = base without a median
     assert norm.unit[0, 0, 6, 6].item() == pytest.approx(cfg.residual_scale)

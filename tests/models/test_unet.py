@@ -12,7 +12,7 @@ from pydantic import ValidationError
 from models.diffusion.unet import DepthUNet, SelfAttention, UNetConfig, count_parameters, pad_to_multiple
 
 # Smallest valid widths: levels of 8 / 16 / 32 channels, bottleneck at 1/4 size.
-TINY = dict(base_channels=8, channel_mults=(1, 2, 4), groups=4, attention_heads=2)
+TINY = {"base_channels": 8, "channel_mults": (1, 2, 4), "groups": 4, "attention_heads": 2}
 
 
 @pytest.fixture(autouse=True)
@@ -60,7 +60,7 @@ def test_multiple_is_two_to_the_number_of_downsamplings():
 
 
 def test_single_level_and_several_blocks_per_level_work():
-    for overrides in (dict(channel_mults=(2,)), dict(num_res_blocks=2, enhance_skips=False)):
+    for overrides in ({"channel_mults": (2,)}, {"num_res_blocks": 2, "enhance_skips": False}):
         model = make(randomize_head=True, **overrides)
         x, t, cond = inputs(2, 6, 9)
         assert model(x, t, cond).shape == (2, 1, 6, 9)
@@ -260,14 +260,14 @@ def test_attention_is_exact_when_small_and_pools_keys_values_when_large():
 @pytest.mark.parametrize(
     ("overrides", "field"),
     [
-        (dict(base_channels=12, groups=8), "base_channels"),
-        (dict(base_channels=8, channel_mults=(1, 3), attention_heads=5, groups=4), "attention_heads"),
-        (dict(base_channels=4, groups=4), "base_channels"),
-        (dict(channel_mults=()), "channel_mults"),
-        (dict(channel_mults=(1, 0)), "channel_mults"),
-        (dict(dropout=1.0), "dropout"),
-        (dict(num_res_blocks=0), "num_res_blocks"),
-        (dict(chanel_mults=(1, 2)), "chanel_mults"),
+        ({"base_channels": 12, "groups": 8}, "base_channels"),
+        ({"base_channels": 8, "channel_mults": (1, 3), "attention_heads": 5, "groups": 4}, "attention_heads"),
+        ({"base_channels": 4, "groups": 4}, "base_channels"),
+        ({"channel_mults": ()}, "channel_mults"),
+        ({"channel_mults": (1, 0)}, "channel_mults"),
+        ({"dropout": 1.0}, "dropout"),
+        ({"num_res_blocks": 0}, "num_res_blocks"),
+        ({"chanel_mults": (1, 2)}, "chanel_mults"),
     ],
 )
 def test_bad_config_names_the_field(overrides, field):

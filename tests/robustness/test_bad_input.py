@@ -46,7 +46,8 @@ def small_disk(tmp_path):
     """A 384 KiB tmpfs: a full disk to write stores onto (needs root to mount; skipped otherwise)."""
     mnt = tmp_path / "disk"
     mnt.mkdir()
-    res = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=384k", "tmpfs", str(mnt)], capture_output=True, text=True)
+    res = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=384k", "tmpfs", str(mnt)],
+                         check=False, capture_output=True, text=True)
     if res.returncode != 0:
         pytest.skip(f"cannot mount a small tmpfs here: {res.stderr.strip()}")
     try:
@@ -102,7 +103,7 @@ def test_unknown_wrong_type_and_out_of_range_params_exit_2_naming_the_key(tiny_o
 
 
 def test_weights_that_do_not_match_their_config_name_the_file(stores, tmp_path):
-    overrides, params = stores
+    overrides, _params = stores
     model = tmp_path / "model"
     tiny = ["diffusion.unet.base_channels=8", "diffusion.unet.channel_mults=[1, 2]", "diffusion.unet.attention_heads=2",
             "diffusion.train.crop=16", "diffusion.train.batch_size=2", "diffusion.train.val_crops=2",
@@ -143,7 +144,8 @@ def test_non_rigid_poses_name_the_frame(stores, tmp_path):
     c2w[1] = pose
     res = dnerf("fit-nerf", overrides + ["nerf.depth_source=none", "nerf.ablation_sources=[]", "nerf.train.steps=2",
                                          "nerf.scenes=[synthetic_000]", "nerf.export.mesh_resolution=16",
-                                         f"paths.nerf={tmp_path / 'nerf'}", f"paths.nerf_metrics={tmp_path / 'n.json'}"])
+                                         f"paths.nerf={tmp_path / 'nerf'}",
+                                         f"paths.nerf_metrics={tmp_path / 'n.json'}"])
     assert res.returncode == 1
     assert "synthetic_000" in res.stderr and "not a rotation" in res.stderr
     assert not (tmp_path / "nerf" / "synthetic_000").exists()

@@ -47,7 +47,7 @@ def _sets(overrides: list[str]) -> list[str]:
 
 
 def dnerf(stage: str, overrides: list[str]) -> subprocess.CompletedProcess:
-    res = subprocess.run(["dnerf", stage, "--quiet", *_sets(overrides)], capture_output=True, text=True,
+    res = subprocess.run(["dnerf", stage, "--quiet", *_sets(overrides)], check=False, capture_output=True, text=True,
                          timeout=300)
     assert res.returncode == 0, f"dnerf {stage} failed:\n{res.stdout}\n{res.stderr}"
     return res
@@ -206,13 +206,14 @@ def test_a_second_run_on_the_same_output_refuses(base, tmp_path):
     noisy = load_params(None, base).paths.noisy
     before = {p: p.read_bytes() for p in noisy.rglob("*") if p.is_file()}
     holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys, time; from tasks.locks import output_lock\n"
-         f"with output_lock({str(noisy)!r}, 'corrupt'):\n    print('held', flush=True); time.sleep(120)"],
+        [sys.executable, "-c", ("import sys, time; from tasks.locks import output_lock\n"
+                                f"with output_lock({str(noisy)!r}, 'corrupt'):\n    print('held', flush=True); "
+                                "time.sleep(120)")],
         stdout=subprocess.PIPE, text=True, cwd=Path(__file__).parents[2])
     try:
         assert holder.stdout.readline().strip() == "held"
         res = subprocess.run(["dnerf", "corrupt", "--quiet", *_sets(base + ["noise.seed=7"])],
-                             capture_output=True, text=True, timeout=300)
+                             check=False, capture_output=True, text=True, timeout=300)
         assert res.returncode == 1
         assert "another corrupt run is writing it right now" in res.stderr and str(noisy) in res.stderr
         assert {p: p.read_bytes() for p in noisy.rglob("*") if p.is_file()} == before  # nothing touched
@@ -227,8 +228,9 @@ def test_lock_is_released_when_its_holder_is_killed(tmp_path):
     out = tmp_path / "out.zarr"
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[2])}
     holder = subprocess.Popen(
-        [sys.executable, "-c", "import time; from tasks.locks import output_lock\n"
-         f"with output_lock({str(out)!r}, 'refine'):\n    print('held', flush=True); time.sleep(120)"],
+        [sys.executable, "-c", ("import time; from tasks.locks import output_lock\n"
+                                f"with output_lock({str(out)!r}, 'refine'):\n    print('held', flush=True); "
+                                "time.sleep(120)")],
         stdout=subprocess.PIPE, text=True, env=env)
     assert holder.stdout.readline().strip() == "held"
     with pytest.raises(OutputBusy, match="another refine run"), output_lock(out, "refine"):

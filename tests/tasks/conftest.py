@@ -68,7 +68,7 @@ class FileServer:
 class _RangeHandler(BaseHTTPRequestHandler):
     """GET with ``Range: bytes=N-`` support; behaviour set by the server's :class:`FileServer`."""
 
-    def do_GET(self) -> None:  # noqa: N802 (http.server naming)
+    def do_GET(self) -> None:  # http.server naming
         state: FileServer = self.server.state  # type: ignore[attr-defined]
         path = self.path.lstrip("/")
         req = Request(path=path, range=self.headers.get("Range"))

@@ -18,14 +18,14 @@ from tasks.errors import DataError
 
 
 def frame(h=48, w=64, **kw) -> Frame:
-    base = dict(
-        frame_id="f",
-        rgb=np.zeros((h, w, 3), np.uint8),
-        depth=np.full((h, w), 2.0, np.float32),
-        K=np.array([[50.0, 0, 31.5], [0, 50, 23.5], [0, 0, 1]]),
-        c2w=np.eye(4),
-        source="cam/f.png",
-    )
+    base = {
+        "frame_id": "f",
+        "rgb": np.zeros((h, w, 3), np.uint8),
+        "depth": np.full((h, w), 2.0, np.float32),
+        "K": np.array([[50.0, 0, 31.5], [0, 50, 23.5], [0, 0, 1]]),
+        "c2w": np.eye(4),
+        "source": "cam/f.png",
+    }
     base.update(kw)
     return Frame(**base)
 
@@ -68,13 +68,13 @@ def test_resize_keeps_depth_values_and_holes():
 @pytest.mark.parametrize(
     ("kw", "match"),
     [
-        (dict(depth=np.full((40, 64), 2.0, np.float32)), "RGB is 64x48 but depth is 64x40"),
-        (dict(depth=np.full((48, 64), np.nan, np.float32)), "non-finite"),
-        (dict(depth=np.full((48, 64), -1.0, np.float32)), "negative"),
-        (dict(depth=np.full((48, 64), 1500.0, np.float32)), "looks like millimetres"),
-        (dict(K=np.zeros((3, 3))), "intrinsics are degenerate"),
-        (dict(c2w=np.array([[1.0, 0, 0, np.inf]] + [[0, 1, 0, 0]] * 3)), "partly non-finite"),
-        (dict(rgb=np.zeros((48, 64), np.uint8)), "RGB must be uint8"),
+        ({"depth": np.full((40, 64), 2.0, np.float32)}, "RGB is 64x48 but depth is 64x40"),
+        ({"depth": np.full((48, 64), np.nan, np.float32)}, "non-finite"),
+        ({"depth": np.full((48, 64), -1.0, np.float32)}, "negative"),
+        ({"depth": np.full((48, 64), 1500.0, np.float32)}, "looks like millimetres"),
+        ({"K": np.zeros((3, 3))}, "intrinsics are degenerate"),
+        ({"c2w": np.array([[1.0, 0, 0, np.inf]] + [[0, 1, 0, 0]] * 3)}, "partly non-finite"),
+        ({"rgb": np.zeros((48, 64), np.uint8)}, "RGB must be uint8"),
     ],
 )
 def test_check_frame_names_frame_and_problem(kw, match):

@@ -60,7 +60,7 @@ def test_bad_values_fail_naming_key_and_value(override, fragments):
 
 
 def test_bad_override_syntax_and_unreadable_file(tmp_path):
-    with pytest.raises(ParamsError, match="dotted.key=value"):
+    with pytest.raises(ParamsError, match=r"dotted\.key=value"):
         load_params(ROOT / "params.yaml", ["nonsense"])
     with pytest.raises(ParamsError, match="cannot read params file"):
         load_params(tmp_path / "missing.yaml")
@@ -72,5 +72,5 @@ def test_bad_override_syntax_and_unreadable_file(tmp_path):
     scalar.write_text("42\n")
     with pytest.raises(ParamsError, match="expected a mapping"):
         load_params(scalar)
-    with pytest.raises(ParamsError, match="data.stride is not a mapping"):
+    with pytest.raises(ParamsError, match=r"data\.stride is not a mapping"):
         load_params(ROOT / "params.yaml", ["data.stride.x=1"])

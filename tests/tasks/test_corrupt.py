@@ -47,7 +47,7 @@ def test_frames_are_seeded_independently_of_order(tiny_params):
     view = SceneView(open_store(tiny_params.paths.scenes, "scenes")["synthetic_000"])
     forward = [noisy_frame(view, i, tiny_params.noise) for i in range(view.n_frames)]
     backward = [noisy_frame(view, i, tiny_params.noise) for i in reversed(range(view.n_frames))][::-1]
-    for a, b in zip(forward, backward):
+    for a, b in zip(forward, backward, strict=True):
         np.testing.assert_array_equal(a, b)
     assert not np.array_equal(forward[0], forward[2])
 
@@ -72,9 +72,11 @@ def test_sensor_mode_passes_measured_depth_through(tmp_path):
                              depth_sensor=raw[i]))
         w.close(["train", "test"])
     params = load_params(
-        None, [f"paths.scenes={tmp_path / 'scenes.zarr'}", f"paths.noisy={tmp_path / 'noisy.zarr'}", "noise.mode=sensor"]
+        None, [f"paths.scenes={tmp_path / 'scenes.zarr'}", f"paths.noisy={tmp_path / 'noisy.zarr'}",
+               "noise.mode=sensor"]
     )
     noisy = open_store(run_corrupt(params, progress=False), "noisy")
     np.testing.assert_array_equal(noisy["nyu"]["depth_noisy"][:], raw)
     assert noisy.attrs["model"] == "passthrough"
-    assert isinstance(noisy, zarr.Group) and SceneView(open_store(params.paths.scenes, "scenes")["nyu"]).has_sensor_depth
+    assert isinstance(noisy, zarr.Group)
+    assert SceneView(open_store(params.paths.scenes, "scenes")["nyu"]).has_sensor_depth

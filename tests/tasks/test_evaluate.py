@@ -23,7 +23,8 @@ from tasks.store import SceneView, consolidate, open_store, scene_names
 
 def output_paths(tmp_path) -> list[str]:
     """Every stage output from refine on under ``tmp_path``."""
-    return [f"paths.refined={tmp_path / 'refined.zarr'}", f"paths.eval_metrics={tmp_path / 'metrics' / 'evaluate.json'}",
+    return [f"paths.refined={tmp_path / 'refined.zarr'}",
+            f"paths.eval_metrics={tmp_path / 'metrics' / 'evaluate.json'}",
             f"paths.plots={tmp_path / 'plots'}", f"paths.nerf_metrics={tmp_path / 'metrics' / 'nerf.json'}",
             f"paths.report={tmp_path / 'reports'}", f"paths.nerf={tmp_path / 'nerf'}"]
 
@@ -59,7 +60,8 @@ def test_methods_are_scored_like_a_direct_computation(evaluated):
         view = SceneView(scenes[name])
         for i in view.indices("test"):
             gt, d = view.group["depth"][i], noisy[name]["depth_noisy"][i]
-            rows.append((depth_metrics(d, gt)["rmse"], depth_metrics(bil(view.group["rgb"][i], d, view.group["K"][i]), gt)["rmse"]))
+            smoothed = bil(view.group["rgb"][i], d, view.group["K"][i])
+            rows.append((depth_metrics(d, gt)["rmse"], depth_metrics(smoothed, gt)["rmse"]))
     assert m["refinement"]["noisy"]["rmse"] == pytest.approx(np.mean([r[0] for r in rows]), rel=1e-5)
     assert m["refinement"]["bilateral"]["rmse"] == pytest.approx(np.mean([r[1] for r in rows]), rel=1e-5)
     assert set(m["refinement_by_scene"]) == {"synthetic_000", "synthetic_001"}
@@ -142,7 +144,7 @@ def test_baselines_are_tuned_on_the_val_scenes_and_only_eval_scenes_are_scored(e
     val, names = validation_frames(params)
     assert names == ["synthetic_002"] and len(val) == 3
     g = scenes["synthetic_002"]
-    for (rgb, d, ref, K), i in zip(val, [0, 2, 3]):
+    for (rgb, d, ref, K), i in zip(val, [0, 2, 3], strict=True):
         np.testing.assert_array_equal(rgb, g["rgb"][i])
         np.testing.assert_array_equal(d, noisy["synthetic_002"]["depth_noisy"][i])
         np.testing.assert_array_equal(ref, g["depth"][i])
@@ -168,7 +170,8 @@ def test_baselines_are_tuned_on_the_val_scenes_and_only_eval_scenes_are_scored(e
 
 
 FAST_NERF = [
-    "nerf.train.steps=60", "nerf.train.lr=0.02", "nerf.scenes=[synthetic_000]", "nerf.train.target_samples=2048", "nerf.train.n_coarse=8", "nerf.train.n_fine=4",
+    "nerf.train.steps=60", "nerf.train.lr=0.02", "nerf.scenes=[synthetic_000]", "nerf.train.target_samples=2048",
+    "nerf.train.n_coarse=8", "nerf.train.n_fine=4",
     "nerf.occupancy.resolution=16", "nerf.occupancy.warmup_steps=4", "nerf.occupancy.n_cells=256",
     "nerf.export.mesh_resolution=24", "nerf.ablation_sources=[none, gt]",
 ]

@@ -82,7 +82,7 @@ def test_short_fit_raises_test_psnr_and_exports(scene, tmp_path):
     # the export reloads (safetensors only) and renders the same test view again; a camera path becomes a video
     fitted = load_fit(out)
     i = frames.test[0]
-    rgb, z, _ = render_pose(fitted, frames.K[i], frames.shape, frames.c2w[i])
+    rgb, _z, _ = render_pose(fitted, frames.K[i], frames.shape, frames.c2w[i])
     exported = np.asarray(Image.open(out / "renders" / f"{frames.view.frame_ids[i]}_rgb.png")) / 255.0
     assert np.max(np.abs(rgb - exported)) <= 0.5 / 255 + 1e-6
     poses = camera_path(frames.c2w[frames.train], "train", 5, fitted.aabb)
@@ -101,7 +101,8 @@ def test_short_fit_raises_test_psnr_and_exports(scene, tmp_path):
                                    "--out", str(tmp_path / "orbit"), "--quiet",
                                    *[a for o in scene for a in ("--set", o)]])
     assert res.exit_code == 0, res.output
-    assert len(list((tmp_path / "orbit" / "frames").glob("*.png"))) == 3 and (tmp_path / "orbit" / "video.mp4").is_file()
+    assert len(list((tmp_path / "orbit" / "frames").glob("*.png"))) == 3
+    assert (tmp_path / "orbit" / "video.mp4").is_file()
     res = CliRunner().invoke(app, ["render", "no_such_scene", *[a for o in scene for a in ("--set", o)]])
     assert res.exit_code == 1 and "no_such_scene" in res.output
 
@@ -189,7 +190,7 @@ def test_interrupted_fit_resumes_to_the_same_field(scene, tmp_path):
         fit_scene(frames, params.nerf, tmp_path / "b", fp, progress=False, stop_after=15)
     resumed, _, state, _ = fit_scene(frames, params.nerf, tmp_path / "b", fp, progress=False)
     assert state.step == 40
-    for (k, a), (_, b) in zip(straight.state_dict().items(), resumed.state_dict().items()):
+    for (k, a), (_, b) in zip(straight.state_dict().items(), resumed.state_dict().items(), strict=True):
         torch.testing.assert_close(a, b, rtol=0, atol=0, msg=k)
 
 

@@ -79,7 +79,7 @@ def test_truncated_and_missing_images_name_the_file(tmp_path, rgbd_dir):
     with pytest.raises(DataError, match=r"nothere\.png: file not found"):
         read_rgb(tmp_path / "nothere.png")
     (tmp_path / "text.png").write_text("not an image")
-    with pytest.raises(DataError, match="text.png"):
+    with pytest.raises(DataError, match=r"text\.png"):
         decode_tum_depth(tmp_path / "text.png")
     with pytest.raises(DataError, match="16-bit"):
         decode_tum_depth(rgbd_dir / "tum-pair" / "1.png")

@@ -100,11 +100,10 @@ def test_bad_captures_name_the_file_and_the_problem(tmp_path, change, message):
     meta.update(change)
     meta = {k: v for k, v in meta.items() if v is not None}
     (root / "transforms.json").write_text(json.dumps(meta))
-    with pytest.raises(DataError, match="transforms.json") as err:
-        scene = nerfstudio_scene(root)
-        scene.load(0)
+    with pytest.raises(DataError, match=r"transforms\.json") as err:
+        nerfstudio_scene(root).load(0)
     assert message in str(err.value)
-    with pytest.raises(DataError, match="transforms.json not found"):
+    with pytest.raises(DataError, match=r"transforms\.json not found"):
         nerfstudio_scene(tmp_path / "nowhere")
 
 

@@ -125,13 +125,13 @@ def test_missing_dataset(nyu, tmp_path, key):
 def test_not_hdf5(tmp_path):
     bad = tmp_path / "nyu.mat"
     bad.write_bytes(b"<html>503 Service Unavailable</html>")
-    with pytest.raises(DataError, match="nyu.mat: not an HDF5"):
+    with pytest.raises(DataError, match=r"nyu\.mat: not an HDF5"):
         nyu_scenes(bad, None, GROUPED)
 
 
 def test_old_format_mat_instead_of_labeled(nyu, tmp_path):
     splits = nyu.write_splits(tmp_path / "splits.mat")
-    with pytest.raises(DataError, match="splits.mat: an old-format"):
+    with pytest.raises(DataError, match=r"splits\.mat: an old-format"):
         nyu_scenes(splits, None, GROUPED)
 
 
@@ -153,7 +153,7 @@ def test_scene_count_mismatch(nyu, tmp_path):
         refs = f["scenes"][()]
         del f["scenes"]
         f.create_dataset("scenes", data=refs[:, :3], dtype=h5py.ref_dtype)
-    with pytest.raises(DataError, match="nyu.mat: inconsistent frame counts: dataset 'scenes'"):
+    with pytest.raises(DataError, match=r"nyu\.mat: inconsistent frame counts: dataset 'scenes'"):
         nyu_scenes(mat, None, GROUPED)
 
 
@@ -202,10 +202,10 @@ def test_bad_splits(nyu, tmp_path, train, test, message):
 def test_splits_missing_key_or_not_mat(nyu, tmp_path):
     mat = nyu.write_mat(tmp_path / "nyu.mat")
     scipy.io.savemat(tmp_path / "splits.mat", {"trainNdxs": np.array([[1], [2], [3], [4], [5]])})
-    with pytest.raises(DataError, match="splits.mat: missing variable 'testNdxs'"):
+    with pytest.raises(DataError, match=r"splits\.mat: missing variable 'testNdxs'"):
         nyu_scenes(mat, tmp_path / "splits.mat", GROUPED)
     (tmp_path / "junk.mat").write_bytes(b"hello, not a mat file at all" * 10)
-    with pytest.raises(DataError, match="junk.mat: not a MATLAB .mat file"):
+    with pytest.raises(DataError, match=r"junk\.mat: not a MATLAB \.mat file"):
         nyu_scenes(mat, tmp_path / "junk.mat", GROUPED)
 
 

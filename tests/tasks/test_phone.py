@@ -84,7 +84,7 @@ def test_capture_reads_opencv_poses_scaled_intrinsics_confident_metric_depth(tmp
     # intrinsics scaled from the 64x48 video to 32x24 (pixel centres at integers)
     np.testing.assert_allclose(f0.K, [[25.0, 0, 15.5], [0, 25.0, 11.5], [0, 0, 1]])
     # poses: ARKit's camera, OpenCV axes
-    for f, T in zip((f0, f1, f2, f3), POSES):
+    for f, T in zip((f0, f1, f2, f3), POSES, strict=True):
         np.testing.assert_allclose(f.c2w, T @ GL_TO_CV, atol=1e-6)
     # frame 0: ARKit's identity orientation looks along world -z, with world y up: a point 2 m ahead of it is
     # at z = +2 in the store's camera, and the camera's y axis (image down) points down in the world
@@ -98,7 +98,7 @@ def test_capture_reads_opencv_poses_scaled_intrinsics_confident_metric_depth(tmp
     assert np.allclose(f2.depth[:, 16:], 1.7)
     assert not f3.depth.any(), "a frame without a depth file has no measurement"
     # colour from the video (lossy), area-averaged down
-    for f, c in zip((f0, f1, f2, f3), COLOURS):
+    for f, c in zip((f0, f1, f2, f3), COLOURS, strict=True):
         assert np.abs(f.rgb.reshape(-1, 3).mean(0) - c).max() < 8
 
 
@@ -170,5 +170,5 @@ def test_the_download_stage_reads_a_capture(tmp_path):
 
 
 def test_the_source_needs_a_path():
-    with pytest.raises(ParamsError, match="data.source=phone needs data.path"):
+    with pytest.raises(ParamsError, match=r"data\.source=phone needs data\.path"):
         load_params(None, ["data.source=phone"])

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pytest
 import torch
@@ -17,8 +19,8 @@ from tasks.corrupt import run_corrupt
 from tasks.download import run_download
 from tasks.errors import DataError
 from tasks.refine import run_refine
-from tasks.store import open_store
 from tasks.refiner_files import save_model
+from tasks.store import open_store
 
 TINY_UNET = RefinerUNetConfig(base_channels=8, channel_mults=(1, 2), attention_heads=2)
 
@@ -84,7 +86,8 @@ def test_diffusion_refine_resumes_without_touching_finished_frames(setup, tmp_pa
     # another model (a different fingerprint) starts afresh rather than mixing results
     run_refine(load_params(None, setup + ["refine.steps=3"]), progress=False)
     assert open_store(tmp_path / "refined.zarr", "refined")["synthetic_000"]["done"][:].all()
-    assert not np.array_equal(open_store(tmp_path / "refined.zarr", "refined")["synthetic_000"]["depth_refined"][:3], first3)
+    assert not np.array_equal(open_store(tmp_path / "refined.zarr", "refined")["synthetic_000"]["depth_refined"][:3],
+                              first3)
 
 
 def test_trusted_measurements_move_less_than_the_bound_and_std_is_calibrated(setup, tmp_path):
@@ -164,7 +167,7 @@ def test_tiles_cover_the_frame_and_blend_exactly():
         for s in starts:
             covered[s : s + tile] = True
         assert covered.all() and starts[-1] + min(tile, size) == size
-        assert all(b - a <= tile - overlap for a, b in zip(starts, starts[1:]))
+        assert all(b - a <= tile - overlap for a, b in itertools.pairwise(starts))
     w = blend_window(16, 16, 4)
     assert w.min() > 0 and w[8, 8] == 1
 

@@ -224,5 +224,5 @@ def test_the_download_stage_reads_an_export(tmp_path):
 
 
 def test_the_source_needs_a_path():
-    with pytest.raises(ParamsError, match="data.source=scannet needs data.path"):
+    with pytest.raises(ParamsError, match=r"data\.source=scannet needs data\.path"):
         load_params(None, ["data.source=scannet"])

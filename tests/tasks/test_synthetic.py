@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pytest
 import trimesh
@@ -139,7 +141,7 @@ def bilinear(img: np.ndarray, u: np.ndarray, v: np.ndarray) -> np.ndarray:
 
 
 @pytest.mark.parametrize(
-    "kwargs, field",
+    ("kwargs", "field"),
     [
         ({"n_frames": 0}, "n_frames"),
         ({"n_scenes": 0}, "n_scenes"),
@@ -203,7 +205,7 @@ def test_scene_sources_fields(scenes):
 def test_deterministic_and_seed_dependent(scenes):
     again = synthetic_scenes(CFG, SEED)
     other = synthetic_scenes(CFG, SEED + 1)
-    for a, b in zip(scenes, again):
+    for a, b in zip(scenes, again, strict=True):
         assert a.attrs == b.attrs
         np.testing.assert_array_equal(a.mesh[0], b.mesh[0])
         np.testing.assert_array_equal(a.mesh[1], b.mesh[1])
@@ -212,7 +214,7 @@ def test_deterministic_and_seed_dependent(scenes):
             np.testing.assert_array_equal(fa.rgb, fb.rgb)
             np.testing.assert_array_equal(fa.depth, fb.depth)
             np.testing.assert_array_equal(fa.c2w, fb.c2w)
-    for a, b in zip(scenes, other):
+    for a, b in zip(scenes, other, strict=True):
         assert a.attrs["room_size"] != b.attrs["room_size"]
         assert not np.array_equal(a.load(0).rgb, b.load(0).rgb)
     # The two scenes of one seed differ from each other too.
@@ -221,7 +223,7 @@ def test_deterministic_and_seed_dependent(scenes):
 
 def test_scene_content_independent_of_image_size_and_frame_count(scenes):
     bigger = synthetic_scenes(CFG.model_copy(update={"height": 30, "width": 40, "n_frames": 9}), SEED)
-    for a, b in zip(scenes, bigger):
+    for a, b in zip(scenes, bigger, strict=True):
         assert a.attrs == b.attrs
         np.testing.assert_array_equal(a.mesh[0], b.mesh[0])
 
@@ -422,7 +424,7 @@ def test_camera_path_inside_room_clear_of_objects_and_smooth(seed):
     assert np.all(eyes > room.lo) and np.all(eyes < room.hi)
     for obj in room.objects:
         assert signed_distance(obj, eyes).min() >= 0.6
-    for a, b in zip(poses[:-1], poses[1:]):
+    for a, b in itertools.pairwise(poses):
         assert np.linalg.norm(b[:3, 3] - a[:3, 3]) < 0.25
         assert rotation_angle_deg(a[:3, :3].T @ b[:3, :3]) < 10.0
     orbit = np.degrees(np.unwrap(np.arctan2(eyes[:, 1], eyes[:, 0])))
@@ -528,7 +530,7 @@ def test_evaluation_rooms_do_not_depend_on_the_refiner_settings():
                                                    "refiner_sizes": [(16, 12)], "refiner_frames": 1,
                                                    "refiner_objects": (1, 3)}), SEED)
     assert [s.name for s in more][:2] == [s.name for s in plain]
-    for a, b in zip(plain, more[:2]):
+    for a, b in zip(plain, more[:2], strict=True):
         assert a.attrs == b.attrs and b.role == "eval"
         np.testing.assert_array_equal(a.load(1).rgb, b.load(1).rgb)
         np.testing.assert_array_equal(a.load(1).depth, b.load(1).depth)
@@ -560,7 +562,7 @@ def test_refiner_rooms_names_roles_splits_and_no_mesh(refiner):
 
 def test_refiner_rooms_have_the_configured_sizes_and_kinect_field_of_view(refiner):
     sizes = [(30, 40), (18, 24), (30, 40), (30, 40), (18, 24)]  # cycled over the rooms of each role
-    for s, (h, w) in zip(refiner, sizes):
+    for s, (h, w) in zip(refiner, sizes, strict=True):
         f = check_frame(s.load(1))
         assert f.rgb.shape == (h, w, 3) and f.depth.shape == (h, w) and s.native_size == (h, w)
         assert np.all(f.depth > 0)  # closed room: exact and complete
@@ -575,7 +577,7 @@ def test_refiner_rooms_deterministic_per_seed_and_independent_of_image_size(refi
     other = [s for s in synthetic_scenes(RCFG, SEED + 1) if s.role != "eval"]
     resized = [s for s in synthetic_scenes(RCFG.model_copy(update={"refiner_sizes": [(20, 16)]}), SEED)
                if s.role != "eval"]
-    for a, b, c, d in zip(refiner, again, other, resized):
+    for a, b, c, d in zip(refiner, again, other, resized, strict=True):
         assert a.attrs == b.attrs == d.attrs
         fa, fb = a.load(2), b.load(2)
         np.testing.assert_array_equal(fa.rgb, fb.rgb)
@@ -613,7 +615,7 @@ def test_refiner_rooms_are_cluttered_with_thin_and_small_things_and_varied_mater
     rooms = refiner_rooms()
     all_objects = [o for room, _, _ in rooms for o in room.objects]
     for room, pieces, _ in rooms:
-        assert 6 <= len(pieces) and len(room.objects) >= 15
+        assert len(pieces) >= 6 and len(room.objects) >= 15
         for o in room.objects:  # everything inside the room, nothing below the floor
             lo, hi = bounds(o)
             assert np.all(lo >= room.lo - 1e-9) and np.all(hi <= room.hi + 1e-9)

@@ -61,10 +61,13 @@ def test_training_lowers_the_loss_and_writes_outputs(stores, tmp_path):
 
 
 def test_interrupted_run_resumes_to_the_same_weights(stores, tmp_path):
-    common = stores + ["diffusion.train.max_steps=8", "diffusion.train.val_every=2", "diffusion.train.checkpoint_every=3"]
-    straight = load_params(None, common + [f"paths.diffusion={tmp_path / 'a'}", f"paths.diffusion_checkpoints={tmp_path / 'ca'}"])
+    common = stores + ["diffusion.train.max_steps=8", "diffusion.train.val_every=2",
+                       "diffusion.train.checkpoint_every=3"]
+    straight = load_params(None, common + [f"paths.diffusion={tmp_path / 'a'}",
+                                           f"paths.diffusion_checkpoints={tmp_path / 'ca'}"])
     train_diffusion(straight, progress=False)
-    resumed = load_params(None, common + [f"paths.diffusion={tmp_path / 'b'}", f"paths.diffusion_checkpoints={tmp_path / 'cb'}"])
+    resumed = load_params(None, common + [f"paths.diffusion={tmp_path / 'b'}",
+                                          f"paths.diffusion_checkpoints={tmp_path / 'cb'}"])
     with pytest.raises(KeyboardInterrupt):
         train_diffusion(resumed, progress=False, stop_after=3)
     assert json.loads((tmp_path / "cb" / "state.json").read_text())["step"] == 3
@@ -150,12 +153,14 @@ def test_training_needs_train_and_val_scenes_apart_from_the_eval_scenes(stores, 
     set_roles(params.paths.scenes, saved)
 
     # a second store built from the same source whose scene is an evaluation scene of the main store
-    overlap = load_params(None, stores + [f"paths.scenes={tmp_path / 'again.zarr'}", f"paths.noisy={tmp_path / 'again_n.zarr'}"])
+    overlap = load_params(None, stores + [f"paths.scenes={tmp_path / 'again.zarr'}",
+                                          f"paths.noisy={tmp_path / 'again_n.zarr'}"])
     run_download(overlap, progress=False)
     run_corrupt(overlap, progress=False)
     set_roles(overlap.paths.scenes, {"synthetic_000": "train"})
-    leaky = load_params(None, stores + ["diffusion.train.max_steps=1", "diffusion.train.extra_stores="
-                                        f"[{{scenes: {overlap.paths.scenes}, noisy: {overlap.paths.noisy}}}]"])
+    leaky = load_params(None, stores + ["diffusion.train.max_steps=1",
+                                        ("diffusion.train.extra_stores="
+                                         f"[{{scenes: {overlap.paths.scenes}, noisy: {overlap.paths.noisy}}}]")])
     with pytest.raises(DataError, match=r"again.zarr: scene 'synthetic_000' is used to train or validate"):
         train_diffusion(leaky, progress=False)
     assert not (tmp_path / "model").exists(), "nothing is written"

@@ -28,8 +28,8 @@ def write_tum_sequence(folder, n=5, with_gt=True):
         rgb_lines.append(f"{t + 0.004:.6f} rgb/{t + 0.004:.6f}.png")
         depth_lines.append(f"{t:.6f} depth/{t:.6f}.png")
         q = Rotation.from_matrix(f.c2w[:3, :3]).as_quat()
-        for dt in (-0.005, 0.0, 0.005):  # ground truth runs at 200 Hz around each frame
-            gt_lines.append(f"{t + dt:.4f} " + " ".join(f"{x:.9f}" for x in (*f.c2w[:3, 3], *q)))
+        pose = " ".join(f"{x:.9f}" for x in (*f.c2w[:3, 3], *q))
+        gt_lines.extend(f"{t + dt:.4f} {pose}" for dt in (-0.005, 0.0, 0.005))  # ground truth at 200 Hz around it
     # a colour frame with no depth partner, and a depth frame with no colour partner within max_dt
     rgb_lines.append("2000.000000 rgb/1000.004000.png")
     Image.fromarray(np.zeros((24, 32), np.uint16)).save(folder / "depth" / "3000.png")

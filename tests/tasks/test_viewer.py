@@ -6,6 +6,7 @@ Needs the viewer extra (viser) and, for the page, Chromium: both tests skip with
 
 from __future__ import annotations
 
+import contextlib
 import os
 import queue
 import re
@@ -184,21 +185,18 @@ class Page:
                 return msg["result"]
 
     def text(self) -> str:
-        return self.call("Runtime.evaluate", expression="document.body ? document.body.innerText : ''")["result"]["value"]
+        body = self.call("Runtime.evaluate", expression="document.body ? document.body.innerText : ''")
+        return body["result"]["value"]
 
     def close(self) -> None:
         if self.ws is not None:
             self.ws.close()
         if self.proc.poll() is None:
             self.proc.terminate()
-            try:
+            with contextlib.suppress(subprocess.TimeoutExpired):
                 self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                pass
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(self.proc.pid, signal.SIGKILL)  # Chromium's helper processes too
-        except ProcessLookupError:
-            pass
         self.proc.wait(timeout=10)
 
 
@@ -206,14 +204,10 @@ def stop(proc: subprocess.Popen) -> None:
     """SIGTERM (the viewer stops cleanly on it), SIGKILL after 15 s; then nothing of its process group is left."""
     if proc.poll() is None:
         proc.send_signal(signal.SIGTERM)
-        try:
+        with contextlib.suppress(subprocess.TimeoutExpired):
             proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            pass
-    try:
+    with contextlib.suppress(ProcessLookupError):
         os.killpg(proc.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
     proc.wait(timeout=10)
 
 

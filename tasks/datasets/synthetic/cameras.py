@@ -98,7 +98,7 @@ def camera_poses(room: Room, n_frames: int) -> np.ndarray:
     target_xy = beyond + p.focus_weight * (np.asarray(p.focus) - beyond) + side * wobble[:, None]
     target = np.concatenate([target_xy, (p.target_height + 0.5 * wobble)[:, None]], axis=-1)
     up = np.array([0.0, 0.0, 1.0])
-    return np.stack([look_at(e, t, up) for e, t in zip(eye, target)])
+    return np.stack([look_at(e, t, up) for e, t in zip(eye, target, strict=True)])
 
 
 # --- refiner rooms: hand-held views ------------------------------------------------------------------

@@ -51,5 +51,5 @@ def room_mesh(room: Room) -> tuple[np.ndarray, np.ndarray]:
     parts += [(np.asarray(m.vertices), np.asarray(m.faces)) for m in map(primitive_mesh, room.objects)]
     offsets = np.cumsum([0] + [len(v) for v, _ in parts[:-1]])
     vertices = np.concatenate([v for v, _ in parts]).astype(np.float32)
-    faces = np.concatenate([f + o for (_, f), o in zip(parts, offsets)]).astype(np.int32)
+    faces = np.concatenate([f + o for (_, f), o in zip(parts, offsets, strict=True)]).astype(np.int32)
     return vertices, faces

@@ -218,7 +218,7 @@ def cast_rays(room: Room, origin: np.ndarray, dirs: np.ndarray) -> RayHits:
     key = np.where(prim == -1, face - len(ROOM_FACES), prim)
     order = np.argsort(key, kind="stable")
     keys, starts = np.unique(key[order], return_index=True)
-    for k, rows in zip(keys, np.split(order, starts[1:])):
+    for k, rows in zip(keys, np.split(order, starts[1:]), strict=True):
         if k < 0:
             f = face[rows]
             normals[rows] = _axis_face_normals(f, outward=False)

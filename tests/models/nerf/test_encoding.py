@@ -79,7 +79,7 @@ def test_dense_vs_hashed_level_selection_and_rows() -> None:
     assert rows.shape == (20, 4, 8) and weights.shape == (20, 4, 8)
     torch.testing.assert_close(weights.sum(-1), torch.ones(20, 4))
     for i in range(x.shape[0]):
-        for level, (n, dense) in enumerate(zip(enc.resolutions, enc.is_dense)):
+        for level, (n, dense) in enumerate(zip(enc.resolutions, enc.is_dense, strict=True)):
             verts = _corner_vertices(x[i].double().numpy(), n)
             expected = [_row(v, n, dense, enc.table_size) for v in verts]
             assert rows[i, level].tolist() == expected
@@ -110,7 +110,7 @@ def test_gradients_reach_only_the_eight_corner_rows() -> None:
     (enc(x)[0] * coeff).sum().backward()
     grad = enc.tables.grad
     assert grad is not None
-    for level, (n, dense) in enumerate(zip(enc.resolutions, enc.is_dense)):
+    for level, (n, dense) in enumerate(zip(enc.resolutions, enc.is_dense, strict=True)):
         expected = {_row(v, n, dense, enc.table_size) for v in _corner_vertices(x[0].double().numpy(), n)}
         nonzero = set(torch.nonzero(grad[level].abs().sum(-1)).squeeze(-1).tolist())
         assert nonzero == expected

@@ -170,5 +170,5 @@ def test_the_init_uses_pytorchs_default_distributions() -> None:
     assert torch.equal(field.encoding.tables, tables)
     mine = [m for m in field.modules() if isinstance(m, torch.nn.Linear)]
     assert len(mine) == len(layers) > 0
-    for m, ref in zip(mine, layers):
+    for m, ref in zip(mine, layers, strict=True):
         assert torch.equal(m.weight, ref.weight) and torch.equal(m.bias, ref.bias)

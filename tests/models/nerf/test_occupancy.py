@@ -40,7 +40,7 @@ def test_warmup_keeps_everything_occupied() -> None:
         assert bool(grid.binary.all())
     assert sum(calls) == 4 * 8**3 * 2  # warm-up evaluates every cell
     grid.update(10, zero, warmup_steps=10, generator=gen)
-    with pytest.raises(ValueError, match="explicit torch.Generator"):  # never the global RNG
+    with pytest.raises(ValueError, match=r"explicit torch\.Generator"):  # never the global RNG
         grid.update(11, zero, warmup_steps=10)
     assert grid.occupied_fraction == 0.0  # a scene with no density at all is empty after warm-up
 
@@ -115,7 +115,7 @@ def test_grid_cuts_network_evaluations_without_changing_the_image(sphere_field) 
     rays_o, rays_d, _ = rays_from_camera(K, c2w, 16, 16)
     near, far, hit = ray_aabb_intersect(rays_o, rays_d, grid.aabb)
     assert bool(hit.all())
-    kw = dict(n_coarse=32, n_fine=32)
+    kw = {"n_coarse": 32, "n_fine": 32}
     field.n_calls = 0
     full = render_rays(field, rays_o, rays_d, near, far, **kw)
     calls_full, field.n_calls = field.n_calls, 0

@@ -174,12 +174,12 @@ def test_chunking_and_direction_length_do_not_change_the_result(sphere_field) ->
 def test_perturbed_rendering_is_seeded_and_unbiased(sphere_field) -> None:
     field = sphere_field(radius=0.8, sigma=1.5)
     rays_o, rays_d = _rays_towards_sphere([0.3] * 200)
-    kw = dict(n_coarse=16, n_fine=16, perturb=True)
+    kw = {"n_coarse": 16, "n_fine": 16, "perturb": True}
     a = render_rays(field, rays_o, rays_d, 1.0, 5.0, generator=torch.Generator().manual_seed(0), **kw)
     b = render_rays(field, rays_o, rays_d, 1.0, 5.0, generator=torch.Generator().manual_seed(0), **kw)
     torch.testing.assert_close(a["rgb"], b["rgb"])
     assert a["t_starts"].std(dim=0).max() > 0  # different rays got different samples
-    with pytest.raises(ValueError, match="explicit torch.Generator"):  # never the global RNG
+    with pytest.raises(ValueError, match=r"explicit torch\.Generator"):  # never the global RNG
         render_rays(field, rays_o, rays_d, 1.0, 5.0, **kw)
     expected = 1 - math.exp(-1.5 * 2 * math.sqrt(0.64 - 0.09))
     assert a["opacity"].mean().item() == pytest.approx(expected, abs=0.01)
@@ -196,7 +196,7 @@ def test_rays_from_camera_match_the_numpy_camera() -> None:
     np.testing.assert_allclose(origins.numpy(), np.broadcast_to(c2w[:3, 3], (h * w, 3)), atol=1e-6)
     np.testing.assert_allclose(z_scale.numpy(), ref @ c2w[:3, 2], atol=1e-6)
     idx = torch.tensor([0, 7, 8 * 5 + 3])
-    o2, d2, z2 = rays_from_camera(K, c2w, h, w, pixel_indices=idx)
+    _o2, d2, z2 = rays_from_camera(K, c2w, h, w, pixel_indices=idx)
     torch.testing.assert_close(d2, dirs[idx])
     torch.testing.assert_close(z2, z_scale[idx])
 
@@ -245,7 +245,7 @@ def test_early_ray_termination_skips_samples_behind_an_opaque_wall(half_space_fi
     n = 64
     rays_o = torch.zeros(n, 3)
     rays_d = torch.nn.functional.normalize(torch.cat([0.2 * torch.rand(n, 2) - 0.1, torch.ones(n, 1)], -1), dim=-1)
-    kwargs = dict(n_coarse=32, n_fine=16)
+    kwargs = {"n_coarse": 32, "n_fine": 16}
     with torch.no_grad():
         full = render_rays(field, rays_o, rays_d, 0.0, 2.0, stop_below=0.0, **kwargs)
         early = render_rays(field, rays_o, rays_d, 0.0, 2.0, stop_below=1e-4, **kwargs)

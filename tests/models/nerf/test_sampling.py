@@ -63,11 +63,11 @@ def test_stratified_bins_tile_near_far(perturb: bool) -> None:
 def test_random_draws_need_an_explicit_generator() -> None:
     rays_o, rays_d = _rays(3)
     bins, weights = torch.linspace(0, 1, 5).expand(3, 5), torch.ones(3, 4)
-    with pytest.raises(ValueError, match="explicit torch.Generator"):
+    with pytest.raises(ValueError, match=r"explicit torch\.Generator"):
         stratified_samples(rays_o, rays_d, 2.0, 6.0, 4, True)
-    with pytest.raises(ValueError, match="explicit torch.Generator"):
+    with pytest.raises(ValueError, match=r"explicit torch\.Generator"):
         sample_pdf(bins, weights, 4, deterministic=False)
-    with pytest.raises(ValueError, match="explicit torch.Generator"):
+    with pytest.raises(ValueError, match=r"explicit torch\.Generator"):
         gaussian_samples(torch.ones(3), torch.ones(3), 0.5, 2.0, 4, deterministic=False)
 
 

@@ -59,7 +59,8 @@ def test_the_init_is_drawn_from_the_generator_only():
     a, b = (VanillaNeRF(cfg, generator=torch.Generator().manual_seed(3)) for _ in range(2))
     c = VanillaNeRF(cfg, generator=torch.Generator().manual_seed(4))
     assert torch.equal(torch.random.get_rng_state(), rng)
-    for (name, pa), pb, pc in zip(a.state_dict().items(), b.state_dict().values(), c.state_dict().values()):
+    for (name, pa), pb, pc in zip(a.state_dict().items(), b.state_dict().values(), c.state_dict().values(),
+                                  strict=True):
         assert torch.equal(pa, pb), name
         assert name == "aabb" or not torch.equal(pa, pc), name
     # PyTorch's nn.Linear default, from the generator: the same numbers as nn.Linear after manual_seed.
