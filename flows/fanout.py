@@ -14,6 +14,7 @@ import shutil
 import time
 from collections.abc import Callable
 from typing import TypeVar
+from uuid import UUID
 
 from prefect import get_run_logger
 from prefect.artifacts import (
@@ -51,7 +52,9 @@ class Progress:
     """A Prefect progress artifact for one task, updated at most every ``min_interval`` seconds."""
 
     def __init__(self, key: str, description: str, min_interval: float = 2.0):
-        self.id = create_progress_artifact(0.0, key=slug(key), description=description)
+        # Prefect annotates its sync-or-async functions as returning a value or a coroutine; called from sync code
+        # (a task), this one returns the artifact's UUID
+        self.id: UUID = create_progress_artifact(0.0, key=slug(key), description=description)  # pyright: ignore[reportAttributeAccessIssue]
         self.min_interval, self.last = min_interval, 0.0
 
     def __call__(self, fraction: float) -> None:

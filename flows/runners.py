@@ -8,8 +8,12 @@ scheduler at ``orchestration.dask_address``, or a local cluster of ``workers`` s
 from __future__ import annotations
 
 import os
+from typing import TYPE_CHECKING, Any
 
 from tasks.config import OrchestrationConfig
+
+if TYPE_CHECKING:
+    from prefect.task_runners import TaskRunner
 
 #: Runners whose tasks run in other processes: they report to the Prefect API over HTTP, so they need a
 #: real server (Prefect's temporary in-process server is not reachable from them).
@@ -25,7 +29,7 @@ def threads_per_worker(cfg: OrchestrationConfig) -> int:
     return max(1, (os.cpu_count() or 1) // cfg.workers)
 
 
-def make_task_runner(cfg: OrchestrationConfig):
+def make_task_runner(cfg: OrchestrationConfig) -> TaskRunner[Any]:
     """The Prefect task runner for ``cfg.runner`` with ``cfg.workers`` scenes at once."""
     from prefect.task_runners import ProcessPoolTaskRunner, ThreadPoolTaskRunner
 
@@ -34,7 +38,7 @@ def make_task_runner(cfg: OrchestrationConfig):
     if cfg.runner == "processes":
         return ProcessPoolTaskRunner(max_workers=cfg.workers)
     if cfg.runner == "dask":
-        from prefect_dask import DaskTaskRunner
+        from prefect_dask.task_runners import DaskTaskRunner
 
         if cfg.dask_address:
             return DaskTaskRunner(address=cfg.dask_address)
@@ -43,7 +47,7 @@ def make_task_runner(cfg: OrchestrationConfig):
                             "dashboard_address": None}
         )
     try:
-        from prefect_ray import RayTaskRunner
+        from prefect_ray import RayTaskRunner  # pyright: ignore[reportMissingImports] - the optional [ray] extra
     except ImportError as err:
         raise RunnerError(
             "orchestration.runner=ray needs prefect-ray: pip install -e '.[ray]'"

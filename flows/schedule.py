@@ -115,4 +115,5 @@ def serve(params: Params, repo: Path) -> None:
         name=STAGE_DEPLOYMENT, parameters={"repo": repo_path}, tags=["dnerf"],
         description="Run one stage with --set overrides (e.g. nerf.train.steps=500) in " + repo_path,
     )
-    serve_all(check, stage, pause_on_shutdown=False)
+    # to_deployment is sync-or-async in Prefect's annotations; called from sync code it returns the deployment
+    serve_all(check, stage, pause_on_shutdown=False)  # pyright: ignore[reportArgumentType]

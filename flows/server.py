@@ -36,7 +36,7 @@ import time
 import tomllib
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping, MutableMapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -60,7 +60,7 @@ RECORD = "dnerf-server.json"
 DEFAULT_IDLE_S = 600.0
 
 
-def user_prefect_config(env: dict | None = None, home: Path | None = None) -> str | None:
+def user_prefect_config(env: Mapping[str, str] | None = None, home: Path | None = None) -> str | None:
     """What of the user's own Prefect configuration applies (a short description), or ``None``."""
     env = os.environ if env is None else env
     for key in USER_KEYS:
@@ -78,7 +78,8 @@ def user_prefect_config(env: dict | None = None, home: Path | None = None) -> st
     return None
 
 
-def configure_prefect_env(project: Path | str = ".", env: dict | None = None) -> dict:
+def configure_prefect_env(project: Path | str = ".",
+                          env: MutableMapping[str, str] | None = None) -> MutableMapping[str, str]:
     """Unless the user configured Prefect (:func:`user_prefect_config`), point ``PREFECT_HOME`` at
     ``<project>/.prefect`` and apply :data:`DEFAULTS` in ``env`` (``os.environ`` by default); call before Prefect
     is imported. Returns ``env``."""
@@ -90,7 +91,7 @@ def configure_prefect_env(project: Path | str = ".", env: dict | None = None) ->
     return env
 
 
-def prefect_home(env: dict | None = None) -> Path:
+def prefect_home(env: Mapping[str, str] | None = None) -> Path:
     """The ``PREFECT_HOME`` in effect (Prefect's default ``~/.prefect`` when unset)."""
     env = os.environ if env is None else env
     return Path(env.get("PREFECT_HOME") or Path.home() / ".prefect").expanduser().resolve()
@@ -297,6 +298,7 @@ def supervise(home: Path, idle_s: float, poll_s: float = 0.5) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.append(True))
     server = LocalServer(home, log_path=home / "server.log").start()
+    assert server.process is not None  # started
     write_record(home, server.api_url, os.getpid())
     idle_since = time.monotonic()
     try:

@@ -38,7 +38,7 @@ from __future__ import annotations
 import itertools
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Protocol, cast, runtime_checkable
 
 import cv2
 import numpy as np
@@ -69,7 +69,8 @@ class Refiner(Protocol):
         case it returns zeros).
     """
 
-    name: str
+    @property
+    def name(self) -> str: ...
 
     def __call__(self, rgb: np.ndarray, depth: np.ndarray, K: np.ndarray) -> np.ndarray: ...
 
@@ -413,6 +414,7 @@ def tune_baselines(
             tried.append({"params": _plain(point), "rmse": score})
             if score < best_score:
                 best, best_score = point, score
+        assert best is not None, f"no grid point of {name} scored below infinity"
         return best, {"params": _plain(best), "rmse": best_score, "grid": tried}
 
     # 1. hole filling, on the fill-only baseline; the winner's fills (and the base's) are kept for step 2.
@@ -437,7 +439,7 @@ def tune_baselines(
 
     # 2. each filtering baseline's own parameters, on the tuned fill.
     def smoothed(cfg: BaselineConfig, name: str, filled: list[np.ndarray]) -> list[np.ndarray]:
-        refiner = make_baselines(cfg)[name]
+        refiner = cast(InpaintRefiner, make_baselines(cfg)[name])  # every baseline smooths an inpainted depth
         return [refiner.smooth(rgb, f) if f.any() else f for (rgb, _, _, _), f in zip(data, filled, strict=True)]
 
     for name in names:

@@ -106,7 +106,8 @@ def _within(mask: np.ndarray, tolerance_px: float) -> np.ndarray:
     """Pixels within ``tolerance_px`` (Euclidean) of a True pixel of ``mask`` (none if ``mask`` is empty)."""
     if not mask.any():
         return np.zeros_like(mask)
-    return ndimage.distance_transform_edt(~mask) <= tolerance_px
+    distance = ndimage.distance_transform_edt(~mask)  # an array (no return_indices)
+    return distance <= tolerance_px  # pyright: ignore[reportOperatorIssue] - scipy's stub returns a union
 
 
 def edge_matches(
@@ -200,7 +201,8 @@ def ssim(pred_rgb: np.ndarray, gt_rgb: np.ndarray, data_range: float = 1.0) -> f
     pred_rgb = np.asarray(pred_rgb, dtype=np.float64)
     gt_rgb = np.asarray(gt_rgb, dtype=np.float64)
     channel_axis = -1 if pred_rgb.ndim == 3 else None
-    return float(structural_similarity(pred_rgb, gt_rgb, data_range=data_range, channel_axis=channel_axis))
+    score = structural_similarity(pred_rgb, gt_rgb, data_range=data_range, channel_axis=channel_axis)
+    return float(score)  # pyright: ignore[reportArgumentType] - a float without full=True; skimage's stub is a union
 
 
 def aggregate(rows: list[dict[str, float]]) -> dict[str, float]:
@@ -330,7 +332,7 @@ def geometry_metrics(pred_pts: np.ndarray, gt_pts: np.ndarray, threshold_m: floa
         ``accuracy_m``, ``completeness_m``, ``chamfer_m``, ``precision``, ``recall``, ``fscore`` (NaN when either
         set is empty; F-score 0 when precision and recall are both 0).
     """
-    from scipy.spatial import cKDTree
+    from scipy.spatial import cKDTree  # pyright: ignore[reportAttributeAccessIssue] - exported; missing from scipy's stub
 
     pred_pts = np.asarray(pred_pts, dtype=np.float64).reshape(-1, 3)
     gt_pts = np.asarray(gt_pts, dtype=np.float64).reshape(-1, 3)

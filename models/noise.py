@@ -367,11 +367,14 @@ def simulate_sensor_noise(
     sensor_focal = cfg.sensor_focal_px or focal
     z = clean
     if cfg.lateral.enabled:
+        assert theta_model is not None  # need_theta
         sigma_px = lateral_sigma_px(theta_model, cfg.lateral.sigma_px) * (focal / sensor_focal)
         z = _lateral_jitter(z, sigma_px, rng)
     if cfg.flying_pixels.enabled:
+        assert edges is not None
         z = _flying_pixels(z, edges, cfg.flying_pixels.prob, rng)
     if cfg.axial.enabled:
+        assert theta_model is not None  # need_theta
         sigma = cfg.axial.scale * axial_sigma(np.where(z > 0, z, 1.0), theta_model)
         z = np.where(z > 0, z + sigma * rng.standard_normal(z.shape), 0.0)
         z[z <= 0] = 0.0
@@ -382,6 +385,7 @@ def simulate_sensor_noise(
     if shadow is not None:
         drop |= shadow
     if cfg.grazing.enabled:
+        assert theta is not None  # need_theta
         p = _grazing_drop_prob(theta, cfg.grazing.start_deg, cfg.grazing.full_deg)
         drop |= rng.random(z.shape) < p
     if cfg.dark.enabled and rgb is not None:

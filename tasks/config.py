@@ -48,8 +48,8 @@ class PathsConfig(StrictConfig):
 class TumConfig(StrictConfig):
     """TUM RGB-D specifics."""
 
-    max_dt: float = Field(0.02, gt=0, description="max |t_rgb - t_depth| (s) when associating frames")
-    require_pose: bool = Field(False, description="drop frames without a ground-truth pose within max_dt")
+    max_dt: float = Field(default=0.02, gt=0, description="max |t_rgb - t_depth| (s) when associating frames")
+    require_pose: bool = Field(default=False, description="drop frames without a ground-truth pose within max_dt")
 
 
 class DataConfig(StrictConfig):
@@ -57,30 +57,31 @@ class DataConfig(StrictConfig):
 
     source: Literal["synthetic", "nyu_labeled", "sevenscenes", "tum", "nerfstudio", "scannet", "phone"] = "synthetic"
     path: Path | None = Field(
-        None, description="dataset folder (sevenscenes, tum, nerfstudio: the folder with transforms.json, scannet: "
+        default=None,
+        description="dataset folder (sevenscenes, tum, nerfstudio: the folder with transforms.json, scannet: "
         "a scene folder with color/ depth/ pose/ intrinsic/ or a folder of them, phone: a Stray Scanner capture "
         "folder) or a local .mat file (nyu_labeled, skips the download)"
     )
     seed: int = 0
-    height: int | None = Field(None, ge=8, description="target height in pixels (with width); null = native")
-    width: int | None = Field(None, ge=8, description="target width in pixels (with height); null = native")
-    downscale: int = Field(1, ge=1, description="integer downscale factor, an alternative to height/width")
-    stride: int = Field(1, ge=1, description="keep every stride-th frame")
-    max_frames: int | None = Field(None, ge=1, description="at most this many frames per scene (after stride)")
-    max_scenes: int | None = Field(None, ge=1, description="at most this many scenes")
-    test_every: int = Field(8, ge=0, description="hold out every k-th frame as a test view; 0 = none")
-    test_offset: int = Field(-1, description="which of every k frames is held out: i % k == test_offset % k "
+    height: int | None = Field(default=None, ge=8, description="target height in pixels (with width); null = native")
+    width: int | None = Field(default=None, ge=8, description="target width in pixels (with height); null = native")
+    downscale: int = Field(default=1, ge=1, description="integer downscale factor, an alternative to height/width")
+    stride: int = Field(default=1, ge=1, description="keep every stride-th frame")
+    max_frames: int | None = Field(default=None, ge=1, description="at most this many frames per scene (after stride)")
+    max_scenes: int | None = Field(default=None, ge=1, description="at most this many scenes")
+    test_every: int = Field(default=8, ge=0, description="hold out every k-th frame as a test view; 0 = none")
+    test_offset: int = Field(default=-1, description="which of every k frames is held out: i % k == test_offset % k "
                              "(-1: frames k-1, 2k-1, ...; 0: frames 0, k, 2k, ..., nerfstudio's interval split)")
     intrinsics: tuple[float, float, float, float] | None = Field(
-        None, description="[fx, fy, cx, cy] in pixels at native resolution, overriding the dataset's"
+        default=None, description="[fx, fy, cx, cy] in pixels at native resolution, overriding the dataset's"
     )
     depth_scale: float | None = Field(
-        None, gt=0, description="raw depth units per metre, overriding the dataset's (7-Scenes 1000, TUM 5000, "
+        default=None, gt=0, description="raw depth units per metre, overriding the dataset's (7-Scenes 1000, TUM 5000, "
         "nerfstudio 1 / depth_unit_scale_factor, ScanNet 1000, phone 1000)"
     )
-    max_depth_m: float = Field(20.0, gt=0, description="a larger median depth is taken for wrong units")
+    max_depth_m: float = Field(default=20.0, gt=0, description="a larger median depth is taken for wrong units")
     role: Role = Field(
-        "eval", description="role of every scene of a non-synthetic source: train / val (the depth refiner "
+        default="eval", description="role of every scene of a non-synthetic source: train / val (the depth refiner "
         "learns from / is validated on it) or eval (NeRFs are fitted and scored); synthetic rooms carry their own",
     )
     synthetic: SyntheticConfig = SyntheticConfig()
@@ -110,7 +111,7 @@ class NoiseConfig(NoiseModelConfig):
     """The ``corrupt`` stage: simulate sensor noise on clean depth, or pass measured depth through."""
 
     mode: Literal["simulate", "sensor"] = Field(
-        "simulate",
+        default="simulate",
         description="simulate: apply the noise model to the reference depth; sensor: keep the measured "
         "depth (depth_sensor when the store has it, else depth) unchanged",
     )
@@ -130,31 +131,33 @@ class StorePair(StrictConfig):
 class DiffusionTrainConfig(StrictConfig):
     """Optimisation of the diffusion refiner."""
 
-    crop: int = Field(64, ge=8, description="square training crop size in pixels")
-    batch_size: int = Field(8, ge=1)
-    max_steps: int = Field(1500, ge=1)
-    lr: float = Field(2e-3, gt=0, description="peak learning rate of the OneCycle schedule")
-    warmup_frac: float = Field(0.1, gt=0, lt=1, description="fraction of max_steps spent warming up")
-    weight_decay: float = Field(1e-4, ge=0)
-    grad_clip: float = Field(1.0, gt=0)
-    ema_decay: float = Field(0.99, ge=0, lt=1)
-    val_every: int = Field(50, ge=1)
-    val_crops: int = Field(16, ge=1, description="fixed validation crops (from the val scenes)")
-    patience: int = Field(4, ge=1, description="validations without improvement before stopping early")
-    checkpoint_every: int = Field(50, ge=1)
-    scale_jitter: float = Field(0.15, ge=0, lt=1)
+    crop: int = Field(default=64, ge=8, description="square training crop size in pixels")
+    batch_size: int = Field(default=8, ge=1)
+    max_steps: int = Field(default=1500, ge=1)
+    lr: float = Field(default=2e-3, gt=0, description="peak learning rate of the OneCycle schedule")
+    warmup_frac: float = Field(default=0.1, gt=0, lt=1, description="fraction of max_steps spent warming up")
+    weight_decay: float = Field(default=1e-4, ge=0)
+    grad_clip: float = Field(default=1.0, gt=0)
+    ema_decay: float = Field(default=0.99, ge=0, lt=1)
+    val_every: int = Field(default=50, ge=1)
+    val_crops: int = Field(default=16, ge=1, description="fixed validation crops (from the val scenes)")
+    patience: int = Field(default=4, ge=1, description="validations without improvement before stopping early")
+    checkpoint_every: int = Field(default=50, ge=1)
+    scale_jitter: float = Field(default=0.15, ge=0, lt=1)
     flip: bool = True
-    amp: Literal["auto", "off", "bf16", "fp16"] = Field("auto", description="auto = bf16 on CUDA, off on CPU")
+    amp: Literal["auto", "off", "bf16", "fp16"] = Field(default="auto", description="auto = bf16 on CUDA, off on CPU")
     device: Device = "auto"
     extra_stores: list[StorePair] = Field(default_factory=list, description="more data to mix in")
-    init_from: Path | None = Field(None, description="a trained model folder to fine-tune from")
-    calib_frames: int = Field(6, ge=0, description="whole val frames the uncertainty is calibrated on (0 = none)")
+    init_from: Path | None = Field(default=None, description="a trained model folder to fine-tune from")
+    calib_frames: int = Field(
+        default=6, ge=0, description="whole val frames the uncertainty is calibrated on (0 = none)"
+    )
 
 
 class RefinerUNetConfig(UNetConfig):
     """The UNet as the refiner uses it: conditioned on the refiner's conditioning channels by default."""
 
-    cond_channels: int = Field(COND_CHANNELS, ge=0)
+    cond_channels: int = Field(default=COND_CHANNELS, ge=0)
 
 
 class DiffusionStageConfig(StrictConfig):
@@ -179,11 +182,11 @@ class RefineConfig(StrictConfig):
     """The ``refine`` stage: which refiner, and how the diffusion model is sampled."""
 
     method: Literal["diffusion", "inpaint", "median", "bilateral", "joint_bilateral", "guided"] = "diffusion"
-    steps: int = Field(2, ge=1, le=1000, description="DDIM steps per sample")
-    samples: int = Field(2, ge=1, description="samples per frame; their spread is depth_std")
+    steps: int = Field(default=2, ge=1, le=1000, description="DDIM steps per sample")
+    samples: int = Field(default=2, ge=1, description="samples per frame; their spread is depth_std")
     seed: int = 0
-    tile: int = Field(640, ge=16, description="frames larger than this are refined in overlapping tiles")
-    overlap: int = Field(32, ge=0)
+    tile: int = Field(default=640, ge=16, description="frames larger than this are refined in overlapping tiles")
+    overlap: int = Field(default=32, ge=0)
     device: Device = "auto"
     baselines: BaselineConfig = BaselineConfig()
 
@@ -197,32 +200,32 @@ class RefineConfig(StrictConfig):
 class NerfTrainConfig(StrictConfig):
     """Optimisation of one scene's NeRF."""
 
-    steps: int = Field(600, ge=1)
-    lr: float = Field(1e-2, gt=0)
-    lr_final: float = Field(1e-3, gt=0, description="exponential decay to this by the last step")
-    weight_decay: float = Field(1e-6, ge=0)
-    grad_clip: float = Field(1.0, gt=0)
-    initial_rays: int = Field(512, ge=1)
-    target_samples: int = Field(16384, ge=1, description="network evaluations per step; the ray batch adapts")
-    min_rays: int = Field(128, ge=1)
-    max_rays: int = Field(4096, ge=1)
-    patch: int = Field(2, ge=1, description="rays come in patch x patch pixel blocks (edge term needs 2+)")
-    n_coarse: int = Field(32, ge=2)
-    n_fine: int = Field(16, ge=0)
-    near: float = Field(0.05, ge=0, description="metres in front of the camera before sampling starts")
-    depth_weight: float = Field(3e-5, ge=0, description="weight of the Gaussian NLL depth term")
-    sigma_floor: float = Field(0.01, gt=0, description="metres: least uncertainty of any depth reference")
-    edge_weight: float = Field(0.1, ge=0, description="weight of the patch depth-edge term (metres, L1)")
-    ds_weight: float = Field(0.0, ge=0, description="weight of the DS-NeRF ray-termination term")
+    steps: int = Field(default=600, ge=1)
+    lr: float = Field(default=1e-2, gt=0)
+    lr_final: float = Field(default=1e-3, gt=0, description="exponential decay to this by the last step")
+    weight_decay: float = Field(default=1e-6, ge=0)
+    grad_clip: float = Field(default=1.0, gt=0)
+    initial_rays: int = Field(default=512, ge=1)
+    target_samples: int = Field(default=16384, ge=1, description="network evaluations per step; the ray batch adapts")
+    min_rays: int = Field(default=128, ge=1)
+    max_rays: int = Field(default=4096, ge=1)
+    patch: int = Field(default=2, ge=1, description="rays come in patch x patch pixel blocks (edge term needs 2+)")
+    n_coarse: int = Field(default=32, ge=2)
+    n_fine: int = Field(default=16, ge=0)
+    near: float = Field(default=0.05, ge=0, description="metres in front of the camera before sampling starts")
+    depth_weight: float = Field(default=3e-5, ge=0, description="weight of the Gaussian NLL depth term")
+    sigma_floor: float = Field(default=0.01, gt=0, description="metres: least uncertainty of any depth reference")
+    edge_weight: float = Field(default=0.1, ge=0, description="weight of the patch depth-edge term (metres, L1)")
+    ds_weight: float = Field(default=0.0, ge=0, description="weight of the DS-NeRF ray-termination term")
     guide_spread: float = Field(
-        3.0, ge=0, description="depth-guided sampling of training rays: fine samples ~ N(reference depth, "
+        default=3.0, ge=0, description="depth-guided sampling of training rays: fine samples ~ N(reference depth, "
         "(spread * sigma)^2), no coarse pass; 0 = off (coarse-pass importance sampling)"
     )
-    pool_frames: int = Field(16, ge=1, description="frames held in memory while sampling rays")
-    pool_refresh: int = Field(50, ge=1, description="steps between pool refreshes")
-    chunk: int = Field(8192, ge=64, description="rays per chunk: renders, and training batches (each chunk's "
+    pool_frames: int = Field(default=16, ge=1, description="frames held in memory while sampling rays")
+    pool_refresh: int = Field(default=50, ge=1, description="steps between pool refreshes")
+    chunk: int = Field(default=8192, ge=64, description="rays per chunk: renders, and training batches (each chunk's "
                        "loss is back-propagated before the next is rendered, bounding activation memory)")
-    checkpoint_every: int = Field(200, ge=1)
+    checkpoint_every: int = Field(default=200, ge=1)
     amp: Literal["auto", "off", "bf16", "fp16"] = "auto"
     device: Device = "auto"
 
@@ -234,9 +237,9 @@ class NerfTrainConfig(StrictConfig):
 
 
 class NerfExportConfig(StrictConfig):
-    mesh_resolution: int = Field(128, ge=8)
+    mesh_resolution: int = Field(default=128, ge=8)
     mesh_level: float | None = Field(
-        None, gt=0, description="density iso-level; null = half opacity per cell, or softer if surfaces are"
+        default=None, gt=0, description="density iso-level; null = half opacity per cell, or softer if surfaces are"
     )
 
 
@@ -253,11 +256,11 @@ class NerfStageConfig(StrictConfig):
         description="also fit every scene with each of these depth sources, for the ablation "
         "(into paths.nerf/ablation/<source>/<scene>; gt only where the scene has a reference depth)",
     )
-    scenes: list[str] | None = Field(None, description="fit only these scenes (default: all with poses)")
+    scenes: list[str] | None = Field(default=None, description="fit only these scenes (default: all with poses)")
     train_views: int | None = Field(
-        None, ge=1, description="fit on at most this many train views, evenly spaced (sparse-view studies)"
+        default=None, ge=1, description="fit on at most this many train views, evenly spaced (sparse-view studies)"
     )
-    bounds_padding: float = Field(0.05, ge=0)
+    bounds_padding: float = Field(default=0.05, ge=0)
     # CPU-sized defaults: fewer hash levels and a coarser occupancy grid than Instant-NGP's GPU settings.
     field: NeRFFieldConfig = NeRFFieldConfig(
         encoding=HashEncodingConfig(n_levels=8, log2_hashmap_size=16, max_resolution=512)
@@ -275,25 +278,29 @@ BaselineName = Literal["inpaint", "median", "bilateral", "joint_bilateral", "gui
 class EvaluateConfig(StrictConfig):
     """The ``evaluate`` stage: refinement against the reference depth, and the NeRF results."""
 
-    split: Literal["test", "all"] = Field("test", description="frames scored: the test views, or every frame")
+    split: Literal["test", "all"] = Field(default="test", description="frames scored: the test views, or every frame")
     baselines: list[BaselineName] = Field(
         default_factory=lambda: ["inpaint", "median", "bilateral", "joint_bilateral", "guided"],
         description="classical refiners scored beside the noisy input and the refined depth",
     )
     tune_frames: int = Field(
-        8, ge=1, description="baseline parameters are grid-searched on at most this many frames of the "
+        default=8, ge=1, description="baseline parameters are grid-searched on at most this many frames of the "
         "validation scenes (role: val); without any, refine.baselines is used as given",
     )
     distance_bins_m: list[float] = Field(
         default_factory=lambda: [0.0, 1.0, 2.0, 3.0, 4.0, 6.0, 10.0], description="reference-depth bin edges"
     )
-    edge_tolerance_px: float = Field(2.0, gt=0, description="edge matching distance (pixels)")
-    edge_rel_threshold: float = Field(0.05, gt=0, description="relative depth jump that makes an edge")
-    consistency_offset: int = Field(1, ge=1, description="multi-view consistency: compare frame i with frame i+k")
-    consistency_pairs: int = Field(16, ge=1, description="at most this many frame pairs per scene, evenly spread")
-    consistency_threshold_m: float = Field(0.05, gt=0, description="depths within this distance agree")
-    fscore_threshold_m: float = Field(0.05, gt=0, description="geometry precision / recall / F-score distance")
-    geometry_points: int = Field(20000, ge=100, description="points sampled on each mesh for Chamfer / F-score")
+    edge_tolerance_px: float = Field(default=2.0, gt=0, description="edge matching distance (pixels)")
+    edge_rel_threshold: float = Field(default=0.05, gt=0, description="relative depth jump that makes an edge")
+    consistency_offset: int = Field(
+        default=1, ge=1, description="multi-view consistency: compare frame i with frame i+k"
+    )
+    consistency_pairs: int = Field(
+        default=16, ge=1, description="at most this many frame pairs per scene, evenly spread"
+    )
+    consistency_threshold_m: float = Field(default=0.05, gt=0, description="depths within this distance agree")
+    fscore_threshold_m: float = Field(default=0.05, gt=0, description="geometry precision / recall / F-score distance")
+    geometry_points: int = Field(default=20000, ge=100, description="points sampled on each mesh for Chamfer / F-score")
 
     @model_validator(mode="after")
     def _check(self) -> EvaluateConfig:
@@ -306,21 +313,25 @@ class EvaluateConfig(StrictConfig):
 class ScheduleConfig(StrictConfig):
     """When ``dnerf serve`` re-checks the pipeline (one of cron or interval)."""
 
-    cron: str | None = Field(None, description="cron string, e.g. '0 3 * * *'; overrides interval_minutes")
-    interval_minutes: float = Field(60.0, gt=0, description="minutes between checks when cron is null")
+    cron: str | None = Field(default=None, description="cron string, e.g. '0 3 * * *'; overrides interval_minutes")
+    interval_minutes: float = Field(default=60.0, gt=0, description="minutes between checks when cron is null")
 
 
 class OrchestrationConfig(StrictConfig):
     """How the Prefect flows run per-scene work (no effect on results)."""
 
     runner: Literal["threads", "processes", "dask", "ray"] = Field(
-        "threads", description="task runner for per-scene work"
+        default="threads", description="task runner for per-scene work"
     )
-    workers: int = Field(2, ge=1, description="scenes processed at once")
-    dask_address: str | None = Field(None, description="existing Dask scheduler (tcp://host:8786); null = local")
-    ray_address: str | None = Field(None, description="existing Ray cluster; null = local")
-    cache: bool = Field(True, description="reuse per-scene results cached by content (inputs, params, code)")
-    results: Path = Field(Path(".prefect-results"), description="Prefect result storage (never inside a DVC out)")
+    workers: int = Field(default=2, ge=1, description="scenes processed at once")
+    dask_address: str | None = Field(
+        default=None, description="existing Dask scheduler (tcp://host:8786); null = local"
+    )
+    ray_address: str | None = Field(default=None, description="existing Ray cluster; null = local")
+    cache: bool = Field(default=True, description="reuse per-scene results cached by content (inputs, params, code)")
+    results: Path = Field(
+        default=Path(".prefect-results"), description="Prefect result storage (never inside a DVC out)"
+    )
     schedule: ScheduleConfig = ScheduleConfig()
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import cv2
 import numpy as np
@@ -21,6 +21,9 @@ from models.diffusion.pipeline import DiffusionConfig, observe
 from models.noise import SensorPrior
 from tasks.errors import DataError
 from tasks.store import SceneView, open_store, scene_names
+
+if TYPE_CHECKING:
+    import zarr
 
 Role = Literal["train", "val", "eval"]
 
@@ -62,7 +65,7 @@ class FramePairs:
         cache_frames: int = 512,
     ):
         self.sensor, self.schedule = sensor, schedule
-        self.refs: list[tuple[SceneView, object, int, str]] = []
+        self.refs: list[tuple[SceneView, zarr.Array, int, str]] = []
         self.scenes: list[tuple[Path, str]] = []
         for scenes_path, noisy_path in pairs:
             scenes = open_store(scenes_path, "scenes")

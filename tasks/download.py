@@ -64,17 +64,17 @@ def open_sources(cfg: DataConfig, raw_dir: Path) -> list[SceneSource]:
         mat, splits = _fetch_nyu(cfg, raw_dir)
         scenes = nyu_scenes(mat, splits, cfg.nyu)
     elif cfg.source == "sevenscenes":
-        scenes = sevenscenes_scenes(cfg.path, intrinsics=cfg.intrinsics, depth_scale=cfg.depth_scale)
+        scenes = sevenscenes_scenes(_source_path(cfg), intrinsics=cfg.intrinsics, depth_scale=cfg.depth_scale)
     elif cfg.source == "nerfstudio":
-        scenes = [nerfstudio_scene(cfg.path, depth_scale=cfg.depth_scale)]
+        scenes = [nerfstudio_scene(_source_path(cfg), depth_scale=cfg.depth_scale)]
     elif cfg.source == "scannet":
-        scenes = scannet_scenes(cfg.path, intrinsics=cfg.intrinsics, depth_scale=cfg.depth_scale)
+        scenes = scannet_scenes(_source_path(cfg), intrinsics=cfg.intrinsics, depth_scale=cfg.depth_scale)
     elif cfg.source == "phone":
-        scenes = [phone_scene(cfg.path, cfg.phone, intrinsics=cfg.intrinsics, depth_scale=cfg.depth_scale)]
+        scenes = [phone_scene(_source_path(cfg), cfg.phone, intrinsics=cfg.intrinsics, depth_scale=cfg.depth_scale)]
     elif cfg.source == "tum":
         scenes = [
             tum_scene(
-                cfg.path,
+                _source_path(cfg),
                 max_dt=cfg.tum.max_dt,
                 require_pose=cfg.tum.require_pose,
                 intrinsics=cfg.intrinsics,
@@ -88,9 +88,16 @@ def open_sources(cfg: DataConfig, raw_dir: Path) -> list[SceneSource]:
     return scenes[: cfg.max_scenes] if cfg.max_scenes else scenes
 
 
+def _source_path(cfg: DataConfig) -> Path:
+    """``data.path`` of a source that reads a folder (:class:`DataConfig` checks that it is given)."""
+    if cfg.path is None:
+        raise ValueError(f"data.source={cfg.source} needs data.path (the dataset folder)")
+    return cfg.path
+
+
 def target_size(cfg: DataConfig, native_hw: tuple[int, int]) -> tuple[int, int]:
     """``(height, width)`` the frames are stored at."""
-    if cfg.height is not None:
+    if cfg.height is not None and cfg.width is not None:  # given together (DataConfig checks)
         return cfg.height, cfg.width
     h, w = native_hw
     return max(1, h // cfg.downscale), max(1, w // cfg.downscale)

@@ -27,6 +27,7 @@ import json
 import logging
 import shutil
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -252,7 +253,7 @@ NERF_COLUMNS = ("test_psnr", "test_ssim", "test_depth_rmse", "test_depth_mae", "
 def mesh_points(path: Path, n: int, seed: int = 0) -> np.ndarray:
     """``[n, 3]`` points sampled uniformly on the surface of the mesh at ``path`` (empty for an empty mesh)."""
     mesh = trimesh.load(path, force="mesh")
-    if len(mesh.faces) == 0:
+    if len(mesh.faces) == 0:  # pyright: ignore[reportAttributeAccessIssue] - force="mesh" loads a Trimesh
         return np.zeros((0, 3))
     return np.asarray(trimesh.sample.sample_surface(mesh, n, seed=seed)[0])
 
@@ -294,7 +295,7 @@ def evaluate_nerf(params: Params, nerf: dict) -> pd.DataFrame:
 def method_means(frames: pd.DataFrame, by: list[str]) -> pd.DataFrame:
     """Mean over frames of every metric column, grouped by ``by`` (NaN ignored)."""
     metric_cols = [c for c in frames.columns if c not in ("scene", "frame", "method")]
-    return frames.groupby(by, sort=False)[metric_cols].mean()
+    return frames.groupby(by, sort=False)[metric_cols].mean()  # pyright: ignore[reportReturnType] - pandas: a frame
 
 
 def nerf_summary(path: Path) -> dict:
@@ -307,7 +308,7 @@ def nerf_summary(path: Path) -> dict:
         raise DataError(path, f"not valid JSON: {err}") from None
 
 
-def _clean(value):
+def _clean(value: Any) -> Any:
     """JSON-safe: NaN -> None, numpy scalars -> Python."""
     if isinstance(value, dict):
         return {k: _clean(v) for k, v in value.items()}
@@ -360,7 +361,7 @@ def _records(df: pd.DataFrame, by: str) -> dict:
     if df.empty:
         return {}
     means = df.groupby(by, sort=False).mean(numeric_only=True)
-    return {k: row.to_dict() for k, row in means.iterrows()}
+    return {k: row.to_dict() for k, row in means.iterrows()}  # pyright: ignore[reportAttributeAccessIssue] - a frame
 
 
 def run_evaluate(params: Params, progress: bool = True) -> Path:
@@ -373,7 +374,7 @@ def run_evaluate(params: Params, progress: bool = True) -> Path:
         overall = method_means(frames, ["method"])
         metrics["refinement"] = {m: row.to_dict() for m, row in overall.iterrows()}
         by_scene = method_means(frames, ["scene", "method"])
-        for (scene, method), row in by_scene.iterrows():
+        for (scene, method), row in by_scene.iterrows():  # pyright: ignore[reportGeneralTypeIssues] - 2-level index
             metrics["refinement_by_scene"].setdefault(scene, {})[method] = row.to_dict()
         wide = by_scene[["rmse", "edge_f1"]].unstack("method")
         wide.columns = [f"{method}_{metric}" for metric, method in wide.columns]

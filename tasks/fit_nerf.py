@@ -25,6 +25,7 @@ import math
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 import torch
@@ -34,7 +35,7 @@ from models.nerf.losses import depth_nll_loss, ds_nerf_loss, patch_edge_loss, rg
 from models.nerf.occupancy import OccupancyGrid
 from models.nerf.rendering import rays_from_camera, render_rays
 from models.nerf.sampling import near_far
-from tasks.config import NerfStageConfig, Params
+from tasks.config import DepthSource, NerfStageConfig, Params
 from tasks.devices import autocast_dtype, resolve_device
 from tasks.errors import DataError
 from tasks.files import load_checkpoint, save_checkpoint, write_text_atomic
@@ -350,7 +351,8 @@ def fit_one_scene(params: Params, job: FitJob, out_dir: Path, progress: bool = T
     """Run one fit (resuming from its checkpoint) and export it into ``out_dir``; its metrics."""
     cfg = fit_config(job, params.nerf)
     paths = params.paths
-    frames = open_scene(paths.scenes, job.scene, job.source, paths.noisy, paths.refined)
+    source = cast(DepthSource, job.source)  # FitJobs are made from nerf.depth_source / ablation_sources
+    frames = open_scene(paths.scenes, job.scene, source, paths.noisy, paths.refined)
     frames = sparse_views(frames, cfg.train_views)
     fp = scene_fingerprint(cfg, frames, [paths.scenes, paths.noisy, paths.refined])
     ckpt = job.folder(paths.nerf_checkpoints)

@@ -87,6 +87,8 @@ def open_scene(
             raise DataError(scenes_path, f"scene {name!r}: depth_source=noisy needs the noisy store")
         depth = observed
     elif depth_source == "refined":
+        if refined_path is None:
+            raise DataError(scenes_path, f"scene {name!r}: depth_source=refined needs the refined store")
         refined = open_refined(refined_path)
         depth, std = refined[name]["depth_refined"], refined[name]["depth_std"]
     train, test = view.indices("train"), view.indices("test")

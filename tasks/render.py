@@ -120,7 +120,7 @@ def camera_path(c2w: np.ndarray, kind: PathKind, n_frames: int, aabb: np.ndarray
 
 @torch.no_grad()
 def render_pose(scene: FittedScene, K: np.ndarray, hw: tuple[int, int], c2w: np.ndarray,
-                stop_below: float = 0.0) -> tuple[np.ndarray, ...]:
+                stop_below: float = 0.0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """``rgb [H, W, 3]`` in [0, 1], z-depth ``[H, W]`` (metres) and opacity ``[H, W]`` of one camera.
 
     ``stop_below > 0`` ends each ray once its transmittance drops below it (early ray termination, see
@@ -164,7 +164,8 @@ def render_path(scene: FittedScene, K: np.ndarray, hw: tuple[int, int], poses: n
     z_max = float(np.linalg.norm(scene.aabb[1] - scene.aabb[0]))
     with atomic_dir(out) as tmp:
         (tmp / "frames").mkdir()
-        writer = cv2.VideoWriter(str(tmp / "video.mp4"), cv2.VideoWriter_fourcc(*"mp4v"), fps, (2 * hw[1], hw[0]))
+        writer = cv2.VideoWriter(str(tmp / "video.mp4"), cv2.VideoWriter.fourcc("m", "p", "4", "v"), fps,
+                                 (2 * hw[1], hw[0]))
         for i, pose in enumerate(progress_bar(poses, desc=f"render {out.name}", unit="frame", interactive=progress)):
             frame = side_by_side(*render_pose(scene, K, hw, pose), z_max)
             Image.fromarray(frame).save(tmp / "frames" / f"{i:05d}.png")

@@ -144,7 +144,7 @@ def ablation_figure(ablation: pd.DataFrame) -> Figure:
     """The NeRF ablation: test PSNR, rendered-depth RMSE and (where measured) mesh F-score per depth source,
     one bar group per source, one bar per scene."""
     panels = [("test_psnr", "test PSNR (dB)"), ("test_depth_rmse", "rendered depth RMSE (m)")]
-    if "fscore" in ablation and ablation["fscore"].notna().any():
+    if "fscore" in ablation and bool(ablation["fscore"].notna().any()):
         panels.append(("fscore", "mesh F-score"))
     order = [s for s in ("none", "noisy", "refined", "gt") if s in set(ablation["depth_source"])]
     scenes = list(dict.fromkeys(ablation["scene"]))
@@ -155,8 +155,9 @@ def ablation_figure(ablation: pd.DataFrame) -> Figure:
         for k, scene in enumerate(scenes):
             sub = ablation[ablation["scene"] == scene].set_index("depth_source").reindex(order)
             ax.bar(np.arange(len(order)) + (k - (len(scenes) - 1) / 2) * width, sub[col], width, label=scene)
-        if col == "test_psnr" and ablation[col].notna().any():  # PSNR differences are small next to its value
-            ax.set_ylim(max(0.0, float(ablation[col].min()) - 3.0), float(ablation[col].max()) + 1.0)
+        if col == "test_psnr" and bool(ablation[col].notna().any()):  # PSNR differences are small next to its value
+            lo, hi = ablation[col].min(), ablation[col].max()  # a column's: scalars (pandas annotates a union)
+            ax.set_ylim(max(0.0, float(lo) - 3.0), float(hi) + 1.0)  # pyright: ignore[reportArgumentType]
         ax.set_xticks(np.arange(len(order)), order)
         ax.set_xlabel("depth supervision")
         ax.set_title(label, fontsize=9)
@@ -203,7 +204,7 @@ def write_report(params: Params, metrics: dict, figures: list[Path], path: Path)
         ref = pd.DataFrame(metrics["refinement"]).T
         cols = [c for c in ("rmse", "mae", "abs_rel", "sq_rel", "rmse_log", "delta1", "delta2", "delta3", "coverage",
                             "edge_precision", "edge_recall", "edge_f1") if c in ref]
-        parts.append(_table(ref[cols], "Depth refinement (mean over scored frames; metres)"))
+        parts.append(_table(ref[cols], "Depth refinement (mean over scored frames; metres)"))  # pyright: ignore[reportArgumentType] - a list of columns selects a frame
     bp = metrics.get("baseline_params")
     if bp:
         how = (f"tuned by grid search on {bp['frames']} frames of the validation scenes ({', '.join(bp['scenes'])})"

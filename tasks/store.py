@@ -69,7 +69,7 @@ class StoreBuilder:
 
     def __init__(self, path: str | Path, kind: StoreKind, attrs: dict[str, Any] | None = None):
         self.path = Path(path)
-        self.kind = kind
+        self.kind: StoreKind = kind
         self.attrs = dict(attrs or {})
         self.tmp = temporary_sibling(self.path)
         self.root: zarr.Group | None = None
@@ -130,7 +130,8 @@ def scene_names(root: zarr.Group) -> list[str]:
     return sorted(name for name, _ in root.groups())
 
 
-def _frame_array(group: zarr.Group, name: str, n: int, frame_shape: tuple[int, ...], dtype, fill=0) -> zarr.Array:
+def _frame_array(group: zarr.Group, name: str, n: int, frame_shape: tuple[int, ...], dtype,
+                 fill: float = 0) -> zarr.Array:
     return group.create_array(
         name, shape=(n, *frame_shape), chunks=(1, *frame_shape), dtype=dtype, fill_value=fill
     )

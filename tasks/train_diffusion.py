@@ -29,6 +29,7 @@ import math
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -64,7 +65,7 @@ log = logging.getLogger(__name__)
 # ------------------------------------------------------------------------------------------- losses
 
 
-def prepare(batch: dict[str, torch.Tensor], schedule: DiffusionConfig) -> dict[str, torch.Tensor]:
+def prepare(batch: dict[str, torch.Tensor], schedule: DiffusionConfig) -> dict[str, Any]:
     """Normalise a batch (see :mod:`models.diffusion.pipeline`): conditioning, x0, masks, log depths."""
     norm = normalise(batch["rgb"], batch["noisy"], batch["base"], batch["sigma"], batch["trusted"], schedule)
     y_clean = to_log(batch["clean"], norm.scale, schedule)
@@ -75,7 +76,7 @@ def prepare(batch: dict[str, torch.Tensor], schedule: DiffusionConfig) -> dict[s
 
 def diffusion_losses(
     model: torch.nn.Module,
-    prep: dict[str, torch.Tensor],
+    prep: dict[str, Any],
     t: torch.Tensor,
     noise: torch.Tensor,
     alphas_cumprod: torch.Tensor,
@@ -248,7 +249,7 @@ def train_diffusion(params: Params, progress: bool = True, stop_after: int | Non
         bar.update(1)
         bar.set_postfix(loss=f"{row['total']:.4f}", val=f"{state.best_val:.4f}")
         if state.step % tc.checkpoint_every == 0 or state.stopped_early or state.step == tc.max_steps:
-            state.np_rng = rng.bit_generator.state
+            state.np_rng = dict(rng.bit_generator.state)
             save_run(ckpt_dir, fp, model, ema, best, opt, lr_sched, gen, state)
             if stop_after is not None and state.step >= stop_after:
                 raise KeyboardInterrupt(f"stopped after step {state.step}")
@@ -294,7 +295,8 @@ def calibrate(model: DepthUNet, schedule: DiffusionConfig, sensor: SensorPrior, 
     if not parts["err"] or not sum(a.size for a in parts["err"]):
         log.warning("no validation pixels with a reference: the uncertainty is left uncalibrated")
         return Calibration()
-    cal = fit_calibration(*(np.concatenate(parts[k]) for k in ("err", "spread", "sigma", "trusted")))
+    err, spread, sigma, trusted = (np.concatenate(parts[k]) for k in ("err", "spread", "sigma", "trusted"))
+    cal = fit_calibration(err, spread, sigma, trusted)
     log.info("uncertainty calibrated on %d validation pixels: %.3f within 1 sigma, %.3f within 2",
              cal.pixels, cal.within_1sigma, cal.within_2sigma)
     return cal

@@ -225,7 +225,8 @@ def ply_points(path: Path, max_points: int, seed: int = 0) -> tuple[np.ndarray, 
     if not path.is_file():
         return np.zeros((0, 3), np.float32), np.zeros((0, 3), np.uint8)
     cloud = trimesh.load(path, process=False)
-    pts = np.asarray(cloud.vertices, dtype=np.float32)
+    # trimesh annotates load() as any geometry or a scene; a point-cloud PLY loads as a PointCloud
+    pts = np.asarray(cloud.vertices, dtype=np.float32)  # pyright: ignore[reportAttributeAccessIssue]
     cols = np.asarray(getattr(cloud, "colors", np.zeros((0, 4))), dtype=np.uint8)
     if cols.shape[:1] != pts.shape[:1]:
         cols = np.full((len(pts), 4), 200, np.uint8)

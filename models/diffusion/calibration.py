@@ -25,11 +25,11 @@ _GRID = np.concatenate([[0.0], np.logspace(-1.5, 2.0, 36)])
 class Calibration(StrictConfig):
     """Coefficients of the calibrated standard deviation (the identity on the sample spread by default)."""
 
-    spread_trusted: float = Field(1.0, ge=0)
-    sigma_trusted: float = Field(0.0, ge=0)
-    spread_free: float = Field(1.0, ge=0)
-    sigma_free: float = Field(0.0, ge=0)
-    pixels: int = Field(0, ge=0, description="validation pixels it was fitted on (0 = not fitted)")
+    spread_trusted: float = Field(default=1.0, ge=0)
+    sigma_trusted: float = Field(default=0.0, ge=0)
+    spread_free: float = Field(default=1.0, ge=0)
+    sigma_free: float = Field(default=0.0, ge=0)
+    pixels: int = Field(default=0, ge=0, description="validation pixels it was fitted on (0 = not fitted)")
     within_1sigma: float | None = None
     within_2sigma: float | None = None
 

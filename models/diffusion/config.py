@@ -23,15 +23,18 @@ COND_CHANNELS = 9
 class DiffusionConfig(StrictConfig):
     """Noise schedule and depth parametrisation (shared by training and sampling; saved with the weights)."""
 
-    num_train_timesteps: int = Field(1000, ge=10)
+    num_train_timesteps: int = Field(default=1000, ge=10)
     prediction_type: PredictionType = "v_prediction"
     target: Literal["residual", "depth"] = "residual"
-    log_scale: float = Field(0.5, gt=0, description="y = log(d / median) / log_scale")
-    residual_scale: float = Field(0.1, gt=0, description="x0 = (y_clean - y_base) / residual_scale at untrusted pixels")
-    measured_bound: float = Field(
-        2.5, ge=0, description="largest correction of a trusted measurement, in expected sensor sigmas (0 = none)"
+    log_scale: float = Field(default=0.5, gt=0, description="y = log(d / median) / log_scale")
+    residual_scale: float = Field(
+        default=0.1, gt=0, description="x0 = (y_clean - y_base) / residual_scale at untrusted pixels"
     )
-    base_median: int = Field(5, ge=1, le=9, description="median window on the hole-filled base (1 = none)")
+    measured_bound: float = Field(
+        default=2.5, ge=0,
+        description="largest correction of a trusted measurement, in expected sensor sigmas (0 = none)"
+    )
+    base_median: int = Field(default=5, ge=1, le=9, description="median window on the hole-filled base (1 = none)")
 
     @field_validator("base_median")
     @classmethod
@@ -67,16 +70,16 @@ class UNetConfig(StrictConfig):
             (``torch.utils.checkpoint``, non-reentrant) instead of storing its activations.
     """
 
-    in_channels: int = Field(1, ge=1)
-    cond_channels: int = Field(5, ge=0)
-    out_channels: int = Field(1, ge=1)
-    base_channels: int = Field(16, ge=8)
-    channel_mults: tuple[int, ...] = Field((1, 2, 4), min_length=1)
-    num_res_blocks: int = Field(1, ge=1)
-    groups: int = Field(8, ge=1)
-    attention_heads: int = Field(4, ge=1)
-    attention_max_tokens: int = Field(1024, ge=1)
-    dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    in_channels: int = Field(default=1, ge=1)
+    cond_channels: int = Field(default=5, ge=0)
+    out_channels: int = Field(default=1, ge=1)
+    base_channels: int = Field(default=16, ge=8)
+    channel_mults: tuple[int, ...] = Field(default=(1, 2, 4), min_length=1)
+    num_res_blocks: int = Field(default=1, ge=1)
+    groups: int = Field(default=8, ge=1)
+    attention_heads: int = Field(default=4, ge=1)
+    attention_max_tokens: int = Field(default=1024, ge=1)
+    dropout: float = Field(default=0.0, ge=0.0, lt=1.0)
     enhance_skips: bool = True
     gradient_checkpointing: bool = False
 
@@ -109,7 +112,7 @@ class LossWeights(StrictConfig):
         normal: :func:`normal_loss`.
     """
 
-    mse: float = Field(1.0, ge=0.0)
-    edge: float = Field(0.5, ge=0.0)
-    ssim: float = Field(0.2, ge=0.0)
-    normal: float = Field(0.1, ge=0.0)
+    mse: float = Field(default=1.0, ge=0.0)
+    edge: float = Field(default=0.5, ge=0.0)
+    ssim: float = Field(default=0.2, ge=0.0)
+    normal: float = Field(default=0.1, ge=0.0)

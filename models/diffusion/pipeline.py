@@ -38,6 +38,7 @@ sampling used at inference and for the losses computed on the x0 estimate during
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -203,7 +204,9 @@ class Normalised:
     def depth(self, x0: torch.Tensor, cfg: DiffusionConfig) -> torch.Tensor:
         """Metric depth ``[B, 1, H, W]`` of diffusion samples ``x0`` (the batch may repeat: ``B = k * B0``)."""
         rep = x0.shape[0] // self.y_base.shape[0]
-        y = decode_x0(x0, *(a.repeat(rep, 1, 1, 1) for a in (self.y_base, self.y_obs, self.unit, self.trusted)), cfg)
+        y_base, y_obs, unit, trusted = (a.repeat(rep, 1, 1, 1)
+                                        for a in (self.y_base, self.y_obs, self.unit, self.trusted))
+        y = decode_x0(x0, y_base, y_obs, unit, trusted, cfg)
         return from_log(y, self.scale.repeat(rep), cfg)
 
 
@@ -236,7 +239,7 @@ def normalise(
 
 @torch.no_grad()
 def sample(
-    model: torch.nn.Module,
+    model: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor],
     cond: torch.Tensor,
     scheduler: DDIMScheduler,
     steps: int,
@@ -258,7 +261,8 @@ def sample(
     scheduler.set_timesteps(steps, device=cond.device)
     for t in scheduler.timesteps:
         out = model(x, t.expand(b), cond)
-        x = scheduler.step(out, t, x, eta=0.0).prev_sample
+        # diffusers' annotations: timestep int (a 0-d tensor works) and a tuple or the output (the output here)
+        x = scheduler.step(out, t, x, eta=0.0).prev_sample  # pyright: ignore[reportArgumentType, reportAttributeAccessIssue]
     return x
 
 

@@ -27,6 +27,7 @@ at most that many positions it is exact global attention.
 from __future__ import annotations
 
 import math
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -99,7 +100,8 @@ class TimestepEmbedding(nn.Module):
         self.mlp = nn.Sequential(nn.Linear(freq_dim, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
 
     def forward(self, t: Tensor) -> Tensor:
-        return self.mlp(timestep_embedding(t, self.freq_dim).to(self.mlp[0].weight.dtype))
+        first = cast(nn.Linear, self.mlp[0])
+        return self.mlp(timestep_embedding(t, self.freq_dim).to(first.weight.dtype))
 
 
 class ResBlock(nn.Module):
@@ -330,11 +332,11 @@ class DepthUNet(nn.Module):
         self.mid_block2 = ResBlock(cb, cb, **res)
         self.decoder = nn.ModuleList(DecoderLevel(cfg, level, emb_dim) for level in reversed(levels))
 
-        self.head = nn.Sequential(
-            nn.GroupNorm(cfg.groups, c0), nn.SiLU(), nn.Conv2d(c0, cfg.out_channels, 3, padding=1)
-        )
-        nn.init.zeros_(self.head[-1].weight)
-        nn.init.zeros_(self.head[-1].bias)
+        norm, out = nn.GroupNorm(cfg.groups, c0), nn.Conv2d(c0, cfg.out_channels, 3, padding=1)
+        assert out.bias is not None  # Conv2d's default bias=True
+        nn.init.zeros_(out.weight)
+        nn.init.zeros_(out.bias)
+        self.head = nn.Sequential(norm, nn.SiLU(), out)
 
     @property
     def multiple(self) -> int:

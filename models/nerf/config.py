@@ -29,12 +29,12 @@ class HashEncodingConfig(StrictConfig):
             PyTorch otherwise (CUDA, no compiler). The backends agree to float rounding.
     """
 
-    n_levels: int = Field(12, ge=1, le=64)
-    features_per_level: int = Field(2, ge=1)
-    log2_hashmap_size: int = Field(17, ge=1, le=30)
-    base_resolution: int = Field(16, ge=1)
-    max_resolution: int = Field(1024, ge=2, le=2**20)
-    init_scale: float = Field(1e-4, gt=0.0)
+    n_levels: int = Field(default=12, ge=1, le=64)
+    features_per_level: int = Field(default=2, ge=1)
+    log2_hashmap_size: int = Field(default=17, ge=1, le=30)
+    base_resolution: int = Field(default=16, ge=1)
+    max_resolution: int = Field(default=1024, ge=2, le=2**20)
+    init_scale: float = Field(default=1e-4, gt=0.0)
     backend: Literal["auto", "fused", "torch"] = "auto"
 
     @model_validator(mode="after")
@@ -63,11 +63,11 @@ class NeRFFieldConfig(StrictConfig):
     """
 
     encoding: HashEncodingConfig = HashEncodingConfig()
-    hidden_dim: int = Field(64, ge=1)
-    geo_features: int = Field(15, ge=0)
-    n_density_layers: int = Field(1, ge=0)
-    n_color_layers: int = Field(2, ge=0)
-    sh_degree: int = Field(4, ge=1, le=4)
+    hidden_dim: int = Field(default=64, ge=1)
+    geo_features: int = Field(default=15, ge=0)
+    n_density_layers: int = Field(default=1, ge=0)
+    n_color_layers: int = Field(default=2, ge=0)
+    sh_degree: int = Field(default=4, ge=1, le=4)
     density_bias: float = -1.0
     gradient_checkpointing: bool = False
 
@@ -86,10 +86,10 @@ class OccupancyGridConfig(StrictConfig):
             cells plus ``k`` random occupied cells per update (nerfacc's scheme, cheaper for large ``R``).
     """
 
-    resolution: int = Field(128, ge=1)
-    update_every: int = Field(16, ge=1)
-    warmup_steps: int = Field(256, ge=0)
-    decay: float = Field(0.95, ge=0.0, le=1.0)
-    threshold: float = Field(0.01, ge=0.0)
-    n_samples_per_cell: int = Field(1, ge=1)
-    n_cells: int | None = Field(None, ge=1)
+    resolution: int = Field(default=128, ge=1)
+    update_every: int = Field(default=16, ge=1)
+    warmup_steps: int = Field(default=256, ge=0)
+    decay: float = Field(default=0.95, ge=0.0, le=1.0)
+    threshold: float = Field(default=0.01, ge=0.0)
+    n_samples_per_cell: int = Field(default=1, ge=1)
+    n_cells: int | None = Field(default=None, ge=1)

@@ -67,6 +67,11 @@ class HashEncoding(nn.Module):
         tables: Parameter ``[L, T, F]``.
     """
 
+    _res: Tensor  # buffers
+    _dense: Tensor
+    _row_offset: Tensor
+    _primes: Tensor
+
     def __init__(self, cfg: HashEncodingConfig | None = None, generator: torch.Generator | None = None) -> None:
         super().__init__()
         cfg = cfg or HashEncodingConfig()

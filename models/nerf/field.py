@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import TYPE_CHECKING, cast
 
 import torch
 from torch import nn
@@ -24,6 +25,9 @@ from torch.utils.checkpoint import checkpoint
 
 from models.nerf.config import NeRFFieldConfig
 from models.nerf.encoding import HashEncoding
+
+if TYPE_CHECKING:
+    import numpy as np
 
 Tensor = torch.Tensor
 
@@ -85,16 +89,16 @@ def spherical_harmonics(d: Tensor, degree: int) -> Tensor:
             _C2[0] * x * z,
             _C2[3] * (xx - yy),
         ]
-    if degree > 3:
-        out += [
-            _C3[0] * y * (3 * xx - yy),
-            _C3[1] * x * y * z,
-            _C3[2] * y * (5 * zz - 1),
-            _C3[3] * z * (5 * zz - 3),
-            _C3[2] * x * (5 * zz - 1),
-            _C3[4] * z * (xx - yy),
-            _C3[0] * x * (xx - 3 * yy),
-        ]
+        if degree > 3:
+            out += [
+                _C3[0] * y * (3 * xx - yy),
+                _C3[1] * x * y * z,
+                _C3[2] * y * (5 * zz - 1),
+                _C3[3] * z * (5 * zz - 3),
+                _C3[2] * x * (5 * zz - 1),
+                _C3[4] * z * (xx - yy),
+                _C3[0] * x * (xx - 3 * yy),
+            ]
     return torch.stack(out, dim=-1)
 
 
@@ -117,7 +121,7 @@ def normalize_to_aabb(x: Tensor, aabb: Tensor) -> tuple[Tensor, Tensor]:
 def linear(in_dim: int, out_dim: int) -> nn.Linear:
     """An ``nn.Linear`` whose parameters are allocated but not drawn (its constructor would draw them from the
     global RNG): initialise it with :func:`init_linear_`."""
-    return skip_init(nn.Linear, in_dim, out_dim)
+    return cast(nn.Linear, skip_init(nn.Linear, in_dim, out_dim))
 
 
 @torch.no_grad()
@@ -154,10 +158,12 @@ class NeRFField(nn.Module):
             generator seeded 0, so the same arguments always build the same field.
     """
 
+    aabb: Tensor  # buffer
+
     def __init__(
         self,
         cfg: NeRFFieldConfig | None = None,
-        aabb: Tensor | Sequence | None = None,
+        aabb: Tensor | np.ndarray | Sequence | None = None,
         generator: torch.Generator | None = None,
     ) -> None:
         super().__init__()

@@ -42,8 +42,9 @@ def load_hashgrid() -> ModuleType | None:
     try:
         from torch.utils.cpp_extension import load
 
+        # torch annotates load() as module-or-path; with is_python_module=True (the default) it is the module
         return load(name="dnerf_hashgrid", sources=[str(CSRC / "hashgrid.cpp")], extra_cflags=["-O3", "-fopenmp"],
-                    extra_ldflags=["-fopenmp"], verbose=False)
+                    extra_ldflags=["-fopenmp"], verbose=False)  # pyright: ignore[reportReturnType]
     except Exception as exc:  # noqa: BLE001 - no compiler, no ninja, no headers: all mean "use the PyTorch path"
         reason = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
         log.warning("fused hash-grid kernel unavailable (%s); using the pure-PyTorch encoding", reason[:200])
@@ -59,6 +60,7 @@ class _FusedHashGrid(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: Tensor, tables: Tensor, resolutions: tuple[int, ...], n_dense: int) -> Tensor:  # type: ignore[override]
         ext = load_hashgrid()
+        assert ext is not None, "fused_hash_encoding is only called when fused_hashgrid_available()"
         ctx.save_for_backward(x, tables)
         ctx.resolutions, ctx.n_dense = list(resolutions), n_dense
         return ext.forward(x, tables, list(resolutions), n_dense)
@@ -68,7 +70,9 @@ class _FusedHashGrid(torch.autograd.Function):
     def backward(ctx, grad: Tensor):  # type: ignore[override]
         x, tables = ctx.saved_tensors
         need_x, need_tables = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
-        gx, gt = load_hashgrid().backward(grad, x, tables, ctx.resolutions, ctx.n_dense, need_x, need_tables)
+        ext = load_hashgrid()
+        assert ext is not None, "fused_hash_encoding is only called when fused_hashgrid_available()"
+        gx, gt = ext.backward(grad, x, tables, ctx.resolutions, ctx.n_dense, need_x, need_tables)
         return (gx if need_x else None), (gt if need_tables else None), None, None
 
 

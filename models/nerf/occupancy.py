@@ -20,11 +20,15 @@ to threshold opacity per step ``dt`` instead (nerfacc's convention).
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
 from models.nerf.config import OccupancyGridConfig
+
+if TYPE_CHECKING:
+    import numpy as np
 
 Tensor = torch.Tensor
 
@@ -44,7 +48,11 @@ class OccupancyGrid(nn.Module):
         binary: ``[R, R, R]`` bool occupancy (starts all True).
     """
 
-    def __init__(self, aabb: Tensor | Sequence, resolution: int = 128) -> None:
+    aabb: Tensor  # buffers
+    density: Tensor
+    binary: Tensor
+
+    def __init__(self, aabb: Tensor | np.ndarray | Sequence, resolution: int = 128) -> None:
         super().__init__()
         box = torch.as_tensor(aabb, dtype=torch.float32)
         if box.shape != (2, 3) or not bool((box[1] > box[0]).all()):
@@ -58,7 +66,7 @@ class OccupancyGrid(nn.Module):
         self.register_buffer("binary", torch.ones(r, r, r, dtype=torch.bool))
 
     @classmethod
-    def from_config(cls, cfg: OccupancyGridConfig, aabb: Tensor | Sequence) -> OccupancyGrid:
+    def from_config(cls, cfg: OccupancyGridConfig, aabb: Tensor | np.ndarray | Sequence) -> OccupancyGrid:
         return cls(aabb, cfg.resolution)
 
     @property

@@ -30,6 +30,8 @@ import torch
 from models.nerf.sampling import gaussian_samples, occupancy_filter, require_generator, sample_pdf, stratified_samples
 
 if TYPE_CHECKING:
+    import numpy as np
+
     from models.nerf.occupancy import OccupancyGrid
 
 Tensor = torch.Tensor
@@ -151,8 +153,8 @@ def z_to_ray_distance(z: Tensor, rays_d: Tensor, forward: Tensor) -> Tensor:
 
 
 def rays_from_camera(
-    K: Tensor,
-    c2w: Tensor,
+    K: Tensor | np.ndarray,
+    c2w: Tensor | np.ndarray,
     height: int,
     width: int,
     pixel_indices: Tensor | None = None,
@@ -196,8 +198,9 @@ def rays_from_camera(
 
 def _density_fn(field: RadianceField) -> Callable[[Tensor, Tensor], Tensor]:
     """``(x [k,3], d [k,3]) -> sigma [k]``: the field's ``density`` method if it has one."""
-    if hasattr(field, "density"):
-        return lambda x, d: field.density(x)
+    density = getattr(field, "density", None)
+    if density is not None:
+        return lambda x, d: density(x)
     return lambda x, d: field(x, d)[1]
 
 
@@ -348,6 +351,7 @@ def _render_chunk(
     x = rays_o[:, None, :] + t_mid[..., None] * rays_d[:, None, :]  # [n, s, 3]
     deltas = (t_ends - t_starts) * d_len
     rgb_s, sigma, n_eval = _evaluate_pass(field, x, rays_d[:, None, :].expand_as(x), keep, deltas, True, stop_below)
+    assert rgb_s is not None  # with_rgb=True
     weights, _ = render_weights(sigma, deltas)
     depth = expected_depth(weights, t_mid)
     out.update(

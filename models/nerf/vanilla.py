@@ -20,11 +20,11 @@ from models.nerf.field import init_linear_, linear, normalize_to_aabb
 class VanillaNeRFConfig(StrictConfig):
     """Architecture of :class:`VanillaNeRF` (defaults: the paper's)."""
 
-    n_freq_xyz: int = Field(10, ge=0)
-    n_freq_dir: int = Field(4, ge=0)
-    depth: int = Field(8, ge=2)
-    width: int = Field(256, ge=8)
-    skip_layer: int = Field(4, ge=1)
+    n_freq_xyz: int = Field(default=10, ge=0)
+    n_freq_dir: int = Field(default=4, ge=0)
+    depth: int = Field(default=8, ge=2)
+    width: int = Field(default=256, ge=8)
+    skip_layer: int = Field(default=4, ge=1)
 
 
 def positional_encoding(x: Tensor, n_freqs: int) -> Tensor:
@@ -43,6 +43,8 @@ class VanillaNeRF(nn.Module):
     ``generator`` draws the initial weights (PyTorch's ``nn.Linear`` default, :meth:`init_weights`), never the
     global RNG; ``None``: a generator seeded 0.
     """
+
+    aabb: Tensor  # buffer
 
     def __init__(self, cfg: VanillaNeRFConfig | None = None, aabb: Tensor | None = None,
                  generator: torch.Generator | None = None) -> None:

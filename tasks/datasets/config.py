@@ -60,20 +60,20 @@ class SyntheticConfig(StrictConfig):
         refiner_objects: range ``[min, max]`` of furniture pieces and clutter items per refiner room.
     """
 
-    n_scenes: int = Field(2, ge=1)
-    n_frames: int = Field(32, ge=1)
-    height: int = Field(120, ge=8)
-    width: int = Field(160, ge=8)
-    fov_deg: float = Field(65.0, gt=10.0, lt=150.0)
-    n_objects: int = Field(6, ge=0)
+    n_scenes: int = Field(default=2, ge=1)
+    n_frames: int = Field(default=32, ge=1)
+    height: int = Field(default=120, ge=8)
+    width: int = Field(default=160, ge=8)
+    fov_deg: float = Field(default=65.0, gt=10.0, lt=150.0)
+    n_objects: int = Field(default=6, ge=0)
     room_size: tuple[float, float, float] | None = None
-    refiner_train_scenes: int = Field(12, ge=0)
-    refiner_val_scenes: int = Field(3, ge=0)
-    refiner_frames: int = Field(4, ge=1)
+    refiner_train_scenes: int = Field(default=12, ge=0)
+    refiner_val_scenes: int = Field(default=3, ge=0)
+    refiner_frames: int = Field(default=4, ge=1)
     refiner_sizes: list[tuple[int, int]] = Field(
         default_factory=lambda: [(640, 480), (320, 240), (160, 120)], min_length=1
     )
-    refiner_fov_deg: float = Field(58.0, gt=10.0, lt=150.0)
+    refiner_fov_deg: float = Field(default=58.0, gt=10.0, lt=150.0)
     refiner_objects: tuple[int, int] = (6, 16)
 
     @field_validator("refiner_sizes")
@@ -133,8 +133,9 @@ class PhoneConfig(StrictConfig):
     """Phone LiDAR (Stray Scanner) specifics."""
 
     min_confidence: int = Field(
-        2, ge=0, le=2, description="keep depth whose ARKit confidence is at least this (0 low, 1 medium, 2 high)"
+        default=2, ge=0, le=2,
+        description="keep depth whose ARKit confidence is at least this (0 low, 1 medium, 2 high)"
     )
     depth_upsample: int = Field(
-        2, ge=1, le=8, description="store resolution = depth map resolution x this (256x192 x 2 = 512x384)"
+        default=2, ge=1, le=8, description="store resolution = depth map resolution x this (256x192 x 2 = 512x384)"
     )

@@ -55,16 +55,18 @@ def _intrinsics(meta: dict, frame: dict, image_hw: tuple[int, int], where: str) 
             raise DataError(where, f"distortion {key}={get(key)} is not supported: undistort the images first "
                                    "(ns-process-data does)")
     fx, fy = get("fl_x"), get("fl_y")
-    if fx is None and get("camera_angle_x") is not None:
-        fx = 0.5 * w / math.tan(0.5 * float(get("camera_angle_x")))
-    if fy is None and get("camera_angle_y") is not None:
-        fy = 0.5 * h / math.tan(0.5 * float(get("camera_angle_y")))
+    angle_x, angle_y = get("camera_angle_x"), get("camera_angle_y")
+    if fx is None and angle_x is not None:
+        fx = 0.5 * w / math.tan(0.5 * float(angle_x))
+    if fy is None and angle_y is not None:
+        fy = 0.5 * h / math.tan(0.5 * float(angle_y))
     fy = fy if fy is not None else fx
     fx = fx if fx is not None else fy
-    if fx is None:
+    if fx is None or fy is None:  # both or neither
         raise DataError(where, "no focal length: set fl_x / fl_y (or camera_angle_x) in transforms.json")
-    cx = get("cx") if get("cx") is not None else w / 2.0
-    cy = get("cy") if get("cy") is not None else h / 2.0
+    cx, cy = get("cx"), get("cy")
+    cx = cx if cx is not None else w / 2.0
+    cy = cy if cy is not None else h / 2.0
     for key in ("w", "h"):
         want = get(key)
         have = w if key == "w" else h

@@ -102,9 +102,10 @@ def load_frame(mat_path: Path, K: np.ndarray, index: int) -> Frame:
     where = f"{mat_path} [frame {index}]"
     try:
         with h5py.File(mat_path, "r") as f:
-            rgb = np.ascontiguousarray(f["images"][index].transpose(2, 1, 0))
-            depth = np.ascontiguousarray(f["depths"][index].T, dtype=np.float32)
-            raw = np.ascontiguousarray(f["rawDepths"][index].T, dtype=np.float32)
+            # h5py annotates f[name] as a dataset, group or datatype; nyu_scenes checked these are datasets
+            rgb = np.ascontiguousarray(f["images"][index].transpose(2, 1, 0))  # pyright: ignore[reportIndexIssue, reportAttributeAccessIssue]
+            depth = np.ascontiguousarray(f["depths"][index].T, dtype=np.float32)  # pyright: ignore[reportIndexIssue, reportAttributeAccessIssue]
+            raw = np.ascontiguousarray(f["rawDepths"][index].T, dtype=np.float32)  # pyright: ignore[reportIndexIssue, reportAttributeAccessIssue]
     except (OSError, KeyError) as e:  # moved, truncated or rewritten after nyu_scenes checked it
         raise DataError(where, f"cannot read the frame: {e}") from e
     return Frame(frame_id=f"{index:05d}", rgb=rgb, depth=depth, K=K.copy(), c2w=UNKNOWN_POSE.copy(),
@@ -260,7 +261,7 @@ def _load_small_mat(path: Path, keys: Sequence[str]) -> dict[str, np.ndarray]:
     if h5py.is_hdf5(path):  # MATLAB v7.3
         try:
             with h5py.File(path, "r") as f:
-                data = {k: np.asarray(f[k][()]) for k in keys if k in f and isinstance(f[k], h5py.Dataset)}
+                data = {k: np.asarray(v[()]) for k in keys if k in f and isinstance(v := f[k], h5py.Dataset)}
         except OSError as e:
             raise DataError(path, f"cannot open as MATLAB v7.3 / HDF5: {e}") from e
     else:

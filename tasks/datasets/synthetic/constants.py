@@ -10,6 +10,7 @@ and the order of a room's faces. Lengths are in metres, angles in degrees.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from types import MappingProxyType
 from typing import Literal
 
@@ -45,7 +46,7 @@ MAX_VIEW_TRIES = 200  # random viewpoints tried per frame before falling back
 MIN_VIEW_SURFACES = 4  # a view should show at least this many surfaces (objects and room faces) ...
 BARE_VIEW_PROB = 0.1  # ... except for this fraction of otherwise acceptable views
 #: Texture kinds (and their probabilities) of refiner rooms: furniture, walls, floor, ceiling.
-REFINER_TEXTURES = MappingProxyType({
+REFINER_TEXTURES: Mapping[str, tuple[tuple[TextureKind, ...], tuple[float, ...]]] = MappingProxyType({
     "object": (("checker", "stripes", "wood", "noise", "tiles", "plain"), (0.08, 0.1, 0.22, 0.2, 0.05, 0.35)),
     "wall": (("stripes", "noise", "tiles", "checker", "wood", "plain"), (0.1, 0.15, 0.05, 0.03, 0.07, 0.6)),
     "floor": (("wood", "tiles", "noise", "checker", "plain"), (0.4, 0.2, 0.2, 0.08, 0.12)),

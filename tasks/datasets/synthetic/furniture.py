@@ -75,7 +75,7 @@ def _posed(obj: Primitive, x: float, y: float, cos: float, sin: float) -> Primit
 
 def _standing_box(x: float, y: float, z0: float, half: tuple[float, float, float], tex: Texture) -> Box:
     """Axis-aligned box with its bottom at height ``z0`` (metres)."""
-    return Box((float(x), float(y), float(z0 + half[2])), tuple(float(h) for h in half), tex)
+    return Box((float(x), float(y), float(z0 + half[2])), (float(half[0]), float(half[1]), float(half[2])), tex)
 
 
 def small_object(rng: np.random.Generator, max_height: float) -> tuple[Primitive, float] | None:
@@ -284,7 +284,7 @@ def clutter_piece(rng: np.random.Generator) -> Piece:
         hz = rng.uniform(0.05, 0.45)
         return Piece("clutter", (_standing_box(0.0, 0.0, 0.0, (hx, hy, hz), tex),), (float(hx), float(hy)), wall=False)
     if kind == 1:
-        parts: list[Primitive] = []
+        parts: list[Box] = []
         hx, hy, z = rng.uniform(0.15, 0.35), rng.uniform(0.12, 0.3), 0.0
         for _ in range(int(rng.integers(2, 4))):
             hz = rng.uniform(0.08, 0.2)

@@ -126,7 +126,8 @@ def random_refiner_room(
         rng: random generator (the only source of randomness).
         n_pieces: range ``(min, max)`` of furniture pieces drawn.
     """
-    size = tuple(float(rng.uniform(lo, hi)) for lo, hi in REFINER_ROOM_M)
+    sx, sy, sz = (float(rng.uniform(lo, hi)) for lo, hi in REFINER_ROOM_M)
+    size = (sx, sy, sz)
     walls = tuple(_refiner_texture(rng, "wall", 0.03) for _ in range(4))
     wall_textures = (*walls, _refiner_texture(rng, "floor", 0.15), _refiner_texture(rng, "ceiling"))
     el, az = np.deg2rad(rng.uniform(25.0, 85.0)), rng.uniform(0.0, 2 * np.pi)

@@ -126,7 +126,9 @@ def place_objects(
         free_boxes = [i for i, o in enumerate(objects) if isinstance(o, Box) and i not in topped]
         if free_boxes and rng.random() < 0.25:
             i = free_boxes[int(rng.integers(len(free_boxes)))]
-            sphere = _sphere_on_box(rng, objects[i], ceiling)
+            box = objects[i]
+            assert isinstance(box, Box)  # one of free_boxes
+            sphere = _sphere_on_box(rng, box, ceiling)
             if sphere is not None:
                 objects.append(sphere)
                 topped.add(i)
@@ -171,7 +173,8 @@ def random_room(
         room_size: extents ``(x, y, z)`` in metres, or ``None`` for 4-6 x 3.5-5 x 2.4-3 m.
     """
     drawn = (rng.uniform(4.0, 6.0), rng.uniform(3.5, 5.0), rng.uniform(2.4, 3.0))
-    size = tuple(float(s) for s in (room_size if room_size is not None else drawn))
+    sx, sy, sz = room_size if room_size is not None else drawn
+    size = (float(sx), float(sy), float(sz))
     wall_textures = tuple(random_texture(rng) for _ in ROOM_FACES)
     path = random_camera_path(rng, size)
     objects = place_objects(rng, size, path, n_objects)

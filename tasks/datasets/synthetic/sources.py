@@ -85,9 +85,12 @@ def refiner_scenes(cfg: SyntheticConfig, seed: int) -> list[SceneSource]:
     ``cfg.refiner_sizes[i % len(refiner_sizes)]`` and ``cfg.refiner_fov_deg``; no mesh (nothing is fitted
     or scored on them)."""
     scenes = []
-    for role, count in (("train", cfg.refiner_train_scenes), ("val", cfg.refiner_val_scenes)):
+    counts: tuple[tuple[Literal["train", "val"], int], ...] = (("train", cfg.refiner_train_scenes),
+                                                                ("val", cfg.refiner_val_scenes))
+    for role, count in counts:
         for i in range(count):
             room, pieces, poses = refiner_room(cfg, seed, role, i)  # poses independent of the image size
+            assert room.light is not None  # refiner rooms carry their own light
             width, height = cfg.refiner_sizes[i % len(cfg.refiner_sizes)]
             K = intrinsics_from_fov(width, height, cfg.refiner_fov_deg)
             attrs = {

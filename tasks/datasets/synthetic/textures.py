@@ -50,6 +50,11 @@ def _lift_luma(rgb: np.ndarray, min_luma: float) -> np.ndarray:
     return rgb
 
 
+def _triple(values: np.ndarray | tuple[float, float, float]) -> tuple[float, float, float]:
+    """Three values as Python floats."""
+    return float(values[0]), float(values[1]), float(values[2])
+
+
 def random_palette(
     rng: np.random.Generator, min_luma: float = MIN_ALBEDO_LUMA
 ) -> tuple[tuple[float, float, float], ...]:
@@ -65,7 +70,7 @@ def random_palette(
         (h2, rng.uniform(0.1, 0.6), rng.uniform(0.5, 0.95)),
     ]
     cols = [_lift_luma(np.array(colorsys.hsv_to_rgb(*c)), min_luma) for c in hsv]
-    return tuple(tuple(float(x) for x in c) for c in cols)
+    return tuple(_triple(c) for c in cols)
 
 
 def dark_palette(rng: np.random.Generator) -> tuple[tuple[float, float, float], ...]:
@@ -74,7 +79,7 @@ def dark_palette(rng: np.random.Generator) -> tuple[tuple[float, float, float], 
     h0 = rng.random()
     hues = (h0, (h0 + rng.uniform(-0.1, 0.1)) % 1.0, rng.random())
     cols = [colorsys.hsv_to_rgb(h, rng.uniform(0.0, 0.5), rng.uniform(0.03, 0.16)) for h in hues]
-    return tuple(tuple(float(x) for x in c) for c in cols)
+    return tuple(_triple(c) for c in cols)
 
 
 def random_texture(
@@ -95,8 +100,8 @@ def random_texture(
         kind=kind,
         colors=dark_palette(rng) if dark else random_palette(rng, min_luma),
         scale=float(rng.uniform(lo, hi)),
-        direction=tuple(float(x) for x in direction),
-        offset=tuple(float(x) for x in rng.uniform(0.25, 0.75, size=3)),
+        direction=_triple(direction),
+        offset=_triple(rng.uniform(0.25, 0.75, size=3)),
         seed=int(rng.integers(0, 2**62)),
         detail=float(rng.uniform(0.06, 0.15)),
     )
