@@ -128,3 +128,14 @@ def nyu_disparity_to_metres(raw: np.ndarray) -> np.ndarray:
 def decode_nyu_raw_depth(path: str | Path) -> np.ndarray:
     """NYU Depth V2 raw ``.pgm`` (little-endian disparity) -> float32 metres."""
     return nyu_disparity_to_metres(read_pgm16_le(path))
+
+
+def read_text_numbers(path: Path) -> np.ndarray:
+    """Every whitespace-separated number of a text file, flat (float64; ``-inf`` / ``nan`` allowed): matrices
+    of 7-Scenes and ScanNet exports; a DataError names the file."""
+    try:
+        return np.array(path.read_text().split(), dtype=np.float64)
+    except OSError as err:
+        raise DataError(path, f"cannot read file: {err.strerror or err}") from None
+    except ValueError:
+        raise DataError(path, "expected whitespace-separated numbers") from None

@@ -41,7 +41,7 @@ import numpy as np
 
 from models.camera import intrinsics_matrix
 from tasks.datasets.base import UNKNOWN_POSE, Frame, SceneSource
-from tasks.datasets.formats import SEVENSCENES_DEPTH_SCALE, read_rgb, read_uint16_image
+from tasks.datasets.formats import SEVENSCENES_DEPTH_SCALE, read_rgb, read_text_numbers, read_uint16_image
 from tasks.errors import DataError
 
 SCANNET_DEPTH_SHIFT = SEVENSCENES_DEPTH_SCALE  # raw units per metre: millimetres
@@ -52,12 +52,7 @@ SURFACE_REL_TOL = 0.05  # neighbouring depths within 5 % belong to the same surf
 
 def read_text_matrix(path: Path, sizes: tuple[int, ...] = (4,)) -> np.ndarray:
     """A whitespace-separated square matrix of one of ``sizes`` (float64; ``-inf`` / ``nan`` allowed)."""
-    try:
-        values = np.array(path.read_text().split(), dtype=np.float64)
-    except OSError as err:
-        raise DataError(path, f"cannot read file: {err.strerror or err}") from None
-    except ValueError:
-        raise DataError(path, "expected whitespace-separated numbers") from None
+    values = read_text_numbers(path)
     for n in sizes:
         if values.size == n * n:
             return values.reshape(n, n)

@@ -23,7 +23,7 @@ import numpy as np
 
 from models.camera import intrinsics_matrix
 from tasks.datasets.base import UNKNOWN_POSE, Frame, SceneSource
-from tasks.datasets.formats import SEVENSCENES_DEPTH_SCALE, read_rgb, read_uint16_image
+from tasks.datasets.formats import SEVENSCENES_DEPTH_SCALE, read_rgb, read_text_numbers, read_uint16_image
 from tasks.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -34,12 +34,7 @@ _FRAME_RE = re.compile(r"^(frame-\d+)\.depth\.png$")
 
 def read_matrix(path: Path, shape: tuple[int, int]) -> np.ndarray:
     """A whitespace-separated text matrix of the given shape (float64); DataError naming the file."""
-    try:
-        values = np.array(path.read_text().split(), dtype=np.float64)
-    except OSError as err:
-        raise DataError(path, f"cannot read file: {err.strerror or err}") from None
-    except ValueError:
-        raise DataError(path, "expected whitespace-separated numbers") from None
+    values = read_text_numbers(path)
     if values.size != shape[0] * shape[1]:
         raise DataError(path, f"expected a {shape[0]}x{shape[1]} matrix, found {values.size} numbers")
     return values.reshape(shape)
