@@ -13,6 +13,7 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -73,8 +74,6 @@ class ExpectedErrors(logging.Filter):
 
 
 def _setup_logging() -> None:
-    import sys
-
     # wide lines where the output is a log (dvc repro, CI), not a terminal
     handler = RichHandler(console=Console(stderr=True, width=None if sys.stderr.isatty() else 140), show_path=False)
     handler.setFormatter(RunNameFormatter("%(message)s"))
@@ -86,8 +85,6 @@ def _setup_logging() -> None:
 
 def fail(message: str, code: int = 1) -> NoReturn:
     """End the command with ``error: <message>`` as its last, plain line on stderr."""
-    import sys
-
     sys.stdout.flush()
     typer.echo(f"error: {message}", err=True)
     raise typer.Exit(code)
