@@ -76,6 +76,11 @@ def isolated(fn_name: str, **kwargs) -> dict:
     return {**result, "peak_rss_gb": round(rss, 3), "peak_gpu_gb": round(gpu, 3)}
 
 
+def peak_gb(r: dict, device: str) -> float:
+    """The peak memory that matters on ``device``: host RSS on the CPU, allocated GPU memory on CUDA."""
+    return r["peak_gpu_gb"] if device.startswith("cuda") else r["peak_rss_gb"]
+
+
 def median_time(fn, repeats: int, sync=None) -> float:
     times = []
     for _ in range(repeats):
@@ -499,7 +504,8 @@ def main() -> None:
     ap.add_argument("--pipeline-set", action="append", default=[], metavar="KEY=VALUE",
                     help="params override for that run (repeatable), e.g. data.synthetic.n_frames=8")
     ap.add_argument("--skip", nargs="*", default=[],
-                    choices=["encoding", "memory", "nerf", "parallel", "vanilla", "refine", "peer"])
+                    choices=["encoding", "memory", "nerf", "render", "parallel", "vanilla", "refine", "baselines",
+                             "peer"])
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
     args = ap.parse_args()
     q = args.quick
@@ -511,14 +517,31 @@ def main() -> None:
     md = []
     work = Path(tempfile.mkdtemp(prefix="dnerf-bench-"))
 
-    m = isolated("machine_ceilings", device=dev, repeats=repeats, n=1024 if q else 2048, mbytes=256)
+    args.out.mkdir(parents=True, exist_ok=True)
+    stem = f"{results['when'].replace(':', '')[:17]}-{results['host']}-{dev.replace(':', '')}"
+
+    def save() -> None:
+        """Write what has been measured so far (a run cut short keeps its finished sections)."""
+        header = f"# Benchmark {results['when']} on {m['cpu']} ({m['cores']} cores, {m['device']})\n\n"
+        for suffix, text in ((".json", json.dumps(results, indent=2)), (".md", header + "\n".join(md))):
+            tmp = args.out / f".{stem}{suffix}.tmp"
+            tmp.write_text(text)
+            tmp.replace(args.out / f"{stem}{suffix}")
+
+    def publish(section: str) -> None:
+        md.append(section)
+        save()
+
+    gpu = dev.startswith("cuda")  # a GPU's ceilings need bigger problems than a CPU's
+    m = isolated("machine_ceilings", device=dev, repeats=repeats, n=8192 if gpu else 1024 if q else 2048,
+                 mbytes=2048 if gpu else 256)
     results["machine"] = m
-    md.append(table("machine", [m]))
+    publish(table("machine", [m]))
 
     if "encoding" not in args.skip:
         rows = [isolated("encoding_case", device=dev, n=n, repeats=repeats) for n in (16384, 200_000)]
         results["encoding"] = rows
-        md.append(table("hash encoding (default size), fused CPU kernel against the PyTorch path", [
+        publish(table("hash encoding (default size), fused CPU kernel against the PyTorch path", [
             {k: v for k, v in r.items() if not k.startswith("peak")} for r in rows]))
 
     if "memory" not in args.skip:
@@ -535,14 +558,14 @@ def main() -> None:
         rows = []
         for name, overrides in techniques.items():
             r = isolated("memory_case", scenes=store, device=dev, steps=25 if q else 60, rays=mem_rays,
-                         overrides=["nerf.train.guide_spread=0", *overrides])
+                         overrides=["nerf.train.guide_spread=0", "nerf.train.amp=off", *overrides])
             rows.append({"technique": name, "step ms": r["step_ms"], "added GB": r["added_gb"],
-                         "peak GB": r["peak_rss_gb"] if dev == "cpu" else r["peak_gpu_gb"]})
+                         "peak GB": peak_gb(r, dev)})
         for r in rows[1:]:
             r["memory vs none"] = f"{r['added GB'] / max(rows[0]['added GB'], 1e-9):.2f}x"
             r["time vs none"] = f"{r['step ms'] / rows[0]['step ms']:.2f}x"
         results["memory"] = rows
-        md.append(table(f"NeRF memory techniques ({mem_rays} rays per step, coarse + fine sampling, 160x120)", rows))
+        publish(table(f"NeRF memory techniques ({mem_rays} rays per step, coarse + fine sampling, 160x120)", rows))
 
     if "nerf" not in args.skip:
         base = synthetic_store(work, 16, 120, 160)
@@ -557,30 +580,31 @@ def main() -> None:
                          "MLP GFLOP/s": round(mlp_gflops, 2),
                          "% matmul ceiling": round(100 * mlp_gflops / m["matmul_gflops"], 1),
                          "table GB/s": round(table_gbs, 2), "% copy ceiling": round(100 * table_gbs / m["copy_gbs"], 1),
-                         "peak GB": r["peak_rss_gb"]})
+                         "peak GB": peak_gb(r, dev)})
         rows.append({"config": "occupancy: samples/ray cut",
                      "samples/ray": f"{no_grid['samples_per_ray'] / main_fit['samples_per_ray']:.1f}x"})
         results["nerf_throughput"] = rows
-        md.append(table("NeRF training throughput (160x120, 16 frames, forward + backward)", rows))
+        publish(table("NeRF training throughput (160x120, 16 frames, forward + backward)", rows))
 
         scaling = []
         for n in (8, 32, 64) if q else (8, 32, 128):
             r = isolated("nerf_fit_case", scenes=str(synthetic_store(work, n, 120, 160)), device=dev, steps=40,
                          skip=10)
             scaling.append({"frames": n, "resolution": r["resolution"], "step ms": r["step_ms"],
-                            "peak GB": r["peak_rss_gb"]})
+                            "peak GB": peak_gb(r, dev)})
         for h, w in ((60, 80), (240, 320)) + (() if q else ((480, 640),)):
             r = isolated("nerf_fit_case", scenes=str(synthetic_store(work, 16, h, w)), device=dev, steps=40, skip=10)
             scaling.append({"frames": 16, "resolution": r["resolution"], "step ms": r["step_ms"],
-                            "peak GB": r["peak_rss_gb"]})
+                            "peak GB": peak_gb(r, dev)})
         results["nerf_scaling"] = scaling
-        md.append(table("NeRF step time and memory against frames and resolution", scaling))
+        publish(table("NeRF step time and memory against frames and resolution", scaling))
 
+    if "render" not in args.skip:
         renders = [isolated("nerf_render_case", scenes=str(synthetic_store(work, 16, h, w)), device=dev, steps=200)
                    for h, w in ((120, 160), (240, 320), (480, 640))]
         results["nerf_render"] = renders
-        md.append(table("NeRF full-image render (RGB + depth)", [
-            {"resolution": r["resolution"], "s / image": r["render_s"], "peak GB": r["peak_rss_gb"]} for r in renders]))
+        publish(table("NeRF full-image render (RGB + depth)", [
+            {"resolution": r["resolution"], "s / image": r["render_s"], "peak GB": peak_gb(r, dev)} for r in renders]))
 
     if "parallel" not in args.skip:
         from flows.runners import threads_per_worker
@@ -607,14 +631,14 @@ def main() -> None:
              "ratio": f"{serial / both:.2f}x faster (bound {2 / intra:.2f}x)"},
         ]
         results["parallel"] = rows
-        md.append(table(f"scene-parallel NeRF fits ({pst} steps each; bound = 2 / intra-op speed-up)", rows))
+        publish(table(f"scene-parallel NeRF fits ({pst} steps each; bound = 2 / intra-op speed-up)", rows))
 
     if "vanilla" not in args.skip:
         store = str(synthetic_store(work, 16, 120, 160))
         rows = [isolated("vanilla_case", scenes=store, device=dev, seconds=30.0 if q else 90.0, variant=v)
                 for v in ("colour", "depth")]
         results["vanilla"] = rows
-        md.append(table("time-to-PSNR against the original NeRF, like for like (same scene, supervision, sampling, "
+        publish(table("time-to-PSNR against the original NeRF, like for like (same scene, supervision, sampling, "
                         "renderer, machine)", [{k: v for k, v in r.items() if not k.startswith("peak")} for r in rows]))
 
     if "refine" not in args.skip:
@@ -623,12 +647,13 @@ def main() -> None:
         rows += [isolated("refine_case", device=dev, height=h, width=w, steps=2, samples=2, repeats=repeats)
                  for h, w in ((120, 160), (240, 320))]
         results["refine"] = rows
-        md.append(table("diffusion refinement per frame (2 samples)", [
-            {k: r[k] for k in ("resolution", "steps", "samples", "s_per_frame", "frames_per_s", "peak_rss_gb")}
-            for r in rows]))
+        publish(table("diffusion refinement per frame (2 samples)", [
+            {**{k: r[k] for k in ("resolution", "steps", "samples", "s_per_frame", "frames_per_s")},
+             "peak GB": peak_gb(r, dev)} for r in rows]))
+    if "baselines" not in args.skip:
         b = isolated("baselines_case", height=480, width=640, repeats=repeats)
         results["baselines"] = b
-        md.append(table("classical baselines per 640x480 frame (s)", [b]))
+        publish(table("classical baselines per 640x480 frame (s)", [b]))
 
     if args.kitchen is not None and "peer" not in args.skip:
         runs = []
@@ -639,24 +664,20 @@ def main() -> None:
                              steps=int(steps), source=source, work=str(work), overrides=args.kitchen_set)
                 runs.append({"method": label, "budget_s": seconds, **k})
         results["peer"] = {"ours": runs, "peer": PEER}
-        rows = [{"method": f"{r['method']} ({r['steps']}-step schedule)", **c, "peak GB": r["peak_rss_gb"]}
+        rows = [{"method": f"{r['method']} ({r['steps']}-step schedule)", **c, "peak GB": peak_gb(r, dev)}
                 for r in runs for c in r["curve"]]
         rows += [{"method": PEER["name"], "train_s": s, "psnr": p, "render_s": PEER["render_s"],
                   "peak GB": PEER["peak_gb"]} for s, p in PEER["psnr_at_s"]]
-        md.append(table(f"7-Scenes kitchen 320x240, nerfstudio interval split: {runs[0]['train_views']} train / "
+        publish(table(f"7-Scenes kitchen 320x240, nerfstudio interval split: {runs[0]['train_views']} train / "
                         f"{runs[0]['eval_views']} eval views", rows))
 
     if args.pipeline:
         p = isolated("pipeline_case", work=str(work), overrides=args.pipeline_set)
         results["pipeline"] = p
-        md.append(table(f"dvc repro from a fresh clone: {p['total_s']} s, orchestration overhead {p['overhead_s']} s "
+        publish(table(f"dvc repro from a fresh clone: {p['total_s']} s, orchestration overhead {p['overhead_s']} s "
                         f"({100 * p['overhead_share']:.1f} %), no-op repro {p['noop_s']} s", p["stages"]))
 
-    args.out.mkdir(parents=True, exist_ok=True)
-    stem = f"{results['when'].replace(':', '')[:17]}-{results['host']}-{dev.replace(':', '')}"
-    (args.out / f"{stem}.json").write_text(json.dumps(results, indent=2))
-    header = f"# Benchmark {results['when']} on {m['cpu']} ({m['cores']} cores, {m['device']})\n\n"
-    (args.out / f"{stem}.md").write_text(header + "\n".join(md))
+    save()
     print(f"written {args.out / stem}.json and .md")
 
 

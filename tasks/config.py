@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import itertools
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import Field, ValidationError, model_validator
+from pydantic import BeforeValidator, Field, ValidationError, model_validator
 
 # Config modules only (no implementation), so that parsing params imports no stage's models or readers.
 from models.baselines_config import BaselineConfig
@@ -119,6 +119,8 @@ class NoiseConfig(NoiseModelConfig):
 
 
 Device = Literal["auto", "cpu", "cuda"]
+# YAML reads a bare ``off`` as false; ``amp: off`` or ``--set nerf.train.amp=off`` means the string.
+Amp = Annotated[Literal["auto", "off", "bf16", "fp16"], BeforeValidator(lambda v: "off" if v is False else v)]
 
 
 class StorePair(StrictConfig):
@@ -145,7 +147,7 @@ class DiffusionTrainConfig(StrictConfig):
     checkpoint_every: int = Field(default=50, ge=1)
     scale_jitter: float = Field(default=0.15, ge=0, lt=1)
     flip: bool = True
-    amp: Literal["auto", "off", "bf16", "fp16"] = Field(default="auto", description="auto = bf16 on CUDA, off on CPU")
+    amp: Amp = Field(default="auto", description="auto = bf16 on CUDA, off on CPU")
     device: Device = "auto"
     extra_stores: list[StorePair] = Field(default_factory=list, description="more data to mix in")
     init_from: Path | None = Field(default=None, description="a trained model folder to fine-tune from")
@@ -226,7 +228,7 @@ class NerfTrainConfig(StrictConfig):
     chunk: int = Field(default=8192, ge=64, description="rays per chunk: renders, and training batches (each chunk's "
                        "loss is back-propagated before the next is rendered, bounding activation memory)")
     checkpoint_every: int = Field(default=200, ge=1)
-    amp: Literal["auto", "off", "bf16", "fp16"] = "auto"
+    amp: Amp = "auto"
     device: Device = "auto"
 
     @model_validator(mode="after")

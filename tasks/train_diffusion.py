@@ -200,6 +200,9 @@ def train_diffusion(params: Params, progress: bool = True, stop_after: int | Non
     opt = torch.optim.AdamW(model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
     lr_sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=tc.lr, total_steps=tc.max_steps,
                                                    pct_start=tc.warmup_frac)
+    # fp16 autocast needs loss scaling (bf16 has fp32's range and does not); disabled it is a pass-through. Its
+    # scale is not checkpointed: a resumed fp16 run starts from the initial scale again.
+    scaler = torch.amp.GradScaler(device.type, enabled=amp == torch.float16)
     gen = torch.Generator().manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
     alphas_cumprod = make_scheduler(cfg.schedule).alphas_cumprod.to(device)
@@ -227,9 +230,11 @@ def train_diffusion(params: Params, progress: bool = True, stop_after: int | Non
         with torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
             losses = diffusion_losses(model, prep, t, noise, alphas_cumprod, cfg)
         opt.zero_grad(set_to_none=True)
-        losses["total"].backward()
+        scaler.scale(losses["total"]).backward()
+        scaler.unscale_(opt)
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
-        opt.step()
+        scaler.step(opt)
+        scaler.update()
         lr_sched.step()
         ema.update_parameters(model)
         state.step += 1

@@ -30,6 +30,14 @@ def test_overrides_are_parsed_as_yaml_and_nested():
     assert p.paths.scenes == Path("/tmp/x.zarr")
 
 
+def test_a_bare_off_is_the_precision_off_not_false():
+    """YAML reads ``off`` as false; for the precision settings it is the string ``off``, not a validation error."""
+    p = load_params(None, ["nerf.train.amp=off", "diffusion.train.amp=off"])
+    assert (p.nerf.train.amp, p.diffusion.train.amp) == ("off", "off")
+    with pytest.raises(ParamsError, match=r"nerf\.train\.amp"):
+        load_params(None, ["nerf.train.amp=true"])
+
+
 def test_apply_overrides_does_not_touch_input():
     tree = {"data": {"stride": 1}}
     out = apply_overrides(tree, ["data.stride=3", "noise.seed=4"])
