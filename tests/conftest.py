@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+from collections.abc import Iterable
 from pathlib import Path
 
 import pytest
@@ -78,6 +79,65 @@ def prefect_api(tmp_path_factory) -> str:
             os.environ.pop("PREFECT_API_URL", None)
         else:
             os.environ["PREFECT_API_URL"] = saved
+
+
+class CliResult(subprocess.CompletedProcess):
+    """A finished ``dnerf`` command: ``returncode``, ``stdout``, ``stderr`` and ``output`` (both streams, in order
+    where the command ran in this process)."""
+
+    def __init__(self, args: list[str], returncode: int, stdout: str, stderr: str, output: str | None = None):
+        super().__init__(args, returncode, stdout, stderr)
+        self.output = stdout + stderr if output is None else output
+
+
+class Dnerf:
+    """The ``dnerf`` command line, two ways.
+
+    * :meth:`run`: the installed console script in a subprocess, where the process is the point (a kill mid-run,
+      the shared Prefect server, the environment a user's shell gives it); :meth:`start` starts one to signal;
+    * :meth:`invoke`: the same Typer app in this process (same exit code, stdout and stderr; seconds faster).
+
+    Both take ``overrides`` (``KEY=VALUE`` strings, passed as ``--set`` options after ``args``) and return a
+    :class:`CliResult`; ``check=True`` asserts exit code 0 and shows the output when it is not.
+    """
+
+    @staticmethod
+    def sets(overrides: Iterable[str]) -> list[str]:
+        """``["--set", o1, "--set", o2, ...]``."""
+        return [arg for o in overrides for arg in ("--set", o)]
+
+    @staticmethod
+    def _checked(res: CliResult, check: bool) -> CliResult:
+        if check:
+            assert res.returncode == 0, f"{' '.join(res.args)} failed ({res.returncode}):\n{res.output}"
+        return res
+
+    def run(self, *args: str, overrides: Iterable[str] = (), check: bool = False, timeout: float = 300,
+            **popen) -> CliResult:
+        cmd = ["dnerf", *args, *self.sets(overrides)]
+        res = subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=timeout, **popen)
+        return self._checked(CliResult(cmd, res.returncode, res.stdout, res.stderr), check)
+
+    def start(self, *args: str, overrides: Iterable[str] = (), **popen) -> subprocess.Popen:
+        """The console script started in the background (to be signalled or killed); ``popen``: ``Popen`` options."""
+        return subprocess.Popen(["dnerf", *args, *self.sets(overrides)], **popen)
+
+    def invoke(self, *args: str, overrides: Iterable[str] = (), check: bool = False) -> CliResult:
+        from typer.testing import CliRunner
+
+        from flows.cli import app
+
+        cmd = [*args, *self.sets(overrides)]
+        res = CliRunner().invoke(app, cmd)
+        if res.exception is not None and not isinstance(res.exception, SystemExit):
+            raise res.exception  # a crash, not an exit code: show its traceback
+        return self._checked(CliResult(["dnerf", *cmd], res.exit_code, res.stdout, res.stderr, res.output), check)
+
+
+@pytest.fixture(scope="session")
+def dnerf() -> Dnerf:
+    """The ``dnerf`` command line in a subprocess (``dnerf.run``) or in this process (``dnerf.invoke``)."""
+    return Dnerf()
 
 
 def run_checked(*cmd: str, cwd: Path) -> str:

@@ -11,9 +11,7 @@ import numpy as np
 import pytest
 import trimesh
 import zarr
-from typer.testing import CliRunner
 
-from flows.cli import app
 from tasks.config import load_params
 from tasks.corrupt import run_corrupt
 from tasks.download import run_download
@@ -28,10 +26,6 @@ TINY_REFINER = ["diffusion.unet.base_channels=8", "diffusion.unet.channel_mults=
 FIT = ["nerf.train.steps=80", "nerf.train.target_samples=2048", "nerf.train.n_coarse=16", "nerf.train.n_fine=8",
        "nerf.occupancy.resolution=16", "nerf.occupancy.warmup_steps=8", "nerf.occupancy.n_cells=512",
        "nerf.export.mesh_resolution=24", "orchestration.workers=1"]
-
-
-def _sets(overrides: list[str]) -> list[str]:
-    return [arg for o in overrides for arg in ("--set", o)]
 
 
 def write_stray_capture(params, scene: str, root: Path) -> Path:
@@ -76,13 +70,12 @@ def capture(request, tiny_overrides, tmp_path) -> tuple[Path, str, Path]:
     return Path(row["folder"]), "nerfstudio", tmp_path / "refiner"
 
 
-def test_a_capture_becomes_refined_depth_a_nerf_a_mesh_and_a_video(capture, tmp_path, prefect_api):
+def test_a_capture_becomes_refined_depth_a_nerf_a_mesh_and_a_video(dnerf, capture, tmp_path, prefect_api):
     folder, source, refiner = capture
     out = tmp_path / "recon"
-    res = CliRunner().invoke(app, ["reconstruct", str(folder), "--source", source, "--out", str(out),
-                                   "--refiner", str(refiner), "--video-frames", "6", "-q", "-p", "/dev/null",
-                                   *_sets(TINY_REFINER + FIT)])
-    assert res.exit_code == 0, res.output[-3000:]
+    res = dnerf.invoke("reconstruct", str(folder), "--source", source, "--out", str(out), "--refiner", str(refiner),
+                       "--video-frames", "6", "-q", "-p", "/dev/null", overrides=TINY_REFINER + FIT)
+    assert res.returncode == 0, res.output[-3000:]
     assert "reconstructed" in res.output and res.output.rstrip().splitlines()[-1] == f"done: {out}"
 
     refined = zarr.open_group(str(out / "refined.zarr"), mode="r")
@@ -105,12 +98,12 @@ def test_a_capture_becomes_refined_depth_a_nerf_a_mesh_and_a_video(capture, tmp_
     assert load_params(out / "params.yaml").paths.nerf == out.resolve() / "nerf"
 
 
-def test_without_a_trained_refiner_it_says_how_to_get_one(tmp_path):
+def test_without_a_trained_refiner_it_says_how_to_get_one(dnerf, tmp_path):
     folder = tmp_path / "capture"
     folder.mkdir()
-    res = CliRunner().invoke(app, ["reconstruct", str(folder), "--out", str(tmp_path / "recon"), "-p", "/dev/null",
-                                   "--set", f"paths.diffusion={tmp_path / 'no-refiner'}"])
-    assert res.exit_code == 1
+    res = dnerf.invoke("reconstruct", str(folder), "--out", str(tmp_path / "recon"), "-p", "/dev/null",
+                       overrides=[f"paths.diffusion={tmp_path / 'no-refiner'}"])
+    assert res.returncode == 1
     last = res.output.rstrip().splitlines()[-1]
     assert str(tmp_path / "no-refiner") in last and "dvc repro train_diffusion" in last
     assert not (tmp_path / "recon").exists()

@@ -8,33 +8,17 @@ import json
 import subprocess
 import uuid
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
 import zarr
-from typer.testing import CliRunner
 
-from flows.cli import app
 from tasks.config import load_params
 from tasks.corrupt import run_corrupt
 from tasks.download import run_download
 from tasks.store import open_store
 from tasks.train_diffusion import run_train_diffusion
-
-
-def _sets(overrides: list[str]) -> list[str]:
-    return [a for o in overrides for a in ("--set", o)]
-
-
-def dnerf(stage: str, overrides: list[str]) -> SimpleNamespace:
-    """``dnerf <stage> --quiet --set ...`` in this process (the exit code and messages are the point here, not
-    the process): ``returncode``, ``stdout`` and ``stderr`` as a subprocess run would give them."""
-    res = CliRunner().invoke(app, [stage, "--quiet", *_sets(overrides)])
-    if res.exception is not None and not isinstance(res.exception, SystemExit):
-        raise res.exception
-    return SimpleNamespace(returncode=res.exit_code, stdout=res.stdout, stderr=res.stderr)
 
 
 def snapshot(path: Path) -> dict[Path, bytes]:
@@ -57,13 +41,13 @@ def small_disk(tmp_path):
 
 
 @pytest.mark.slow
-def test_a_full_disk_stops_cleanly_and_keeps_the_previous_store(small_disk, tiny_overrides, prefect_api):
+def test_a_full_disk_stops_cleanly_and_keeps_the_previous_store(dnerf, small_disk, tiny_overrides, prefect_api):
     store = small_disk / "scenes.zarr"
     small = tiny_overrides + [f"paths.scenes={store}"]
     run_download(load_params(None, small), progress=False)
     before = snapshot(store)
     big = small + ["data.synthetic.n_frames=12", "data.synthetic.height=96", "data.synthetic.width=128"]
-    res = dnerf("download", big)
+    res = dnerf.invoke("download", "--quiet", overrides=big)
     assert res.returncode == 1, res.stderr
     assert "No space left on device" in res.stderr and str(small_disk) in res.stderr, res.stderr
     assert snapshot(store) == before, "the previous complete store is untouched"
@@ -79,7 +63,7 @@ def stores(tiny_overrides, tmp_path, prefect_api):
     return tiny_overrides, params
 
 
-def test_a_store_of_another_schema_version_is_refused_by_name(stores, tmp_path):
+def test_a_store_of_another_schema_version_is_refused_by_name(dnerf, stores, tmp_path):
     overrides, params = stores
     meta = params.paths.scenes / "zarr.json"
     doc = json.loads(meta.read_text())
@@ -87,22 +71,22 @@ def test_a_store_of_another_schema_version_is_refused_by_name(stores, tmp_path):
     meta.write_text(json.dumps(doc))
     zarr.consolidate_metadata(str(params.paths.scenes))
     before = snapshot(params.paths.noisy)
-    res = dnerf("corrupt", overrides + ["noise.seed=3"])
+    res = dnerf.invoke("corrupt", "--quiet", overrides=overrides + ["noise.seed=3"])
     assert res.returncode == 1
     assert "schema version 99 is not supported" in res.stderr and "scenes.zarr" in res.stderr
     assert snapshot(params.paths.noisy) == before
 
 
-def test_unknown_wrong_type_and_out_of_range_params_exit_2_naming_the_key(tiny_overrides):
+def test_unknown_wrong_type_and_out_of_range_params_exit_2_naming_the_key(dnerf, tiny_overrides):
     for bad, fragments in (("noise.sigmaa=0.1", ["noise.sigmaa", "unknown key"]),
                            ("nerf.train.steps=many", ["nerf.train.steps", "many"]),
                            ("refine.steps=0", ["refine.steps", "0"])):
-        res = CliRunner().invoke(app, ["corrupt", *_sets(tiny_overrides + [bad])])  # fails before any flow starts
-        assert res.exit_code == 2, (bad, res.output)
+        res = dnerf.invoke("corrupt", overrides=[*tiny_overrides, bad])  # fails before any flow starts
+        assert res.returncode == 2, (bad, res.output)
         assert all(f in res.output for f in fragments), (bad, res.output)
 
 
-def test_weights_that_do_not_match_their_config_name_the_file(stores, tmp_path):
+def test_weights_that_do_not_match_their_config_name_the_file(dnerf, stores, tmp_path):
     overrides, _params = stores
     model = tmp_path / "model"
     tiny = ["diffusion.unet.base_channels=8", "diffusion.unet.channel_mults=[1, 2]", "diffusion.unet.attention_heads=2",
@@ -112,13 +96,13 @@ def test_weights_that_do_not_match_their_config_name_the_file(stores, tmp_path):
     cfg = json.loads((model / "config.json").read_text())
     cfg["unet"]["base_channels"] = 16  # a checkpoint whose config does not describe its weights
     (model / "config.json").write_text(json.dumps(cfg))
-    res = dnerf("refine", overrides + tiny + [f"paths.refined={tmp_path / 'r.zarr'}"])
+    res = dnerf.invoke("refine", "--quiet", overrides=overrides + tiny + [f"paths.refined={tmp_path / 'r.zarr'}"])
     assert res.returncode == 1
     assert "model.safetensors" in res.stderr and "weights do not match config.json" in res.stderr
     assert not (tmp_path / "r.zarr").exists()
 
 
-def test_pickled_weights_are_never_unpickled(stores, tmp_path):
+def test_pickled_weights_are_never_unpickled(dnerf, stores, tmp_path):
     """A ``.pt`` pickle in place of the safetensors weights (which could run code when unpickled) is refused."""
     overrides, _ = stores
     model = tmp_path / "model"
@@ -131,21 +115,22 @@ def test_pickled_weights_are_never_unpickled(stores, tmp_path):
 
     torch.save({"w": Payload()}, model / "model.safetensors")
     (model / "config.json").write_text(json.dumps({"unet": {}, "schedule": {}, "sensor": {}, "calibration": {}}))
-    res = dnerf("refine", overrides + [f"paths.diffusion={model}", f"paths.refined={tmp_path / 'r.zarr'}"])
+    res = dnerf.invoke("refine", "--quiet",
+                       overrides=[*overrides, f"paths.diffusion={model}", f"paths.refined={tmp_path / 'r.zarr'}"])
     assert res.returncode == 1 and "model.safetensors" in res.stderr
     assert not marker.exists(), "the pickle was executed"
 
 
-def test_non_rigid_poses_name_the_frame(stores, tmp_path):
+def test_non_rigid_poses_name_the_frame(dnerf, stores, tmp_path):
     overrides, params = stores
     c2w = zarr.open_array(str(params.paths.scenes / "synthetic_000" / "c2w"), mode="r+")
     pose = c2w[1]
     pose[:3, :3] *= 2.0  # a scaled "rotation": not rigid
     c2w[1] = pose
-    res = dnerf("fit-nerf", overrides + ["nerf.depth_source=none", "nerf.ablation_sources=[]", "nerf.train.steps=2",
-                                         "nerf.scenes=[synthetic_000]", "nerf.export.mesh_resolution=16",
-                                         f"paths.nerf={tmp_path / 'nerf'}",
-                                         f"paths.nerf_metrics={tmp_path / 'n.json'}"])
+    res = dnerf.invoke("fit-nerf", "--quiet", overrides=[
+        *overrides, "nerf.depth_source=none", "nerf.ablation_sources=[]", "nerf.train.steps=2",
+        "nerf.scenes=[synthetic_000]", "nerf.export.mesh_resolution=16", f"paths.nerf={tmp_path / 'nerf'}",
+        f"paths.nerf_metrics={tmp_path / 'n.json'}"])
     assert res.returncode == 1
     assert "synthetic_000" in res.stderr and "not a rotation" in res.stderr
     assert not (tmp_path / "nerf" / "synthetic_000").exists()

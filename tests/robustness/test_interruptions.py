@@ -42,17 +42,6 @@ TINY_NERF = [
 ]
 
 
-def _sets(overrides: list[str]) -> list[str]:
-    return [a for o in overrides for a in ("--set", o)]
-
-
-def dnerf(stage: str, overrides: list[str]) -> subprocess.CompletedProcess:
-    res = subprocess.run(["dnerf", stage, "--quiet", *_sets(overrides)], check=False, capture_output=True, text=True,
-                         timeout=300)
-    assert res.returncode == 0, f"dnerf {stage} failed:\n{res.stdout}\n{res.stderr}"
-    return res
-
-
 def straight_run(stage: str, overrides: list[str]) -> None:
     """The uninterrupted reference run: the stage's flow in this process (what ``dnerf <stage>`` runs; only the
     killed and the resumed runs need a process of their own)."""
@@ -61,14 +50,14 @@ def straight_run(stage: str, overrides: list[str]) -> None:
     run_flow(stage, load_params(None, overrides))
 
 
-def kill_when(stage: str, overrides: list[str], ready: Callable[[], bool], max_delay_s: float,
+def kill_when(dnerf, stage: str, overrides: list[str], ready: Callable[[], bool], max_delay_s: float,
               timeout: float = 180) -> None:
     """Start ``dnerf stage``, wait until ``ready()``, wait a random extra delay, SIGKILL it."""
     seed = random.SystemRandom().randrange(2**32)
     delay = random.Random(seed).uniform(0, max_delay_s)
     print(f"kill seed {seed}: {delay:.2f} s after the kill point")
-    proc = subprocess.Popen(["dnerf", stage, "--quiet", *_sets(overrides)], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, text=True)
+    proc = dnerf.start(stage, "--quiet", overrides=overrides, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                       text=True)
     deadline = time.monotonic() + timeout
     try:
         while not ready():
@@ -116,17 +105,17 @@ def outputs(tmp_path: Path, name: str) -> list[str]:
         f"paths.nerf_metrics={tmp_path / name / 'nerf.json'}"]
 
 
-def test_killed_training_resumes_to_the_same_weights(base, tmp_path):
+def test_killed_training_resumes_to_the_same_weights(dnerf, base, tmp_path):
     train = base + ["diffusion.train.max_steps=120", "diffusion.train.checkpoint_every=4",
                     "diffusion.train.val_every=4", "diffusion.train.patience=100"]
     straight_run("train_diffusion", train + outputs(tmp_path, "straight"))
     run = outputs(tmp_path, "killed")
     ckpt = tmp_path / "killed" / "diffusion_checkpoints" / "state.json"
-    kill_when("train-diffusion", train + run, checkpoint_reached(ckpt, 8), max_delay_s=0.5)
+    kill_when(dnerf, "train-diffusion", train + run, checkpoint_reached(ckpt, 8), max_delay_s=0.5)
     assert not (tmp_path / "killed" / "diffusion" / "model.safetensors").exists()  # nothing looks finished
     killed_at = json.loads(ckpt.read_text())["step"]
     assert 8 <= killed_at < 120
-    res = dnerf("train-diffusion", train + run)
+    res = dnerf.run("train-diffusion", "--quiet", check=True, overrides=train + run)
     assert f"resuming from step {killed_at}" in res.stderr
     straight = (tmp_path / "straight" / "diffusion" / "model.safetensors").read_bytes()
     assert (tmp_path / "killed" / "diffusion" / "model.safetensors").read_bytes() == straight
@@ -136,7 +125,7 @@ def _done_chunks(store: Path) -> int:
     return sum(1 for _ in store.glob("*/done/c/*"))
 
 
-def test_killed_refinement_keeps_finished_frames_and_matches(base, tmp_path):
+def test_killed_refinement_keeps_finished_frames_and_matches(dnerf, base, tmp_path):
     model_dir = [f"paths.diffusion={tmp_path / 'model'}"]
     run_train_diffusion(load_params(None, base + model_dir + ["diffusion.train.max_steps=2"]), progress=False)
     refine = base + model_dir + ["data.synthetic.n_frames=16", "refine.steps=6", "refine.samples=3"]
@@ -146,12 +135,12 @@ def test_killed_refinement_keeps_finished_frames_and_matches(base, tmp_path):
     straight_run("refine", refine + [f"paths.refined={tmp_path / 'straight.zarr'}"])
     killed = tmp_path / "killed.zarr"
     run = refine + [f"paths.refined={killed}"]
-    kill_when("refine", run, lambda: _done_chunks(killed) >= 3, max_delay_s=0.5)
+    kill_when(dnerf, "refine", run, lambda: _done_chunks(killed) >= 3, max_delay_s=0.5)
     assert not open_refined_complete(killed)
     before = {p: p.stat().st_mtime_ns for p in killed.glob("*/depth_refined/c/*")}
     finished = {p.parent.parent.parent.name + "/" + p.name for p in killed.glob("*/done/c/*")}
     assert 3 <= len(finished) < 2 * 16
-    dnerf("refine", run)
+    dnerf.run("refine", "--quiet", check=True, overrides=run)
     a, b = zarr.open_group(str(tmp_path / "straight.zarr"), mode="r"), zarr.open_group(str(killed), mode="r")
     assert b.attrs["complete"]
     for scene in ("synthetic_000", "synthetic_001"):
@@ -169,16 +158,16 @@ def open_refined_complete(path: Path) -> bool:
         return False
 
 
-def test_killed_nerf_fit_resumes_to_the_same_field(base, tmp_path):
+def test_killed_nerf_fit_resumes_to_the_same_field(dnerf, base, tmp_path):
     fit = base + ["nerf.train.steps=60", "nerf.train.checkpoint_every=10", "nerf.scenes=[synthetic_000]"]
     # the reference fit runs in a fresh process, like the resumed one: an in-process fit differs in the last bits
-    dnerf("fit-nerf", fit + outputs(tmp_path, "straight"))
+    dnerf.run("fit-nerf", "--quiet", check=True, overrides=fit + outputs(tmp_path, "straight"))
     run = outputs(tmp_path, "killed")
     ckpt = tmp_path / "killed" / "nerf_checkpoints" / "synthetic_000" / "state.json"
-    kill_when("fit-nerf", fit + run, checkpoint_reached(ckpt, 20), max_delay_s=0.3)
+    kill_when(dnerf, "fit-nerf", fit + run, checkpoint_reached(ckpt, 20), max_delay_s=0.3)
     assert not (tmp_path / "killed" / "nerf" / "synthetic_000").exists()
     assert not (tmp_path / "killed" / "nerf.json").exists()
-    dnerf("fit-nerf", fit + run)
+    dnerf.run("fit-nerf", "--quiet", check=True, overrides=fit + run)
     straight = tmp_path / "straight" / "nerf" / "synthetic_000"
     resumed = tmp_path / "killed" / "nerf" / "synthetic_000"
     assert (resumed / "field.safetensors").read_bytes() == (straight / "field.safetensors").read_bytes()
@@ -186,15 +175,15 @@ def test_killed_nerf_fit_resumes_to_the_same_field(base, tmp_path):
     assert m_b["test_psnr"] == m_a["test_psnr"] and m_b["steps"] == 60
 
 
-def test_killed_download_leaves_no_store_and_reruns_to_the_same(tiny_overrides, tmp_path, prefect_api):
+def test_killed_download_leaves_no_store_and_reruns_to_the_same(dnerf, tiny_overrides, tmp_path, prefect_api):
     big = tiny_overrides + ["data.synthetic.n_scenes=3", "data.synthetic.n_frames=24", "data.synthetic.height=72",
                             "data.synthetic.width=96"]
     straight_run("download", big + [f"paths.scenes={tmp_path / 'straight.zarr'}"])
     target = tmp_path / "killed.zarr"
     run = big + [f"paths.scenes={target}"]
-    kill_when("download", run, lambda: any(tmp_path.glob(".killed.zarr.tmp-*/*/rgb/c/*")), max_delay_s=0.3)
+    kill_when(dnerf, "download", run, lambda: any(tmp_path.glob(".killed.zarr.tmp-*/*/rgb/c/*")), max_delay_s=0.3)
     assert not target.exists(), "a killed download must not leave a store a later stage would read"
-    dnerf("download", run)
+    dnerf.run("download", "--quiet", check=True, overrides=run)
     a, b = open_store(tmp_path / "straight.zarr", "scenes"), open_store(target, "scenes")
     for scene in ("synthetic_000", "synthetic_001", "synthetic_002"):
         for key in ("rgb", "depth", "K", "c2w"):
@@ -202,7 +191,7 @@ def test_killed_download_leaves_no_store_and_reruns_to_the_same(tiny_overrides, 
     assert not list(tmp_path.glob(".killed.zarr.tmp-*")), "the killed run's temporary store is cleaned up"
 
 
-def test_a_second_run_on_the_same_output_refuses(base, tmp_path):
+def test_a_second_run_on_the_same_output_refuses(dnerf, base, tmp_path):
     noisy = load_params(None, base).paths.noisy
     before = {p: p.read_bytes() for p in noisy.rglob("*") if p.is_file()}
     holder = subprocess.Popen(
@@ -212,8 +201,7 @@ def test_a_second_run_on_the_same_output_refuses(base, tmp_path):
         stdout=subprocess.PIPE, text=True, cwd=Path(__file__).parents[2])
     try:
         assert holder.stdout.readline().strip() == "held"
-        res = subprocess.run(["dnerf", "corrupt", "--quiet", *_sets(base + ["noise.seed=7"])],
-                             check=False, capture_output=True, text=True, timeout=300)
+        res = dnerf.run("corrupt", "--quiet", overrides=[*base, "noise.seed=7"])
         assert res.returncode == 1
         assert "another corrupt run is writing it right now" in res.stderr and str(noisy) in res.stderr
         assert {p: p.read_bytes() for p in noisy.rglob("*") if p.is_file()} == before  # nothing touched

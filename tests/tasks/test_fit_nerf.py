@@ -54,7 +54,7 @@ def scene(tiny_overrides, tmp_path):
     return overrides
 
 
-def test_short_fit_raises_test_psnr_and_exports(scene, tmp_path):
+def test_short_fit_raises_test_psnr_and_exports(dnerf, scene, tmp_path):
     params = load_params(None, scene + ["nerf.train.steps=120"])
     frames = open_scene(params.paths.scenes, "synthetic_000", "gt", None, None)
     aabb_np = scene_bounds(frames)
@@ -93,18 +93,13 @@ def test_short_fit_raises_test_psnr_and_exports(scene, tmp_path):
     assert int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) == 5
     cap.release()
     # the same from the command line: an orbit at half resolution
-    from typer.testing import CliRunner
-
-    from flows.cli import app
-
-    res = CliRunner().invoke(app, ["render", "synthetic_000", "--path", "orbit", "--frames", "3", "--downscale", "2",
-                                   "--out", str(tmp_path / "orbit"), "--quiet",
-                                   *[a for o in scene for a in ("--set", o)]])
-    assert res.exit_code == 0, res.output
+    res = dnerf.invoke("render", "synthetic_000", "--path", "orbit", "--frames", "3", "--downscale", "2",
+                       "--out", str(tmp_path / "orbit"), "--quiet", overrides=scene)
+    assert res.returncode == 0, res.output
     assert len(list((tmp_path / "orbit" / "frames").glob("*.png"))) == 3
     assert (tmp_path / "orbit" / "video.mp4").is_file()
-    res = CliRunner().invoke(app, ["render", "no_such_scene", *[a for o in scene for a in ("--set", o)]])
-    assert res.exit_code == 1 and "no_such_scene" in res.output
+    res = dnerf.invoke("render", "no_such_scene", overrides=scene)
+    assert res.returncode == 1 and "no_such_scene" in res.output
 
 
 @pytest.mark.parametrize(("source", "spread", "guided"), [("gt", 3.0, True), ("gt", 0.0, False), ("none", 3.0, False)])
