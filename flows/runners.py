@@ -24,9 +24,19 @@ class RunnerError(RuntimeError):
     """A task runner that cannot be built (missing optional package)."""
 
 
+def usable_cores() -> int:
+    """The cores this process may run on: its CPU affinity (``taskset``, a container's cpuset, a batch system's or
+    a test runner's share of the machine) where the OS reports one, else the machine's core count."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # no affinity API (macOS, Windows)
+        return os.cpu_count() or 1
+
+
 def threads_per_worker(cfg: OrchestrationConfig) -> int:
-    """Torch intra-op threads for each worker, so ``workers`` scenes at once do not oversubscribe the CPU."""
-    return max(1, (os.cpu_count() or 1) // cfg.workers)
+    """Torch intra-op threads for each worker, so ``workers`` scenes at once do not oversubscribe the cores this
+    process may use (:func:`usable_cores`)."""
+    return max(1, usable_cores() // cfg.workers)
 
 
 def make_task_runner(cfg: OrchestrationConfig) -> TaskRunner[Any]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import pytest
@@ -15,6 +15,22 @@ RGBD = ROOT.parent / "shared" / "data" / "rgbd"
 # A dnerf command run without PREFECT_API_URL starts the shared server (flows/server.py): in tests, let it stop
 # soon after its last command instead of lingering for the default 10 minutes.
 os.environ.setdefault("DNERF_SERVER_IDLE_S", "20")
+
+
+def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
+    """``-n auto``: one worker per usable core, at most four (each worker runs its own Prefect server)."""
+    from flows.runners import usable_cores
+
+    return max(1, min(4, usable_cores()))
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """An xdist worker runs on its own share of the cores (CPU affinity), so torch, OpenMP and the ``dnerf`` and
+    ``dvc`` processes it starts size their thread pools to that share instead of oversubscribing the machine."""
+    worker, count = os.environ.get("PYTEST_XDIST_WORKER"), os.environ.get("PYTEST_XDIST_WORKER_COUNT")
+    if worker and count and hasattr(os, "sched_setaffinity"):
+        cores = sorted(os.sched_getaffinity(0))
+        os.sched_setaffinity(0, cores[int(worker.removeprefix("gw")) :: int(count)] or cores)
 
 
 @pytest.fixture(scope="session")
@@ -42,6 +58,24 @@ def tiny_overrides(tmp_path: Path) -> list[str]:
         "data.synthetic.refiner_sizes=[[32, 24]]",
         "data.test_every=2",
     ]
+
+
+@pytest.fixture
+def make_stores(tiny_overrides: list[str]) -> Callable[..., list[str]]:
+    """``make_stores(extra)``: the scene store and its noisy depth (``download`` then ``corrupt``) for
+    ``tiny_overrides + extra``, written under the test's ``tmp_path``; returns those overrides."""
+    from tasks.config import load_params
+    from tasks.corrupt import run_corrupt
+    from tasks.download import run_download
+
+    def make(extra: Iterable[str] = ()) -> list[str]:
+        overrides = [*tiny_overrides, *extra]
+        params = load_params(None, overrides)
+        run_download(params, progress=False)
+        run_corrupt(params, progress=False)
+        return overrides
+
+    return make
 
 
 @pytest.fixture

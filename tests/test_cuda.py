@@ -18,8 +18,6 @@ from models.nerf.field import NeRFField
 from models.nerf.occupancy import OccupancyGrid
 from models.nerf.rendering import render_rays
 from tasks.config import load_params
-from tasks.corrupt import run_corrupt
-from tasks.download import run_download
 from tasks.fit_nerf import run_fit_nerf
 from tasks.refine import run_refine
 from tasks.train_diffusion import train_diffusion
@@ -91,15 +89,11 @@ def test_occupancy_grid_update_runs_on_cuda_and_skips_empty_space():
 
 
 @pytest.fixture
-def stores(tiny_overrides, tmp_path) -> list[str]:
-    overrides = tiny_overrides + TINY_NET + [
+def stores(make_stores, tmp_path) -> list[str]:
+    return make_stores(TINY_NET + [
         f"paths.diffusion={tmp_path / 'model'}", f"paths.diffusion_checkpoints={tmp_path / 'ckpt'}",
         f"paths.refined={tmp_path / 'refined.zarr'}",
-    ]
-    params = load_params(None, overrides)
-    run_download(params, progress=False)
-    run_corrupt(params, progress=False)
-    return overrides
+    ])
 
 
 @pytest.mark.parametrize("amp", ["off", "bf16", "fp16"])
@@ -127,16 +121,13 @@ def test_refiner_trains_on_cuda_and_refines_like_the_cpu(stores, tmp_path, amp):
 
 
 @pytest.mark.parametrize("amp", ["off", "bf16", "fp16"])
-def test_nerf_fits_on_cuda_under_each_precision(tiny_overrides, tmp_path, amp):
+def test_nerf_fits_on_cuda_under_each_precision(make_stores, tmp_path, amp):
     """The fit stage on CUDA (autocast bf16, fp16 with loss scaling, or fp32) learns the scene and exports it."""
-    overrides = tiny_overrides + FAST_NERF + [
-        f"paths.nerf={tmp_path / 'nerf'}", f"paths.nerf_checkpoints={tmp_path / 'ck'}",
+    overrides = make_stores([
+        *FAST_NERF, f"paths.nerf={tmp_path / 'nerf'}", f"paths.nerf_checkpoints={tmp_path / 'ck'}",
         f"paths.nerf_metrics={tmp_path / 'nerf.json'}", "nerf.train.device=cuda", f"nerf.train.amp={amp}",
-    ]
-    params = load_params(None, overrides)
-    run_download(params, progress=False)
-    run_corrupt(params, progress=False)
-    run_fit_nerf(params, progress=False)
+    ])
+    run_fit_nerf(load_params(None, overrides), progress=False)
     out = Path(tmp_path / "nerf" / "synthetic_000")
     m = json.loads((out / "metrics.json").read_text())
     assert np.isfinite(m["test_psnr"]) and m["test_psnr"] > 14.0, m

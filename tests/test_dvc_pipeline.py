@@ -32,6 +32,7 @@ def assert_report_linked(repo) -> None:
     assert any(uri in str(a.data) for a in reports), [a.data for a in reports]
 
 
+@pytest.mark.xdist_group("dvc-template")  # one worker builds the session's template repository
 def test_repro_then_noop_then_only_changed_stage(dvc_template, dvc_repo, sh):
     repo, out = dvc_repo, dvc_template[1]
     stages = ["download", "corrupt", "train_diffusion", "refine", "fit_nerf", "evaluate"]
@@ -78,6 +79,7 @@ def test_repro_then_noop_then_only_changed_stage(dvc_template, dvc_repo, sh):
     assert "up to date" in sh("dvc", "status", cwd=repo)
 
 
+@pytest.mark.xdist_group("dvc-template")  # one worker builds the session's template repository
 def test_remote_push_pull_and_experiments(dvc_repo, sh, tmp_path_factory):
     repo = dvc_repo
     remote = tmp_path_factory.mktemp("dvc-remote")

@@ -23,8 +23,6 @@ from flows.runners import threads_per_worker
 from flows.stages import run_flow
 from tasks import fit_nerf
 from tasks.config import load_params
-from tasks.corrupt import run_corrupt
-from tasks.download import run_download
 
 SCENES = ("synthetic_000", "synthetic_001")
 # Short fits that leave the occupancy grid's warm-up (random cells and points after it), jitter every sample
@@ -47,13 +45,9 @@ def outputs(root: Path) -> list[str]:
 
 
 @pytest.fixture
-def two_scenes(tiny_overrides, tmp_path) -> list[str]:
+def two_scenes(make_stores, tmp_path) -> list[str]:
     """Two tiny synthetic scenes with their noisy depth; overrides for fast fits run two at a time."""
-    overrides = tiny_overrides + FAST_NERF + [f"orchestration.results={tmp_path / 'results'}"]
-    params = load_params(None, overrides)
-    run_download(params, progress=False)
-    run_corrupt(params, progress=False)
-    return overrides
+    return make_stores(FAST_NERF + [f"orchestration.results={tmp_path / 'results'}"])
 
 
 @pytest.fixture

@@ -13,8 +13,6 @@ import trimesh
 import zarr
 
 from tasks.config import load_params
-from tasks.corrupt import run_corrupt
-from tasks.download import run_download
 from tasks.export import export_nerfstudio
 from tasks.train_diffusion import run_train_diffusion
 
@@ -56,13 +54,11 @@ def write_stray_capture(params, scene: str, root: Path) -> Path:
 
 
 @pytest.fixture(params=["nerfstudio", "phone"])
-def capture(request, tiny_overrides, tmp_path) -> tuple[Path, str, Path]:
+def capture(request, make_stores, tmp_path) -> tuple[Path, str, Path]:
     """``(a capture of synthetic_000 with noisy depth, its layout, a trained tiny refiner)``: a nerfstudio
     dataset from ``dnerf export nerfstudio``, or a Stray Scanner phone export."""
-    params = load_params(None, tiny_overrides + TINY_REFINER + ["data.synthetic.n_scenes=1", "data.test_every=4",
-                                                                f"paths.diffusion={tmp_path / 'refiner'}"])
-    run_download(params, progress=False)
-    run_corrupt(params, progress=False)
+    params = load_params(None, make_stores([*TINY_REFINER, "data.synthetic.n_scenes=1", "data.test_every=4",
+                                            f"paths.diffusion={tmp_path / 'refiner'}"]))
     run_train_diffusion(params, progress=False)
     if request.param == "phone":
         return write_stray_capture(params, "synthetic_000", tmp_path / "scan"), "phone", tmp_path / "refiner"

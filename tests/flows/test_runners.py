@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import importlib.util
+import os
 
 import pytest
 from prefect.task_runners import ProcessPoolTaskRunner, ThreadPoolTaskRunner
 
-from flows.runners import RunnerError, make_task_runner, threads_per_worker
+from flows.runners import RunnerError, make_task_runner, threads_per_worker, usable_cores
 from tasks.config import OrchestrationConfig
 
 
@@ -27,8 +28,13 @@ def test_ray_without_its_extra_says_how_to_install():
         make_task_runner(OrchestrationConfig(runner="ray"))
 
 
-def test_torch_threads_are_split_between_workers(monkeypatch):
-    monkeypatch.setattr("os.cpu_count", lambda: 8)
-    assert threads_per_worker(OrchestrationConfig(workers=1)) == 8
-    assert threads_per_worker(OrchestrationConfig(workers=3)) == 2
-    assert threads_per_worker(OrchestrationConfig(workers=16)) == 1
+def test_torch_threads_are_split_between_the_cores_this_process_may_use():
+    cores = usable_cores()
+    assert threads_per_worker(OrchestrationConfig(workers=1)) == cores
+    assert threads_per_worker(OrchestrationConfig(workers=2 * cores + 1)) == 1
+    saved = os.sched_getaffinity(0)
+    try:  # a process limited to one core (taskset, a cpuset, a test worker's share) splits that one core
+        os.sched_setaffinity(0, {min(saved)})
+        assert usable_cores() == 1 and threads_per_worker(OrchestrationConfig(workers=1)) == 1
+    finally:
+        os.sched_setaffinity(0, saved)

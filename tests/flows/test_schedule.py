@@ -35,6 +35,7 @@ def test_schedule_comes_from_params():
     assert schedule_kwargs(load_params(None, ["orchestration.schedule.cron='0 3 * * *'"])) == {"cron": "0 3 * * *"}
 
 
+@pytest.mark.xdist_group("dvc-template")  # one worker builds the session's template repository
 def test_check_flow_reproduces_only_when_something_changed(dvc_repo, sh):
     assert check_and_reproduce(str(dvc_repo)) == {"changed": {}, "reproduced": False}
 

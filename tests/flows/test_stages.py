@@ -16,9 +16,7 @@ import zarr
 from flows.caching import cache_key
 from flows.stages import StageFailed, run_flow
 from tasks.config import load_params
-from tasks.corrupt import run_corrupt
 from tasks.digest import tree_digest
-from tasks.download import run_download
 from tasks.refine import run_refine
 
 FAST_NERF = [
@@ -29,18 +27,14 @@ FAST_NERF = [
 
 
 @pytest.fixture
-def stores(tiny_overrides, tmp_path):
+def stores(make_stores, tmp_path):
     """Two tiny synthetic scenes, their noisy depth, and overrides writing everything under tmp_path."""
-    overrides = tiny_overrides + FAST_NERF + [
+    return make_stores(FAST_NERF + [
         "refine.method=bilateral",
         f"paths.refined={tmp_path / 'refined.zarr'}", f"paths.nerf={tmp_path / 'nerf'}",
         f"paths.nerf_checkpoints={tmp_path / 'ck'}", f"paths.nerf_metrics={tmp_path / 'metrics' / 'nerf.json'}",
         f"orchestration.results={tmp_path / 'results'}",
-    ]
-    params = load_params(None, overrides)
-    run_download(params, progress=False)
-    run_corrupt(params, progress=False)
-    return overrides
+    ])
 
 
 def test_cache_keys_follow_content_params_and_code_not_paths(tmp_path):

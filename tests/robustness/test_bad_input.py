@@ -15,7 +15,6 @@ import torch
 import zarr
 
 from tasks.config import load_params
-from tasks.corrupt import run_corrupt
 from tasks.download import run_download
 from tasks.store import open_store
 from tasks.train_diffusion import run_train_diffusion
@@ -56,11 +55,9 @@ def test_a_full_disk_stops_cleanly_and_keeps_the_previous_store(dnerf, small_dis
 
 
 @pytest.fixture
-def stores(tiny_overrides, tmp_path, prefect_api):
-    params = load_params(None, tiny_overrides)
-    run_download(params, progress=False)
-    run_corrupt(params, progress=False)
-    return tiny_overrides, params
+def stores(make_stores, prefect_api):
+    overrides = make_stores()
+    return overrides, load_params(None, overrides)
 
 
 def test_a_store_of_another_schema_version_is_refused_by_name(dnerf, stores, tmp_path):

@@ -87,16 +87,12 @@ def checkpoint_reached(state_json: Path, step: int) -> Callable[[], bool]:
 
 
 @pytest.fixture
-def base(tiny_overrides, tmp_path, prefect_api):
+def base(make_stores, tmp_path, prefect_api):
     """Tiny synthetic stores, every output under ``tmp_path``, caching off (a resumed run must not be served
     from the uninterrupted run's cached results)."""
-    overrides = tiny_overrides + TINY_DIFFUSION + TINY_NERF + [
+    return make_stores(TINY_DIFFUSION + TINY_NERF + [
         "orchestration.cache=false", "orchestration.workers=1", f"orchestration.results={tmp_path / 'results'}",
-    ]
-    params = load_params(None, overrides)
-    run_download(params, progress=False)
-    run_corrupt(params, progress=False)
-    return overrides
+    ])
 
 
 def outputs(tmp_path: Path, name: str) -> list[str]:

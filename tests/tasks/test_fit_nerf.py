@@ -15,8 +15,6 @@ from PIL import Image
 from safetensors.torch import load_file
 
 from tasks.config import load_params
-from tasks.corrupt import run_corrupt
-from tasks.download import run_download
 from tasks.errors import DataError
 from tasks.fit_nerf import (
     fit_config,
@@ -43,15 +41,11 @@ FAST = [
 
 
 @pytest.fixture
-def scene(tiny_overrides, tmp_path):
-    overrides = tiny_overrides + FAST + [
+def scene(make_stores, tmp_path):
+    return make_stores(FAST + [
         f"paths.nerf={tmp_path / 'nerf'}", f"paths.nerf_checkpoints={tmp_path / 'ck'}",
         f"paths.nerf_metrics={tmp_path / 'metrics' / 'nerf.json'}",
-    ]
-    params = load_params(None, overrides)
-    run_download(params, progress=False)
-    run_corrupt(params, progress=False)  # the observed depth that sets every fit's scene box
-    return overrides
+    ])
 
 
 def test_short_fit_raises_test_psnr_and_exports(dnerf, scene, tmp_path):

@@ -26,18 +26,16 @@ TINY_UNET = RefinerUNetConfig(base_channels=8, channel_mults=(1, 2), attention_h
 
 
 @pytest.fixture
-def setup(tiny_overrides, tmp_path):
+def setup(make_stores, tmp_path):
     """Stores plus a tiny (randomly initialised, non-zero) model on disk."""
-    params = load_params(None, tiny_overrides + [f"paths.diffusion={tmp_path / 'model'}"])
-    run_download(params, progress=False)
-    run_corrupt(params, progress=False)
+    overrides = make_stores([f"paths.diffusion={tmp_path / 'model'}", f"paths.refined={tmp_path / 'refined.zarr'}"])
     torch.manual_seed(0)
     model = DepthUNet(TINY_UNET)
     with torch.no_grad():
         for p in model.parameters():
             p.add_(0.05 * torch.randn_like(p))
     save_model(tmp_path / "model", model, TINY_UNET, DiffusionConfig(), SensorPrior(), Calibration(), {})
-    return tiny_overrides + [f"paths.diffusion={tmp_path / 'model'}", f"paths.refined={tmp_path / 'refined.zarr'}"]
+    return overrides
 
 
 def chunk_mtimes(path):

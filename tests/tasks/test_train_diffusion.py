@@ -27,13 +27,9 @@ TINY_NET = [
 
 
 @pytest.fixture
-def stores(tiny_overrides, tmp_path):
-    overrides = tiny_overrides + [f"paths.diffusion={tmp_path / 'model'}",
-                                  f"paths.diffusion_checkpoints={tmp_path / 'ckpt'}"] + TINY_NET
-    params = load_params(None, overrides)
-    run_download(params, progress=False)
-    run_corrupt(params, progress=False)
-    return overrides
+def stores(make_stores, tmp_path):
+    return make_stores([f"paths.diffusion={tmp_path / 'model'}", f"paths.diffusion_checkpoints={tmp_path / 'ckpt'}",
+                        *TINY_NET])
 
 
 def test_training_lowers_the_loss_and_writes_outputs(stores, tmp_path):

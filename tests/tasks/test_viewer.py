@@ -30,6 +30,7 @@ from tasks.render import load_fit, scene_view
 
 ROOT = Path(__file__).resolve().parents[2]
 SCENE = "synthetic_000"
+pytestmark = pytest.mark.xdist_group("viewer")  # one worker fits the module's scene once
 
 
 def require(found: bool, what: str) -> None:
