@@ -27,7 +27,8 @@ Sections (each case runs in a fresh child process, so its peak memory is its own
   reference figures of issue 7; nerfacto itself is not installed).
 
 Every table is printed and the whole run is written to ``benchmarks/results/<UTC time>-<host>-<device>.json``
-and ``.md``, so runs can be compared. Times are medians over ``--repeats``.
+and ``.md`` as each section finishes, so runs can be compared. Times are medians over ``--repeats``. How cases
+are run, timed and written is ``benchmarks/harness.py``; this file is what is measured.
 """
 
 from __future__ import annotations
@@ -36,7 +37,6 @@ import argparse
 import contextlib
 import itertools
 import json
-import multiprocessing as mp
 import os
 import platform
 import resource
@@ -45,51 +45,17 @@ import statistics
 import sys
 import tempfile
 import time
-from concurrent.futures import ProcessPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "benchmarks")]
 
+from harness import ResultsWriter, isolated, median_time, peak_gb, results_stem  # noqa: E402
+
 # nerfstudio 1.1.5 nerfacto on the 7-Scenes kitchen, 320x240, 43/7 split, 2 CPU cores (issue 7)
 PEER = {"name": "nerfacto (nerfstudio 1.1.5, 1024 rays)", "psnr_at_s": [(140, 22.1), (380, 24.1), (585, 24.4)],
         "ssim": 0.72, "render_s": 54.0, "peak_gb": 2.5}
-
-
-# ------------------------------------------------------------------------------------------- isolation
-
-
-def _child(fn_name: str, kwargs: dict) -> tuple[dict, float, float]:
-    import torch
-
-    result = globals()[fn_name](**kwargs)
-    rss_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux
-    gpu_gb = torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else float("nan")
-    return result, rss_gb, gpu_gb
-
-
-def isolated(fn_name: str, **kwargs) -> dict:
-    """Run ``fn_name(**kwargs)`` in a fresh spawned process; its result plus ``peak_rss_gb`` / ``peak_gpu_gb``."""
-    with ProcessPoolExecutor(1, mp_context=mp.get_context("spawn")) as pool:
-        result, rss, gpu = pool.submit(_child, fn_name, kwargs).result()
-    return {**result, "peak_rss_gb": round(rss, 3), "peak_gpu_gb": round(gpu, 3)}
-
-
-def peak_gb(r: dict, device: str) -> float:
-    """The peak memory that matters on ``device``: host RSS on the CPU, allocated GPU memory on CUDA."""
-    return r["peak_gpu_gb"] if device.startswith("cuda") else r["peak_rss_gb"]
-
-
-def median_time(fn, repeats: int, sync=None) -> float:
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        if sync is not None:
-            sync()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
 
 
 # ------------------------------------------------------------------------------------------- machine
@@ -406,19 +372,6 @@ def kitchen_case(kitchen: str, device: str, seconds: float, steps: int, source: 
 # ------------------------------------------------------------------------------------------- pipeline
 
 
-def set_dotted(params: dict, overrides: list[str]) -> dict:
-    import yaml
-
-    for item in overrides:
-        key, value = item.split("=", 1)
-        *parents, leaf = key.split(".")
-        node = params
-        for k in parents:
-            node = node[k]
-        node[leaf] = yaml.safe_load(value)
-    return params
-
-
 def pipeline_case(work: str, overrides: list[str]) -> dict:
     """``dvc repro`` from a fresh clone of this repository's committed HEAD (code from this working tree),
     against a local Prefect server: wall time per stage (from DVC's stage markers), the stage's flow run time
@@ -428,11 +381,12 @@ def pipeline_case(work: str, overrides: list[str]) -> dict:
     import yaml
 
     from flows.server import LocalServer, configure_prefect_env
+    from tasks.config import apply_overrides
 
     repo = Path(work) / "pipeline"
     subprocess.run(["git", "clone", "-q", str(ROOT), str(repo)], check=True)
     params_file = repo / "params.yaml"
-    params_file.write_text(yaml.safe_dump(set_dotted(yaml.safe_load(params_file.read_text()), overrides),
+    params_file.write_text(yaml.safe_dump(apply_overrides(yaml.safe_load(params_file.read_text()), overrides),
                                           sort_keys=False))
     env = configure_prefect_env(repo, dict(os.environ))
     with LocalServer(Path(work) / "prefect-home") as server:
@@ -469,26 +423,12 @@ def pipeline_case(work: str, overrides: list[str]) -> dict:
             "clone": str(repo)}
 
 
-# ------------------------------------------------------------------------------------------- report
+# ------------------------------------------------------------------------------------------- run
 
 
-def table(title: str, rows: list[dict]) -> str:
-    """A markdown table (also printed with rich)."""
-    from rich.console import Console
-    from rich.table import Table
-
-    if not rows:
-        return ""
-    cols = list(dict.fromkeys(k for r in rows for k in r))
-    t = Table(title=title)
-    for c in cols:
-        t.add_column(c, justify="right")
-    for r in rows:
-        t.add_row(*(str(r.get(c, "")) for c in cols))
-    Console(width=200).print(t)
-    lines = [f"### {title}", "", "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-    lines += ["| " + " | ".join(str(r.get(c, "")) for c in cols) + " |" for r in rows]
-    return "\n".join(lines) + "\n"
+def without_peaks(rows: list[dict]) -> list[dict]:
+    """:func:`harness.isolated` results without their peak memory columns (for tables where it says nothing)."""
+    return [{k: v for k, v in r.items() if not k.startswith("peak")} for r in rows]
 
 
 def main() -> None:
@@ -512,37 +452,21 @@ def main() -> None:
     repeats = 3 if q else 7
     steps = 60 if q else 200
     dev = args.device
-    results: dict = {"when": datetime.now(UTC).isoformat(timespec="seconds"), "host": socket.gethostname(),
-                     "quick": q, "argv": sys.argv[1:]}
-    md = []
+    when, host = datetime.now(UTC).isoformat(timespec="seconds"), socket.gethostname()
     work = Path(tempfile.mkdtemp(prefix="dnerf-bench-"))
 
-    args.out.mkdir(parents=True, exist_ok=True)
-    stem = f"{results['when'].replace(':', '')[:17]}-{results['host']}-{dev.replace(':', '')}"
-
-    def save() -> None:
-        """Write what has been measured so far (a run cut short keeps its finished sections)."""
-        header = f"# Benchmark {results['when']} on {m['cpu']} ({m['cores']} cores, {m['device']})\n\n"
-        for suffix, text in ((".json", json.dumps(results, indent=2)), (".md", header + "\n".join(md))):
-            tmp = args.out / f".{stem}{suffix}.tmp"
-            tmp.write_text(text)
-            tmp.replace(args.out / f"{stem}{suffix}")
-
-    def publish(section: str) -> None:
-        md.append(section)
-        save()
-
     gpu = dev.startswith("cuda")  # a GPU's ceilings need bigger problems than a CPU's
-    m = isolated("machine_ceilings", device=dev, repeats=repeats, n=8192 if gpu else 1024 if q else 2048,
+    m = isolated(machine_ceilings, device=dev, repeats=repeats, n=8192 if gpu else 1024 if q else 2048,
                  mbytes=2048 if gpu else 256)
-    results["machine"] = m
-    publish(table("machine", [m]))
+    run = {"when": when, "host": host, "quick": q, "argv": sys.argv[1:]}
+    heading = f"Benchmark {when} on {m['cpu']} ({m['cores']} cores, {m['device']})"
+    out = ResultsWriter(args.out, results_stem(when, host, dev), run, heading)
+    out.publish("machine", m, "machine", [m])
 
     if "encoding" not in args.skip:
-        rows = [isolated("encoding_case", device=dev, n=n, repeats=repeats) for n in (16384, 200_000)]
-        results["encoding"] = rows
-        publish(table("hash encoding (default size), fused CPU kernel against the PyTorch path", [
-            {k: v for k, v in r.items() if not k.startswith("peak")} for r in rows]))
+        rows = [isolated(encoding_case, device=dev, n=n, repeats=repeats) for n in (16384, 200_000)]
+        out.publish("encoding", rows, "hash encoding (default size), fused CPU kernel against the PyTorch path",
+                    without_peaks(rows))
 
     if "memory" not in args.skip:
         store = str(synthetic_store(work, 16, 120, 160))
@@ -557,20 +481,20 @@ def main() -> None:
         }
         rows = []
         for name, overrides in techniques.items():
-            r = isolated("memory_case", scenes=store, device=dev, steps=25 if q else 60, rays=mem_rays,
+            r = isolated(memory_case, scenes=store, device=dev, steps=25 if q else 60, rays=mem_rays,
                          overrides=["nerf.train.guide_spread=0", "nerf.train.amp=off", *overrides])
             rows.append({"technique": name, "step ms": r["step_ms"], "added GB": r["added_gb"],
                          "peak GB": peak_gb(r, dev)})
         for r in rows[1:]:
             r["memory vs none"] = f"{r['added GB'] / max(rows[0]['added GB'], 1e-9):.2f}x"
             r["time vs none"] = f"{r['step ms'] / rows[0]['step ms']:.2f}x"
-        results["memory"] = rows
-        publish(table(f"NeRF memory techniques ({mem_rays} rays per step, coarse + fine sampling, 160x120)", rows))
+        out.publish("memory", rows, f"NeRF memory techniques ({mem_rays} rays per step, coarse + fine sampling, "
+                    "160x120)", rows)
 
     if "nerf" not in args.skip:
         base = synthetic_store(work, 16, 120, 160)
-        main_fit = isolated("nerf_fit_case", scenes=str(base), device=dev, steps=steps + 150, skip=150)
-        no_grid = isolated("nerf_fit_case", scenes=str(base), device=dev, steps=steps, skip=10, occupancy=False)
+        main_fit = isolated(nerf_fit_case, scenes=str(base), device=dev, steps=steps + 150, skip=150)
+        no_grid = isolated(nerf_fit_case, scenes=str(base), device=dev, steps=steps, skip=10, occupancy=False)
         rows = []
         for name, r in (("hash grid + occupancy", main_fit), ("hash grid, no occupancy", no_grid)):
             mlp_gflops = r["samples_per_s"] * r["flops_per_sample"] / 1e9
@@ -583,28 +507,26 @@ def main() -> None:
                          "peak GB": peak_gb(r, dev)})
         rows.append({"config": "occupancy: samples/ray cut",
                      "samples/ray": f"{no_grid['samples_per_ray'] / main_fit['samples_per_ray']:.1f}x"})
-        results["nerf_throughput"] = rows
-        publish(table("NeRF training throughput (160x120, 16 frames, forward + backward)", rows))
+        out.publish("nerf_throughput", rows, "NeRF training throughput (160x120, 16 frames, forward + backward)",
+                    rows)
 
         scaling = []
         for n in (8, 32, 64) if q else (8, 32, 128):
-            r = isolated("nerf_fit_case", scenes=str(synthetic_store(work, n, 120, 160)), device=dev, steps=40,
+            r = isolated(nerf_fit_case, scenes=str(synthetic_store(work, n, 120, 160)), device=dev, steps=40,
                          skip=10)
             scaling.append({"frames": n, "resolution": r["resolution"], "step ms": r["step_ms"],
                             "peak GB": peak_gb(r, dev)})
         for h, w in ((60, 80), (240, 320)) + (() if q else ((480, 640),)):
-            r = isolated("nerf_fit_case", scenes=str(synthetic_store(work, 16, h, w)), device=dev, steps=40, skip=10)
+            r = isolated(nerf_fit_case, scenes=str(synthetic_store(work, 16, h, w)), device=dev, steps=40, skip=10)
             scaling.append({"frames": 16, "resolution": r["resolution"], "step ms": r["step_ms"],
                             "peak GB": peak_gb(r, dev)})
-        results["nerf_scaling"] = scaling
-        publish(table("NeRF step time and memory against frames and resolution", scaling))
+        out.publish("nerf_scaling", scaling, "NeRF step time and memory against frames and resolution", scaling)
 
     if "render" not in args.skip:
-        renders = [isolated("nerf_render_case", scenes=str(synthetic_store(work, 16, h, w)), device=dev, steps=200)
+        renders = [isolated(nerf_render_case, scenes=str(synthetic_store(work, 16, h, w)), device=dev, steps=200)
                    for h, w in ((120, 160), (240, 320), (480, 640))]
-        results["nerf_render"] = renders
-        publish(table("NeRF full-image render (RGB + depth)", [
-            {"resolution": r["resolution"], "s / image": r["render_s"], "peak GB": peak_gb(r, dev)} for r in renders]))
+        out.publish("nerf_render", renders, "NeRF full-image render (RGB + depth)", [
+            {"resolution": r["resolution"], "s / image": r["render_s"], "peak GB": peak_gb(r, dev)} for r in renders])
 
     if "parallel" not in args.skip:
         from flows.runners import threads_per_worker
@@ -616,7 +538,7 @@ def main() -> None:
         pst = 100 if q else 300
 
         def wall(fits: int, workers: int, threads: int) -> float:
-            return isolated("parallel_case", scenes=store, device=dev, steps=pst, fits=fits, workers=workers,
+            return isolated(parallel_case, scenes=store, device=dev, steps=pst, fits=fits, workers=workers,
                             threads=threads)["wall_s"]
 
         one_fast, one_slow = wall(1, 1, cores), wall(1, 1, half)
@@ -630,55 +552,50 @@ def main() -> None:
             {"run": f"2 fits, 2 workers x {half} thread(s)", "wall s": both,
              "ratio": f"{serial / both:.2f}x faster (bound {2 / intra:.2f}x)"},
         ]
-        results["parallel"] = rows
-        publish(table(f"scene-parallel NeRF fits ({pst} steps each; bound = 2 / intra-op speed-up)", rows))
+        out.publish("parallel", rows, f"scene-parallel NeRF fits ({pst} steps each; bound = 2 / intra-op speed-up)",
+                    rows)
 
     if "vanilla" not in args.skip:
         store = str(synthetic_store(work, 16, 120, 160))
-        rows = [isolated("vanilla_case", scenes=store, device=dev, seconds=30.0 if q else 90.0, variant=v)
+        rows = [isolated(vanilla_case, scenes=store, device=dev, seconds=30.0 if q else 90.0, variant=v)
                 for v in ("colour", "depth")]
-        results["vanilla"] = rows
-        publish(table("time-to-PSNR against the original NeRF, like for like (same scene, supervision, sampling, "
-                        "renderer, machine)", [{k: v for k, v in r.items() if not k.startswith("peak")} for r in rows]))
+        out.publish("vanilla", rows, "time-to-PSNR against the original NeRF, like for like (same scene, supervision, "
+                    "sampling, renderer, machine)", without_peaks(rows))
 
     if "refine" not in args.skip:
-        rows = [isolated("refine_case", device=dev, height=480, width=640, steps=s, samples=2, repeats=repeats)
+        rows = [isolated(refine_case, device=dev, height=480, width=640, steps=s, samples=2, repeats=repeats)
                 for s in ((1, 2, 4) if q else (1, 2, 4, 8))]
-        rows += [isolated("refine_case", device=dev, height=h, width=w, steps=2, samples=2, repeats=repeats)
+        rows += [isolated(refine_case, device=dev, height=h, width=w, steps=2, samples=2, repeats=repeats)
                  for h, w in ((120, 160), (240, 320))]
-        results["refine"] = rows
-        publish(table("diffusion refinement per frame (2 samples)", [
+        out.publish("refine", rows, "diffusion refinement per frame (2 samples)", [
             {**{k: r[k] for k in ("resolution", "steps", "samples", "s_per_frame", "frames_per_s")},
-             "peak GB": peak_gb(r, dev)} for r in rows]))
+             "peak GB": peak_gb(r, dev)} for r in rows])
     if "baselines" not in args.skip:
-        b = isolated("baselines_case", height=480, width=640, repeats=repeats)
-        results["baselines"] = b
-        publish(table("classical baselines per 640x480 frame (s)", [b]))
+        b = isolated(baselines_case, height=480, width=640, repeats=repeats)
+        out.publish("baselines", b, "classical baselines per 640x480 frame (s)", [b])
 
     if args.kitchen is not None and "peer" not in args.skip:
         runs = []
         for budget in args.kitchen_budgets:
             seconds, steps = (float(v) for v in budget.split(":"))
             for source, label in (("noisy", "ours, sensor depth"), ("none", "ours, colour only")):
-                k = isolated("kitchen_case", kitchen=str(args.kitchen.resolve()), device=dev, seconds=seconds,
+                k = isolated(kitchen_case, kitchen=str(args.kitchen.resolve()), device=dev, seconds=seconds,
                              steps=int(steps), source=source, work=str(work), overrides=args.kitchen_set)
                 runs.append({"method": label, "budget_s": seconds, **k})
-        results["peer"] = {"ours": runs, "peer": PEER}
         rows = [{"method": f"{r['method']} ({r['steps']}-step schedule)", **c, "peak GB": peak_gb(r, dev)}
                 for r in runs for c in r["curve"]]
         rows += [{"method": PEER["name"], "train_s": s, "psnr": p, "render_s": PEER["render_s"],
                   "peak GB": PEER["peak_gb"]} for s, p in PEER["psnr_at_s"]]
-        publish(table(f"7-Scenes kitchen 320x240, nerfstudio interval split: {runs[0]['train_views']} train / "
-                        f"{runs[0]['eval_views']} eval views", rows))
+        out.publish("peer", {"ours": runs, "peer": PEER}, f"7-Scenes kitchen 320x240, nerfstudio interval split: "
+                    f"{runs[0]['train_views']} train / {runs[0]['eval_views']} eval views", rows)
 
     if args.pipeline:
-        p = isolated("pipeline_case", work=str(work), overrides=args.pipeline_set)
-        results["pipeline"] = p
-        publish(table(f"dvc repro from a fresh clone: {p['total_s']} s, orchestration overhead {p['overhead_s']} s "
-                        f"({100 * p['overhead_share']:.1f} %), no-op repro {p['noop_s']} s", p["stages"]))
+        p = isolated(pipeline_case, work=str(work), overrides=args.pipeline_set)
+        out.publish("pipeline", p, f"dvc repro from a fresh clone: {p['total_s']} s, orchestration overhead "
+                    f"{p['overhead_s']} s ({100 * p['overhead_share']:.1f} %), no-op repro {p['noop_s']} s",
+                    p["stages"])
 
-    save()
-    print(f"written {args.out / stem}.json and .md")
+    print(f"written {out.json_path} and .md")
 
 
 if __name__ == "__main__":

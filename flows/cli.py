@@ -23,7 +23,15 @@ import typer
 from rich.console import Console
 from rich.logging import RichHandler
 
-from flows.server import LocalServer, clear_record, configure_prefect_env, prefect_home, shared_api, write_record
+from flows.server import (
+    LocalServer,
+    clear_record,
+    configure_prefect_env,
+    prefect_home,
+    shared_api,
+    use_api,
+    write_record,
+)
 from tasks.config import Params, ParamsError, load_params
 from tasks.errors import DataError
 from tasks.progress import rows_table
@@ -109,7 +117,7 @@ def prefect_api() -> Iterator[None]:
     """Runs report to the configured Prefect API (``PREFECT_API_URL``, or the active profile's), else to the
     shared server of ``PREFECT_HOME``: started by the first command that needs it, reused by the next ones
     (one server start per ``dvc repro``, not one per stage; see :mod:`flows.server`)."""
-    from prefect.settings import PREFECT_API_URL, temporary_settings
+    from prefect.settings import PREFECT_API_URL
 
     if PREFECT_API_URL.value():
         yield
@@ -117,12 +125,8 @@ def prefect_api() -> Iterator[None]:
     with shared_api(announce=lambda msg: typer.echo(f"Prefect: {msg}", err=True)) as (api_url, started):
         typer.echo(f"Prefect: {'started' if started else 'using'} the shared server {api_url.removesuffix('/api')}",
                    err=True)
-        os.environ["PREFECT_API_URL"] = api_url  # for worker processes too
-        try:
-            with temporary_settings({PREFECT_API_URL: api_url}):
-                yield
-        finally:
-            os.environ.pop("PREFECT_API_URL", None)
+        with use_api(api_url):  # worker processes and Prefect's own threads too
+            yield
 
 
 DISK_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EFBIG}

@@ -292,6 +292,43 @@ def shared_api(home: Path | None = None, idle_s: float | None = None,
         held.unlink(missing_ok=True)
 
 
+@contextmanager
+def use_api(api_url: str) -> Iterator[None]:
+    """Point this process's Prefect clients at ``api_url`` while the block runs, then restore what was there.
+
+    Three places hold the API URL: Prefect's current settings (``temporary_settings``), the environment (which
+    worker processes inherit), and Prefect's process-global settings, a snapshot of the environment taken when
+    Prefect was imported. Threads that Prefect starts without copying the current context read the last one:
+    the process runner's thread that forwards its workers' task-run events and logs (Prefect 3.9) would
+    otherwise find no URL, start a temporary server of its own and send the task runs there, not to
+    ``api_url``. So all three are set.
+    """
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    saved = os.environ.get("PREFECT_API_URL")
+    os.environ["PREFECT_API_URL"] = api_url
+    _refresh_prefect_globals()
+    try:
+        with temporary_settings({PREFECT_API_URL: api_url}):
+            yield
+    finally:
+        if saved is None:
+            os.environ.pop("PREFECT_API_URL", None)
+        else:
+            os.environ["PREFECT_API_URL"] = saved
+        _refresh_prefect_globals()
+
+
+def _refresh_prefect_globals() -> None:
+    """Re-read Prefect's process-global settings from the environment (a no-op on Prefect releases without
+    ``refresh_global_settings_context``, whose process runner has no forwarding thread either)."""
+    try:
+        from prefect.context import refresh_global_settings_context
+    except ImportError:
+        return
+    refresh_global_settings_context()
+
+
 def supervise(home: Path, idle_s: float, poll_s: float = 0.5) -> int:
     """Run the shared server of ``home`` until no lease is live for ``idle_s`` seconds or SIGTERM/SIGINT."""
     stop = []

@@ -26,6 +26,7 @@ from __future__ import annotations
 import json
 import logging
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -146,15 +147,41 @@ def evaluation_baselines(params: Params) -> tuple[BaselineConfig, dict]:
                                      for name, s in scores.items()}}
 
 
-def evaluate_refinement(
-    params: Params, progress: bool = True
-) -> tuple[pd.DataFrame, pd.DataFrame, dict, dict, dict, np.ndarray, dict]:
+@dataclass(frozen=True)
+class RefinementScores:
+    """What :func:`evaluate_refinement` measured: noisy, baseline and refined depth against the reference.
+
+    Attributes:
+        frames: one row per (scene, frame, method): ``scene``, ``frame`` (frame id), ``method``, the errors of
+            :func:`models.metrics.depth_metrics` (metres, or unitless for ratios) and ``edge_precision`` /
+            ``edge_recall`` / ``edge_f1``; no rows when no scene was scored.
+        distance: error against distance (:meth:`DistanceErrors.table`): bin centre ``distance_m`` and bounds
+            ``lo`` / ``hi`` in metres of reference depth, one RMSE column (metres) per method and ``n_<method>``
+            pixel counts.
+        calibration: the refined depth's uncertainty over every scored pixel: ``n`` pixels, the fractions of
+            errors ``within_1sigma`` / ``within_2sigma`` of the predicted standard deviation (``None`` without
+            pixels), and a Gaussian's (``gaussian_1sigma``, ``gaussian_2sigma``) to compare with.
+        skipped: scene name -> why it was not scored (not an evaluation scene, or no reference depth).
+        samples: scene name -> its first scored frame for the figures: ``frame`` (id), ``rgb [H, W, 3]`` uint8,
+            ``preds`` (method -> depth ``[H, W]``, metres), reference ``gt`` and refined ``std`` ``[H, W]`` (metres).
+        depths: a random subsample of the scored reference depths (metres; at most 20 000 pixels per frame),
+            for the depth histogram; empty when no scene was scored.
+        baseline_params: the ``baseline_params`` record of the metrics (:func:`evaluation_baselines`).
+    """
+
+    frames: pd.DataFrame
+    distance: pd.DataFrame
+    calibration: dict
+    skipped: dict[str, str]
+    samples: dict[str, dict]
+    depths: np.ndarray
+    baseline_params: dict
+
+
+def evaluate_refinement(params: Params, progress: bool = True) -> RefinementScores:
     """Score noisy / baselines / refined depth on every evaluation scene with a reference.
 
     The baselines run with :func:`evaluation_baselines` (tuned on the validation scenes when there are any).
-
-    Returns ``(per-frame rows, error vs distance, calibration, skipped scenes, a sample frame per scene for
-    the figures, a subsample of the scored reference depths, the baseline_params record)``.
     """
     cfg = params.evaluate
     scenes = open_store(params.paths.scenes, "scenes")
@@ -206,7 +233,8 @@ def evaluate_refinement(
                    "within_2sigma": float(calib[2] / calib[0]) if calib[0] else None,
                    "gaussian_1sigma": 0.6827, "gaussian_2sigma": 0.9545}
     depths = np.concatenate(depth_values) if depth_values else np.zeros(0, np.float32)
-    return pd.DataFrame(rows), dist.table(), calibration, skipped, samples, depths, baseline_params
+    return RefinementScores(pd.DataFrame(rows), dist.table(), calibration, skipped, samples, depths,
+                            baseline_params)
 
 
 def consistency_pairs(c2w: np.ndarray, offset: int, max_pairs: int) -> list[tuple[int, int]]:
@@ -366,10 +394,11 @@ def _records(df: pd.DataFrame, by: str) -> dict:
 
 def run_evaluate(params: Params, progress: bool = True) -> Path:
     """The ``evaluate`` stage; writes ``paths.eval_metrics``, the CSVs under ``paths.plots`` and the report."""
-    frames, distance, calibration, skipped, samples, depths, baseline_params = evaluate_refinement(params, progress)
+    scores = evaluate_refinement(params, progress)
+    frames, distance = scores.frames, scores.distance
     plots = Path(params.paths.plots)
-    metrics: dict = {"refinement": {}, "refinement_by_scene": {}, "calibration": calibration, "skipped": skipped,
-                     "baseline_params": baseline_params}
+    metrics: dict = {"refinement": {}, "refinement_by_scene": {}, "calibration": scores.calibration,
+                     "skipped": scores.skipped, "baseline_params": scores.baseline_params}
     if not frames.empty:
         overall = method_means(frames, ["method"])
         metrics["refinement"] = {m: row.to_dict() for m, row in overall.iterrows()}
@@ -396,7 +425,7 @@ def run_evaluate(params: Params, progress: bool = True) -> Path:
     write_text_atomic(plots / "nerf_ablation.csv", ablation.to_csv(index=False))
     metrics["nerf_ablation"] = _records(ablation.drop(columns=["scene", "label"], errors="ignore"), "depth_source")
     write_text_atomic(params.paths.eval_metrics, json.dumps(_clean(metrics), indent=2))
-    figures = make_figures(params, samples, distance if not frames.empty else None, depths, ablation)
+    figures = make_figures(params, scores.samples, distance if not frames.empty else None, scores.depths, ablation)
     write_report(params, _clean(metrics), figures, Path(params.paths.report) / "index.html")
     if metrics["refinement"]:
         r = metrics["refinement"]

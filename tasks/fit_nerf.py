@@ -39,7 +39,7 @@ from tasks.config import DepthSource, NerfStageConfig, Params
 from tasks.devices import autocast_dtype, resolve_device
 from tasks.errors import DataError
 from tasks.files import load_checkpoint, save_checkpoint, write_text_atomic
-from tasks.nerf_data import RaySampler, SceneFrames, open_scene, scene_bounds, sparse_views
+from tasks.nerf_data import RaySampler, SamplerState, SceneFrames, open_scene, scene_bounds, sparse_views
 from tasks.nerf_export import export_scene
 from tasks.nerf_layout import ABLATION, FitJob
 from tasks.progress import progress_bar
@@ -68,6 +68,9 @@ def batch_rays(frames: SceneFrames, frame: torch.Tensor, pixel: torch.Tensor, de
 
 @dataclass
 class FitState:
+    """A fit's progress: steps taken, the next ray batch size, training seconds (wall clock, setup excluded)
+    and the curve (one logged dict per step)."""
+
     step: int = 0
     n_rays: int = 1024
     seconds: float = 0.0
@@ -100,13 +103,30 @@ def scene_fingerprint(cfg: NerfStageConfig, frames: SceneFrames, paths: list[Pat
     return h.hexdigest()[:16]
 
 
-def save_fit(folder: Path, fp: str, field_, grid, opt, sched, state: FitState, sampler_state: dict, gen) -> None:
+@dataclass(frozen=True)
+class RestoredFit:
+    """What :func:`restore_fit` read besides the state it loads in place (field, grid, optimizer, learning rate
+    schedule, torch generator).
+
+    Attributes:
+        state: the fit's progress at the checkpoint.
+        sampler: the ray sampler's draws at the checkpoint (:meth:`RaySampler.set_state` continues them).
+    """
+
+    state: FitState
+    sampler: SamplerState
+
+
+def save_fit(folder: Path, fp: str, field_, grid, opt, sched, state: FitState, sampler: SamplerState, gen) -> None:
+    """Checkpoint a fit into ``folder`` under fingerprint ``fp`` (:func:`tasks.files.save_checkpoint`)."""
     torch_state = {"optimizer": opt.state_dict(), "lr": sched.state_dict(), "torch_rng": gen.get_state()}
     save_checkpoint(folder, fp, {"field": field_.state_dict(), "grid": grid.state_dict()}, torch_state,
-                    {"sampler": sampler_state, **asdict(state)})
+                    {"sampler": asdict(sampler), **asdict(state)})
 
 
-def restore_fit(folder: Path, fp: str, field_, grid, opt, sched, gen) -> tuple[FitState, dict] | None:
+def restore_fit(folder: Path, fp: str, field_, grid, opt, sched, gen) -> RestoredFit | None:
+    """Load the checkpoint of fingerprint ``fp`` in ``folder`` into the field, grid, optimizer, schedule and
+    generator; the fit's progress and sampler state, or None (nothing loaded) without such a checkpoint."""
     ckpt = load_checkpoint(folder, fp)
     if ckpt is None:
         return None
@@ -116,8 +136,8 @@ def restore_fit(folder: Path, fp: str, field_, grid, opt, sched, gen) -> tuple[F
     sched.load_state_dict(ckpt.torch_state["lr"])
     gen.set_state(ckpt.torch_state["torch_rng"])
     state = dict(ckpt.state)
-    sampler_state = state.pop("sampler")
-    return FitState(**state), sampler_state
+    sampler = SamplerState(**state.pop("sampler"))
+    return RestoredFit(FitState(**state), sampler)
 
 
 # ------------------------------------------------------------------------------------------ training
@@ -256,11 +276,9 @@ def fit_scene(
     sampler = RaySampler(frames, tc.patch, tc.pool_frames, tc.pool_refresh, cfg.seed)
     state = FitState(n_rays=tc.initial_rays)
     restored = restore_fit(ckpt_dir, fingerprint, field_, grid, opt, sched, gen) if grid is not None else None
-    if restored:
-        state, rng_state = restored
-        sampler.rng.bit_generator.state = rng_state["rng"]
-        sampler.calls = rng_state["calls"]
-        sampler.load_pool(rng_state["pool"])
+    if restored is not None:
+        state = restored.state
+        sampler.set_state(restored.sampler)
         log.info("%s: resuming at step %d", frames.view.name, state.step)
     ppatch = tc.patch * tc.patch
     bar = progress_bar(total=tc.steps, initial=state.step, desc=f"fit_nerf {frames.view.name}", unit="step",
@@ -296,8 +314,7 @@ def fit_scene(
         if on_step is not None:
             on_step(state.step, field_, grid)
         if grid is not None and (state.step % tc.checkpoint_every == 0 or state.step == tc.steps):
-            rng_state = {"rng": sampler.rng.bit_generator.state, "calls": sampler.calls, "pool": sampler.pool_ids}
-            save_fit(ckpt_dir, fingerprint, field_, grid, opt, sched, state, rng_state, gen)
+            save_fit(ckpt_dir, fingerprint, field_, grid, opt, sched, state, sampler.get_state(), gen)
             if stop_after is not None and state.step >= stop_after:
                 raise KeyboardInterrupt(f"stopped after step {state.step}")
     bar.close()

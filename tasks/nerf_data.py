@@ -14,8 +14,10 @@ Depth supervision per pixel is a z-depth (what sensors measure) with a standard 
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -157,6 +159,22 @@ def scene_bounds(frames: SceneFrames, padding: float = 0.05, max_points: int = 2
     return np.stack([lo - padding * size, hi + padding * size]).astype(np.float32)
 
 
+@dataclass(frozen=True)
+class SamplerState:
+    """Where a :class:`RaySampler`'s draws stand: enough to continue them exactly, and JSON-able (a fit's
+    checkpoint saves it).
+
+    Attributes:
+        rng: the NumPy generator's ``bit_generator.state``.
+        calls: batches drawn so far (the pool is refreshed every ``refresh_every`` of them).
+        pool: indices of the frames held in the pool, in pool order.
+    """
+
+    rng: Mapping[str, Any]
+    calls: int
+    pool: list[int]
+
+
 class RaySampler:
     """Random ``p x p`` pixel patches from a pool of train frames, with their colour and depth supervision.
 
@@ -182,6 +200,17 @@ class RaySampler:
         """Hold frames ``ids`` (colour and depth supervision) in memory."""
         rgb = self.frames.view.group["rgb"]
         self.pool = [(i, rgb[i], frame_depth(self.frames, i)) for i in ids]
+
+    def get_state(self) -> SamplerState:
+        """Where the draws stand now."""
+        return SamplerState(self.rng.bit_generator.state, self.calls, self.pool_ids)
+
+    def set_state(self, state: SamplerState) -> None:
+        """Continue the draws from ``state``: its generator state and batch count, and its pool's frames (read
+        from the stores again)."""
+        self.rng.bit_generator.state = state.rng
+        self.calls = state.calls
+        self.load_pool(state.pool)
 
     def _refresh(self) -> None:
         train = self.frames.train

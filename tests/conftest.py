@@ -92,27 +92,19 @@ def prefect_api(tmp_path_factory) -> str:
     ``PREFECT_API_URL`` points at it for this process (flows run in tests) and for subprocesses
     (``dnerf`` commands, ``dvc repro``, Dask workers), so no test pays for a temporary server.
     """
-    from flows.server import LocalServer, configure_prefect_env
+    from flows.server import LocalServer, configure_prefect_env, use_api
 
     home = tmp_path_factory.mktemp("prefect-home")
     configure_prefect_env(env=os.environ)
     server = LocalServer(home).start()
-    saved = os.environ.get("PREFECT_API_URL")
-    os.environ["PREFECT_API_URL"] = server.api_url
-    from prefect.settings import PREFECT_API_URL, temporary_settings
-
     try:
-        with temporary_settings({PREFECT_API_URL: server.api_url}):
+        with use_api(server.api_url):
             yield server.api_url
     finally:
         from prefect.logging.handlers import APILogWorker
 
         APILogWorker.drain_all(timeout=10)  # send the last run logs before the server goes away
         server.stop()
-        if saved is None:
-            os.environ.pop("PREFECT_API_URL", None)
-        else:
-            os.environ["PREFECT_API_URL"] = saved
 
 
 class CliResult(subprocess.CompletedProcess):

@@ -174,10 +174,10 @@ def test_a_failing_scene_does_not_stop_the_others(prefect_api, stores, tmp_path)
     assert "degenerate intrinsics" in cli.stderr and "Traceback" not in cli.stderr
 
 
-@pytest.mark.slow
-def test_dask_runner_fits_two_scenes_on_a_local_two_worker_cluster(prefect_api, stores, tmp_path):
-    pytest.importorskip("prefect_dask")
-    params = load_params(None, stores + ["orchestration.runner=dask", "orchestration.workers=2"])
+def refine_in_two_workers(runner: str, stores: list[str], tmp_path) -> None:
+    """The refine flow on ``orchestration.runner=<runner>`` with two workers writes the bytes of the plain stage,
+    and its run and both scene tasks complete, as read back through the API."""
+    params = load_params(None, stores + [f"orchestration.runner={runner}", "orchestration.workers=2"])
     run_flow("refine", params)
     seq = load_params(None, stores + [f"paths.refined={tmp_path / 'seq.zarr'}"])
     run_refine(seq, progress=False)
@@ -187,3 +187,13 @@ def test_dask_runner_fits_two_scenes_on_a_local_two_worker_cluster(prefect_api, 
         np.testing.assert_array_equal(a[scene]["depth_refined"][:], b[scene]["depth_refined"][:])
     run, tasks, _ = api_runs("dnerf-refine")
     assert run.state.is_completed() and len(tasks) == 2 and all(t.state.is_completed() for t in tasks)
+
+
+def test_process_runner_refines_two_scenes_in_two_worker_processes(prefect_api, stores, tmp_path):
+    refine_in_two_workers("processes", stores, tmp_path)
+
+
+@pytest.mark.slow
+def test_dask_runner_fits_two_scenes_on_a_local_two_worker_cluster(prefect_api, stores, tmp_path):
+    pytest.importorskip("prefect_dask")
+    refine_in_two_workers("dask", stores, tmp_path)
