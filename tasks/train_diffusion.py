@@ -263,7 +263,9 @@ def train_diffusion(params: Params, progress: bool = True, stop_after: int | Non
     final = DepthUNet(cfg.unet)
     final.load_state_dict(best if best is not None else ema.module.state_dict())
     calibration = calibrate(final.eval(), cfg.schedule, sensor, val_set, params)
-    write_outputs(out_dir, final, cfg, sensor, calibration, train_set.focal_range(), state)
+    used = {role: [f"{store}::{name}" for store, name in data.scenes] for role, data in
+            (("train", train_set), ("val", val_set))}
+    write_outputs(out_dir, final, cfg, sensor, calibration, train_set.focal_range(), state, used)
     return out_dir
 
 
@@ -309,9 +311,10 @@ def calibrate(model: DepthUNet, schedule: DiffusionConfig, sensor: SensorPrior, 
 
 def write_outputs(
     out_dir: Path, model: DepthUNet, cfg: DiffusionStageConfig, sensor: SensorPrior, calibration: Calibration,
-    focal_range: tuple[float, float], state: TrainState,
+    focal_range: tuple[float, float], state: TrainState, scenes: dict[str, list[str]],
 ) -> None:
-    """Weights + config (atomically), the training curve CSV and the metrics JSON."""
+    """Weights + config (atomically), the training curve CSV and the metrics JSON (which also names the scenes
+    trained and validated on, ``scenes[role]`` as ``<store>::<scene>``, so any score can be checked for leaks)."""
     crops = state.step * cfg.train.batch_size
     metrics = {
         "best_val_loss": state.best_val,
@@ -331,7 +334,8 @@ def write_outputs(
     w.writeheader()
     w.writerows(state.curve)
     write_text_atomic(out_dir / "curve.csv", buf.getvalue())
-    write_text_atomic(out_dir / "metrics.json", json.dumps(metrics, indent=2))
+    used = {"train_scenes": scenes["train"], "val_scenes": scenes["val"]}
+    write_text_atomic(out_dir / "metrics.json", json.dumps(metrics | used, indent=2))
     log.info("trained %d steps (%.1f crops/s), best validation loss %.4f", state.step, metrics["crops_per_second"],
              state.best_val)
 

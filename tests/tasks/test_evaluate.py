@@ -73,6 +73,21 @@ def test_methods_are_scored_like_a_direct_computation(evaluated):
     assert bp["params"] == params.refine.baselines.model_dump()
 
 
+def test_split_all_scores_every_frame_and_the_test_frames_alike(evaluated):
+    """``evaluate.split=all`` scores every frame of the evaluation scenes; the test frames among them get the
+    same scores as under the default ``test`` split (same pixels, same methods)."""
+    params, _ = evaluated
+    test_rows = pd.read_csv(params.paths.plots / "refinement_frames.csv")
+    run_evaluate(params.model_copy(update={"evaluate": params.evaluate.model_copy(update={"split": "all"})}),
+                 progress=False)
+    all_rows = pd.read_csv(params.paths.plots / "refinement_frames.csv")
+    assert len(all_rows) == 2 * 4 * 7  # scenes x all frames x methods
+    keys = ["scene", "frame", "method"]
+    both = test_rows.merge(all_rows, on=keys, suffixes=("_test", "_all"))
+    assert len(both) == len(test_rows) == 2 * 2 * 7
+    np.testing.assert_allclose(both["rmse_test"], both["rmse_all"], rtol=1e-6)
+
+
 def test_plots_csvs_have_one_row_per_frame_scene_and_bin(evaluated):
     params, _ = evaluated
     frames = pd.read_csv(params.paths.plots / "refinement_frames.csv")

@@ -9,6 +9,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
+from models.diffusion.unet import DepthUNet
 from tasks.config import load_params
 from tasks.corrupt import run_corrupt
 from tasks.download import run_download
@@ -160,3 +161,31 @@ def test_training_needs_train_and_val_scenes_apart_from_the_eval_scenes(stores, 
     with pytest.raises(DataError, match=r"again.zarr: scene 'synthetic_000' is used to train or validate"):
         train_diffusion(leaky, progress=False)
     assert not (tmp_path / "model").exists(), "nothing is written"
+
+
+def test_fine_tuning_starts_from_the_given_model_and_mixes_in_extra_stores(stores, tmp_path):
+    """``init_from``: training starts from that model's weights (a near-zero learning rate keeps them);
+    ``extra_stores``: their train / val scenes join the main store's, as ``metrics.json`` records."""
+    base = load_params(None, stores + ["diffusion.train.max_steps=4", "diffusion.train.val_every=2",
+                                       "diffusion.train.lr=0.005"])
+    first = train_diffusion(base, progress=False)
+    extra = load_params(None, stores + ["data.seed=5", f"paths.scenes={tmp_path / 'more.zarr'}",
+                                        f"paths.noisy={tmp_path / 'more_n.zarr'}", f"paths.raw={tmp_path / 'more'}"])
+    run_download(extra, progress=False)
+    run_corrupt(extra, progress=False)
+    tuned = load_params(None, stores + [
+        "diffusion.train.max_steps=2", "diffusion.train.val_every=1", "diffusion.train.lr=1e-9",
+        f"diffusion.train.init_from={first}", f"paths.diffusion={tmp_path / 'tuned'}",
+        f"paths.diffusion_checkpoints={tmp_path / 'ckpt-tuned'}",
+        f"diffusion.train.extra_stores=[{{scenes: {extra.paths.scenes}, noisy: {extra.paths.noisy}}}]"])
+    out = train_diffusion(tuned, progress=False)
+    start, end = load_model(first).model.state_dict(), load_model(out).model.state_dict()
+    assert max(float((start[k].float() - end[k].float()).abs().max()) for k in start) < 1e-5
+    torch.manual_seed(base.diffusion.seed)  # what training starts from without init_from: far from the first model
+    fresh = DepthUNet(base.diffusion.unet).state_dict()
+    assert max(float((start[k].float() - fresh[k].float()).abs().max()) for k in start) > 1e-3
+    used = json.loads((out / "metrics.json").read_text())
+    assert sorted(s.split("::")[0] for s in used["train_scenes"]) == sorted([str(base.paths.scenes),
+                                                                             str(extra.paths.scenes)])
+    assert {s.split("::")[1] for s in used["val_scenes"]} == {"refiner_val_000"}
+    assert len(used["val_scenes"]) == 2
