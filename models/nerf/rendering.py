@@ -20,9 +20,11 @@ directions); sensors measure *z-depth*, the distance along the camera's optical 
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
 import torch
@@ -45,8 +47,46 @@ class RadianceField(Protocol):
 
     def __call__(self, x: Tensor, d: Tensor) -> tuple[Tensor, Tensor]: ...
 
+
+@dataclass(frozen=True)
+class RenderOutput:
+    """What :func:`render_rays` returns for ``n`` rays of ``s = n_coarse + n_fine`` bins each.
+
+    Ray parameters ``t`` (depths, bin edges) are in units of ``|rays_d|``: world units for unit directions.
+
+    Attributes:
+        rgb: ``[n, 3]`` composited colour, plus ``(1 - opacity) * background`` when a background is given.
+        depth: ``[n]`` expected ``t`` of the termination point, normalised by the opacity.
+        depth_var: ``[n]`` variance of ``t`` about ``depth`` under the weights (normalised), units of ``t`` squared.
+        opacity: ``[n]`` ``sum_i w_i`` in ``[0, 1]``.
+        weights: ``[n, s]`` compositing weights of the final bins (for losses).
+        t_starts, t_ends: ``[n, s]`` edges of the final bins.
+        n_evaluated: Network evaluations, those of the coarse pass included.
+        n_samples: Evaluations there would have been without the occupancy grid.
+        weights_coarse: ``[n, n_coarse]`` weights of the coarse pass (no gradient); ``None`` unless ``n_fine > 0``
+            and no guide.
+        t_starts_coarse, t_ends_coarse: ``[n, n_coarse]`` the coarse bins; ``None`` when ``weights_coarse`` is.
+        z_depth: ``[n]`` ``depth * z_scale``, the z-depth for unit directions; ``None`` unless ``z_scale`` is given.
+    """
+
+    rgb: Tensor
+    depth: Tensor
+    depth_var: Tensor
+    opacity: Tensor
+    weights: Tensor
+    t_starts: Tensor
+    t_ends: Tensor
+    n_evaluated: int
+    n_samples: int
+    weights_coarse: Tensor | None = None
+    t_starts_coarse: Tensor | None = None
+    t_ends_coarse: Tensor | None = None
+    z_depth: Tensor | None = None
+
+
 __all__ = [
     "RadianceField",
+    "RenderOutput",
     "accumulated_opacity",
     "composite",
     "depth_variance",
@@ -294,13 +334,14 @@ def _fine_edges(
     perturb: bool,
     generator: torch.Generator | None,
     guide: tuple[Tensor, Tensor] | None,
-    out: dict[str, Any],
     stop_below: float,
-) -> Tensor:
+) -> tuple[Tensor, Tensor | None, int]:
     """Bin edges ``[n, n_coarse + n_fine + 1]``: the coarse bins refined by ``n_fine`` extra edges, drawn from the
     guide's truncated normal when given, otherwise from the coarse pass's weights (evaluated here, density
-    only, without autograd; its counts and weights go into ``out``)."""
+    only, without autograd). Also returns those weights ``[n, n_coarse]`` (``None`` with a guide) and the
+    coarse pass's network evaluations."""
     bins_c = torch.cat([t_starts_c, t_ends_c[:, -1:]], dim=-1)  # [n, n_coarse + 1]
+    weights_c, n_eval = None, 0
     with torch.no_grad():
         if guide is not None:
             t_fine = gaussian_samples(guide[0], guide[1], near, far, n_fine, not perturb, generator)
@@ -316,10 +357,7 @@ def _fine_edges(
             t_fine = sample_pdf(
                 bins_c, dilate_weights(weights_c), n_fine, deterministic=not perturb, generator=generator
             )
-            out["n_evaluated"] += n_eval
-            out["n_samples"] += keep_c.numel()
-            out["weights_coarse"], out["t_starts_coarse"], out["t_ends_coarse"] = weights_c, t_starts_c, t_ends_c
-        return torch.sort(torch.cat([bins_c, t_fine], dim=-1), dim=-1).values
+        return torch.sort(torch.cat([bins_c, t_fine], dim=-1), dim=-1).values, weights_c, n_eval
 
 
 def _render_chunk(
@@ -335,13 +373,14 @@ def _render_chunk(
     generator: torch.Generator | None,
     guide: tuple[Tensor, Tensor] | None = None,
     stop_below: float = 0.0,
-) -> dict[str, Any]:
+) -> RenderOutput:
+    """:func:`render_rays` on one chunk of rays, without the background and the z-depth."""
     d_len = rays_d.norm(dim=-1, keepdim=True)  # world length per unit of t
     t_starts_c, t_ends_c = stratified_samples(rays_o, rays_d, near, far, n_coarse, perturb, generator)
-    out: dict[str, Any] = {"n_evaluated": 0, "n_samples": 0}
+    weights_c, n_eval_c = None, 0
     if n_fine > 0:
-        edges = _fine_edges(field, rays_o, rays_d, near, far, t_starts_c, t_ends_c, n_fine, occupancy, perturb,
-                            generator, guide, out, stop_below)
+        edges, weights_c, n_eval_c = _fine_edges(field, rays_o, rays_d, near, far, t_starts_c, t_ends_c, n_fine,
+                                                 occupancy, perturb, generator, guide, stop_below)
         t_starts, t_ends = edges[:, :-1], edges[:, 1:]
     else:
         t_starts, t_ends = t_starts_c, t_ends_c
@@ -354,7 +393,8 @@ def _render_chunk(
     assert rgb_s is not None  # with_rgb=True
     weights, _ = render_weights(sigma, deltas)
     depth = expected_depth(weights, t_mid)
-    out.update(
+    coarse = weights_c is not None
+    return RenderOutput(
         rgb=composite(weights, rgb_s),
         depth=depth,
         depth_var=depth_variance(weights, t_mid, depth),
@@ -362,10 +402,28 @@ def _render_chunk(
         weights=weights,
         t_starts=t_starts,
         t_ends=t_ends,
+        n_evaluated=n_eval_c + n_eval,
+        n_samples=(t_starts_c.numel() if coarse else 0) + keep.numel(),
+        weights_coarse=weights_c,
+        t_starts_coarse=t_starts_c if coarse else None,
+        t_ends_coarse=t_ends_c if coarse else None,
     )
-    out["n_evaluated"] += n_eval
-    out["n_samples"] += keep.numel()
-    return out
+
+
+def _join_chunks(parts: Sequence[RenderOutput]) -> RenderOutput:
+    """The chunks' outputs as one, in ray order: tensors concatenated along the rays, counters summed."""
+    if len(parts) == 1:
+        return parts[0]
+    joined: dict[str, Any] = {}
+    for f in dataclasses.fields(RenderOutput):
+        values = [getattr(p, f.name) for p in parts]
+        if values[0] is None:
+            joined[f.name] = None
+        elif isinstance(values[0], Tensor):
+            joined[f.name] = torch.cat(values, dim=0)
+        else:
+            joined[f.name] = sum(values)
+    return RenderOutput(**joined)
 
 
 def render_rays(
@@ -385,7 +443,7 @@ def render_rays(
     generator: torch.Generator | None = None,
     guide: tuple[Tensor, Tensor] | None = None,
     stop_below: float = 0.0,
-) -> dict[str, Any]:
+) -> RenderOutput:
     """Render rays hierarchically with empty-space skipping (and optional early ray termination).
 
     1. ``n_coarse`` stratified bins over ``[near, far]``; samples whose midpoint lies in an empty cell of
@@ -427,12 +485,8 @@ def render_rays(
         stop_below: Transmittance at which ray marching stops where no gradient is needed; 0 = never.
 
     Returns:
-        ``rgb [n, 3]``, ``depth [n]`` (normalised expected ``t``), ``depth_var [n]``, ``opacity [n]``,
-        ``weights / t_starts / t_ends [n, n_coarse + n_fine]`` (final bins, for losses),
-        ``weights_coarse / t_starts_coarse / t_ends_coarse [n, n_coarse]`` (if ``n_fine > 0`` and no guide; no
-        gradient),
-        ``z_depth [n]`` (if ``z_scale``), ``n_evaluated`` (int, network evaluations incl. the coarse pass) and
-        ``n_samples`` (int, evaluations there would have been without the occupancy grid).
+        A :class:`RenderOutput`: colour, depth and opacity per ray, the final bins and their weights (for losses),
+        the coarse pass's (if ``n_fine > 0`` and no guide), the z-depth (if ``z_scale``) and the evaluation counts.
     """
     if perturb:
         require_generator(generator, "render_rays(perturb=True)")
@@ -460,15 +514,11 @@ def render_rays(
         )
         for i in range(0, max(n, 1), chunk)
     ]
-    out: dict[str, Any] = {}
-    for key in parts[0]:
-        if key in ("n_evaluated", "n_samples"):
-            out[key] = sum(p[key] for p in parts)
-        else:
-            out[key] = torch.cat([p[key] for p in parts], dim=0) if len(parts) > 1 else parts[0][key]
+    out = _join_chunks(parts)
+    rgb, z_depth = out.rgb, None
     if background is not None:
-        bg = torch.as_tensor(background, device=rays_o.device, dtype=out["rgb"].dtype)
-        out["rgb"] = out["rgb"] + (1.0 - out["opacity"])[:, None] * bg.expand_as(out["rgb"])
+        bg = torch.as_tensor(background, device=rays_o.device, dtype=out.rgb.dtype)
+        rgb = out.rgb + (1.0 - out.opacity)[:, None] * bg.expand_as(out.rgb)
     if z_scale is not None:
-        out["z_depth"] = out["depth"] * torch.as_tensor(z_scale, device=rays_o.device, dtype=out["depth"].dtype)
-    return out
+        z_depth = out.depth * torch.as_tensor(z_scale, device=rays_o.device, dtype=out.depth.dtype)
+    return dataclasses.replace(out, rgb=rgb, z_depth=z_depth)
