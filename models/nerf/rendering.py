@@ -25,27 +25,30 @@ import itertools
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
+import numpy as np
 import torch
+from jaxtyping import Float, Int
 
 from models.nerf.sampling import gaussian_samples, occupancy_filter, require_generator, sample_pdf, stratified_samples
 
 if TYPE_CHECKING:
-    import numpy as np
-
     from models.nerf.occupancy import OccupancyGrid
 
 Tensor = torch.Tensor
 
 
+@runtime_checkable
 class RadianceField(Protocol):
     """What :func:`render_rays` needs: ``field(x [k, 3], d [k, 3]) -> (rgb [k, 3], sigma [k])``.
 
     A ``density(x [k, 3]) -> [k]`` method, when present, is used where colour is not needed.
     """
 
-    def __call__(self, x: Tensor, d: Tensor) -> tuple[Tensor, Tensor]: ...
+    def __call__(
+        self, x: Float[Tensor, "k 3"], d: Float[Tensor, "k 3"]
+    ) -> tuple[Float[Tensor, "k 3"], Float[Tensor, " k"]]: ...
 
 
 @dataclass(frozen=True)
@@ -69,19 +72,19 @@ class RenderOutput:
         z_depth: ``[n]`` ``depth * z_scale``, the z-depth for unit directions; ``None`` unless ``z_scale`` is given.
     """
 
-    rgb: Tensor
-    depth: Tensor
-    depth_var: Tensor
-    opacity: Tensor
-    weights: Tensor
-    t_starts: Tensor
-    t_ends: Tensor
+    rgb: Float[Tensor, "n 3"]
+    depth: Float[Tensor, " n"]
+    depth_var: Float[Tensor, " n"]
+    opacity: Float[Tensor, " n"]
+    weights: Float[Tensor, "n s"]
+    t_starts: Float[Tensor, "n s"]
+    t_ends: Float[Tensor, "n s"]
     n_evaluated: int
     n_samples: int
-    weights_coarse: Tensor | None = None
-    t_starts_coarse: Tensor | None = None
-    t_ends_coarse: Tensor | None = None
-    z_depth: Tensor | None = None
+    weights_coarse: Float[Tensor, "n n_coarse"] | None = None
+    t_starts_coarse: Float[Tensor, "n n_coarse"] | None = None
+    t_ends_coarse: Float[Tensor, "n n_coarse"] | None = None
+    z_depth: Float[Tensor, " n"] | None = None
 
 
 __all__ = [
@@ -103,7 +106,9 @@ __all__ = [
 # ------------------------------------------------------------------------------------------- quadrature
 
 
-def render_weights(sigma: Tensor, deltas: Tensor) -> tuple[Tensor, Tensor]:
+def render_weights(
+    sigma: Float[Tensor, "*batch s"], deltas: Float[Tensor, "*batch s"]
+) -> tuple[Float[Tensor, "*batch s"], Float[Tensor, "*batch s"]]:
     """Per-sample compositing weights.
 
     Args:
@@ -121,48 +126,56 @@ def render_weights(sigma: Tensor, deltas: Tensor) -> tuple[Tensor, Tensor]:
     return transmittance * alpha, transmittance
 
 
-def composite(weights: Tensor, values: Tensor) -> Tensor:
-    """``sum_i w_i v_i``: ``weights [n, s]``, ``values [n, s, c]`` -> ``[n, c]``."""
+def composite(weights: Float[Tensor, "*batch s"], values: Float[Tensor, "*batch s c"]) -> Float[Tensor, "*batch c"]:
+    """``sum_i w_i v_i``: ``weights [..., s]``, ``values [..., s, c]`` -> ``[..., c]``."""
     return torch.einsum("...s,...sc->...c", weights, values)
 
 
-def accumulated_opacity(weights: Tensor) -> Tensor:
-    """``sum_i w_i = 1 - transmittance after the last sample``: ``[n, s]`` -> ``[n]``."""
+def accumulated_opacity(weights: Float[Tensor, "*batch s"]) -> Float[Tensor, "*batch"]:
+    """``sum_i w_i = 1 - transmittance after the last sample``: ``[..., s]`` -> ``[...]``."""
     return weights.sum(dim=-1)
 
 
-def expected_depth(weights: Tensor, t_mid: Tensor, normalize: bool = True, eps: float = 1e-10) -> Tensor:
+def expected_depth(
+    weights: Float[Tensor, "*batch s"], t_mid: Float[Tensor, "*batch s"], normalize: bool = True, eps: float = 1e-10
+) -> Float[Tensor, "*batch"]:
     """Expected ray parameter of the termination point.
 
     Args:
-        weights: ``[n, s]``.
-        t_mid: ``[n, s]`` sample positions.
+        weights: ``[..., s]``.
+        t_mid: ``[..., s]`` sample positions.
         normalize: Divide by the opacity (depth of the visible surface, independent of how opaque it is);
             otherwise ``sum_i w_i t_i`` (transparent rays tend to 0).
         eps: Guards the division for empty rays.
 
     Returns:
-        ``[n]``.
+        ``[...]``.
     """
     d = (weights * t_mid).sum(dim=-1)
     return d / accumulated_opacity(weights).clamp_min(eps) if normalize else d
 
 
-def depth_variance(weights: Tensor, t_mid: Tensor, depth: Tensor, normalize: bool = True, eps: float = 1e-10) -> Tensor:
-    """``sum_i w_i (t_i - depth)^2`` (divided by the opacity if ``normalize``): ``[n, s]`` -> ``[n]``."""
+def depth_variance(
+    weights: Float[Tensor, "*batch s"],
+    t_mid: Float[Tensor, "*batch s"],
+    depth: Float[Tensor, "*batch"],
+    normalize: bool = True,
+    eps: float = 1e-10,
+) -> Float[Tensor, "*batch"]:
+    """``sum_i w_i (t_i - depth)^2`` (divided by the opacity if ``normalize``): ``[..., s]`` -> ``[...]``."""
     v = (weights * (t_mid - depth[..., None]) ** 2).sum(dim=-1)
     return v / accumulated_opacity(weights).clamp_min(eps) if normalize else v
 
 
-def dilate_weights(weights: Tensor) -> Tensor:
-    """mip-NeRF's 2-tap max then 2-tap blur of per-bin weights, ``[n, s]`` -> ``[n, s]``.
+def dilate_weights(weights: Float[Tensor, "*batch s"]) -> Float[Tensor, "*batch s"]:
+    """mip-NeRF's 2-tap max then 2-tap blur of per-bin weights, ``[..., s]`` -> ``[..., s]``.
 
     A coarse sample only sees the density at its bin's midpoint, so a surface in the first half of a bin is
     credited to the *next* bin; spreading half of each bin's weight to its neighbours lets the fine samples
     reach the bin that really holds the surface.
     """
-    padded = torch.cat([weights[..., :1], weights, weights[..., -1:]], dim=-1)  # [n, s + 2]
-    pair_max = torch.maximum(padded[..., :-1], padded[..., 1:])  # [n, s + 1]
+    padded = torch.cat([weights[..., :1], weights, weights[..., -1:]], dim=-1)  # [..., s + 2]
+    pair_max = torch.maximum(padded[..., :-1], padded[..., 1:])  # [..., s + 1]
     return 0.5 * (pair_max[..., :-1] + pair_max[..., 1:])
 
 
@@ -173,7 +186,9 @@ def _z_scale(rays_d: Tensor, forward: Tensor) -> Tensor:
     return (rays_d * forward.to(rays_d).expand_as(rays_d)).sum(dim=-1)
 
 
-def ray_distance_to_z(t: Tensor, rays_d: Tensor, forward: Tensor) -> Tensor:
+def ray_distance_to_z(
+    t: Float[Tensor, " n"], rays_d: Float[Tensor, "n 3"], forward: Float[Tensor, " 3"] | Float[Tensor, "n 3"]
+) -> Float[Tensor, " n"]:
     """z-depth of the points at ray parameter ``t``: ``t * dot(d, f)``.
 
     Args:
@@ -187,19 +202,21 @@ def ray_distance_to_z(t: Tensor, rays_d: Tensor, forward: Tensor) -> Tensor:
     return t * _z_scale(rays_d, forward)
 
 
-def z_to_ray_distance(z: Tensor, rays_d: Tensor, forward: Tensor) -> Tensor:
+def z_to_ray_distance(
+    z: Float[Tensor, " n"], rays_d: Float[Tensor, "n 3"], forward: Float[Tensor, " 3"] | Float[Tensor, "n 3"]
+) -> Float[Tensor, " n"]:
     """Inverse of :func:`ray_distance_to_z`: ``z / dot(d, f)``, ``[n]`` -> ``[n]``."""
     return z / _z_scale(rays_d, forward)
 
 
 def rays_from_camera(
-    K: Tensor | np.ndarray,
-    c2w: Tensor | np.ndarray,
+    K: Float[Tensor, "3 3"] | Float[np.ndarray, "3 3"],
+    c2w: Float[Tensor, "4 4"] | Float[np.ndarray, "4 4"],
     height: int,
     width: int,
-    pixel_indices: Tensor | None = None,
+    pixel_indices: Int[Tensor, " n"] | None = None,
     dtype: torch.dtype = torch.float32,
-) -> tuple[Tensor, Tensor, Tensor]:
+) -> tuple[Float[Tensor, "n 3"], Float[Tensor, "n 3"], Float[Tensor, " n"]]:
     """World rays through pixel centres (OpenCV axes, pixel ``(u, v)`` centred at integer coordinates).
 
     Args:
@@ -428,20 +445,20 @@ def _join_chunks(parts: Sequence[RenderOutput]) -> RenderOutput:
 
 def render_rays(
     field: RadianceField,
-    rays_o: Tensor,
-    rays_d: Tensor,
-    near: Tensor | float,
-    far: Tensor | float,
+    rays_o: Float[Tensor, "n 3"],
+    rays_d: Float[Tensor, "n 3"],
+    near: Float[Tensor, " n"] | float,
+    far: Float[Tensor, " n"] | float,
     *,
     n_coarse: int = 64,
     n_fine: int = 64,
     occupancy: OccupancyGrid | None = None,
     perturb: bool = False,
     chunk: int = 4096,
-    background: Tensor | None = None,
-    z_scale: Tensor | None = None,
+    background: Float[Tensor, " 3"] | Float[Tensor, "n 3"] | None = None,
+    z_scale: Float[Tensor, " n"] | None = None,
     generator: torch.Generator | None = None,
-    guide: tuple[Tensor, Tensor] | None = None,
+    guide: tuple[Float[Tensor, " n"], Float[Tensor, " n"]] | None = None,
     stop_below: float = 0.0,
 ) -> RenderOutput:
     """Render rays hierarchically with empty-space skipping (and optional early ray termination).
