@@ -82,7 +82,7 @@ def render_timings(frames, params, model, repeats: int) -> list[dict]:
             out = render_rays(field_, o, d, near, far, n_coarse=tc.n_coarse, n_fine=tc.n_fine, occupancy=grid,
                               chunk=tc.chunk, z_scale=zs, stop_below=stop)
             taken.append(time.perf_counter() - t0)
-            evals[stop], images[stop] = out["n_evaluated"], out["rgb"]
+            evals[stop], images[stop] = out.n_evaluated, out.rgb
     return [{"render": "early ray termination (stop below 1e-4)" if stop else "every sample in occupied cells",
              "median_s": round(statistics.median(t), 3), "evaluations_per_ray": round(evals[stop] / (h * w), 2),
              "max_rgb_change": round(float((images[stop] - images[0.0]).abs().max()), 6)}

@@ -82,7 +82,7 @@ def run(frames, cfg, make_field, use_occupancy, seconds, probe, aabb) -> list[tu
                 near, far = near_far(o, d, aabb, cfg.train.near)
                 out = render_rays(field_, o, d, near, far, n_coarse=cfg.train.n_coarse, n_fine=cfg.train.n_fine,
                                   occupancy=grid, chunk=cfg.train.chunk)
-            curve.append((state_seconds, step, psnr(out["rgb"].clamp(0, 1).numpy(), target.numpy())))
+            curve.append((state_seconds, step, psnr(out.rgb.clamp(0, 1).numpy(), target.numpy())))
             on_step.excluded += time.perf_counter() - t0
         if state_seconds > seconds:
             raise BudgetReached

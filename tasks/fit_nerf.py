@@ -170,10 +170,11 @@ def chunk_loss(
             field_, rays_o, rays_d, near, far, n_coarse=tc.n_coarse, n_fine=tc.n_fine, occupancy=grid,
             perturb=perturb, chunk=len(rays_o), z_scale=z_scale, generator=gen, guide=guide,
         )
-    terms = {"rgb": rgb_loss(out["rgb"].float(), rgb)}
+    terms = {"rgb": rgb_loss(out.rgb.float(), rgb)}
     loss = terms["rgb"]
     if cfg.depth_source != "none":
-        z_pred = out["z_depth"].float()
+        assert out.z_depth is not None  # z_scale given
+        z_pred = out.z_depth.float()
         if tc.depth_weight > 0:
             terms["depth"] = depth_nll_loss(z_pred, z_ref, sigma, tc.sigma_floor)
             loss = loss + tc.depth_weight * terms["depth"]
@@ -181,11 +182,11 @@ def chunk_loss(
             terms["edge"] = patch_edge_loss(z_pred, z_ref, tc.patch)
             loss = loss + tc.edge_weight * terms["edge"]
         if tc.ds_weight > 0:
-            t_mid = 0.5 * (out["t_starts"] + out["t_ends"])
-            deltas = out["t_ends"] - out["t_starts"]
-            terms["ds"] = ds_nerf_loss(out["weights"].float(), t_mid, deltas, t_ref, sigma_t)
+            t_mid = 0.5 * (out.t_starts + out.t_ends)
+            deltas = out.t_ends - out.t_starts
+            terms["ds"] = ds_nerf_loss(out.weights.float(), t_mid, deltas, t_ref, sigma_t)
             loss = loss + tc.ds_weight * terms["ds"]
-    return loss, terms, int(out["n_evaluated"])
+    return loss, terms, out.n_evaluated
 
 
 def training_step(

@@ -60,9 +60,10 @@ def render_view(field_, grid, frames: SceneFrames, i: int, aabb: torch.Tensor, c
         near, far = near_far(o, d, aabb, cfg.train.near)
         out = render_rays(field_, o, d, near, far, n_coarse=cfg.train.n_coarse, n_fine=cfg.train.n_fine,
                           occupancy=grid, perturb=False, chunk=cfg.train.chunk, z_scale=zs)
-        rgb.append(out["rgb"].float().cpu())
-        z.append(out["z_depth"].float().cpu())
-        acc.append(out["opacity"].float().cpu())
+        assert out.z_depth is not None  # z_scale given
+        rgb.append(out.rgb.float().cpu())
+        z.append(out.z_depth.float().cpu())
+        acc.append(out.opacity.float().cpu())
     return (
         torch.cat(rgb).reshape(h, w, 3).clamp(0, 1).numpy(),
         torch.cat(z).reshape(h, w).numpy(),

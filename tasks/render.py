@@ -134,8 +134,9 @@ def render_pose(scene: FittedScene, K: np.ndarray, hw: tuple[int, int], c2w: np.
     near, far = near_far(o, d, box, tc.near)
     out = render_rays(scene.field, o, d, near, far, n_coarse=tc.n_coarse, n_fine=tc.n_fine, occupancy=scene.grid,
                       chunk=tc.chunk, z_scale=zs, stop_below=stop_below)
-    return (out["rgb"].float().clamp(0, 1).reshape(h, w, 3).cpu().numpy(),
-            out["z_depth"].float().reshape(h, w).cpu().numpy(), out["opacity"].float().reshape(h, w).cpu().numpy())
+    assert out.z_depth is not None  # z_scale given
+    return (out.rgb.float().clamp(0, 1).reshape(h, w, 3).cpu().numpy(),
+            out.z_depth.float().reshape(h, w).cpu().numpy(), out.opacity.float().reshape(h, w).cpu().numpy())
 
 
 def depth_colours(z: np.ndarray, opacity: np.ndarray, z_max: float) -> np.ndarray:

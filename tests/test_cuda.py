@@ -61,7 +61,7 @@ def test_field_and_renderer_give_the_cpu_result_and_gradient_on_cuda():
         r = render_rays(field, o.to(dev), d.to(dev), 0.1, 3.2, n_coarse=32, n_fine=16)
         (r["rgb"].square().sum() + r["depth"].sum()).backward()
         grads = {k: p.grad.detach().cpu() for k, p in field.named_parameters()}
-        outs[name] = ({k: r[k].detach().cpu() for k in ("rgb", "depth", "opacity")}, grads, r["n_evaluated"])
+        outs[name] = ({k: getattr(r, k).detach().cpu() for k in ("rgb", "depth", "opacity")}, grads, r.n_evaluated)
     (a, ga, na), (b, gb, nb) = outs["cpu"], outs["cuda"]
     assert na == nb
     assert float(a["opacity"].mean()) > 0.05, "the field renders something"
@@ -85,7 +85,7 @@ def test_occupancy_grid_update_runs_on_cuda_and_skips_empty_space():
     field = NeRFField(NeRFFieldConfig(), [[-1.0] * 3, [1.0] * 3]).cuda()
     o, d = _rays(64, torch.Generator().manual_seed(1))
     r = render_rays(field, o.cuda(), d.cuda(), 0.1, 3.2, n_coarse=16, n_fine=8, occupancy=empty)
-    assert r["n_evaluated"] == 0 and float(r["opacity"].abs().max()) == 0.0
+    assert r.n_evaluated == 0 and float(r.opacity.abs().max()) == 0.0
 
 
 @pytest.fixture

@@ -14,6 +14,7 @@ deviations come as close as possible to a Gaussian's 0.6827 and 0.9545 (least sq
 from __future__ import annotations
 
 import numpy as np
+from jaxtyping import Float, Shaped
 from pydantic import Field
 
 from models.config import StrictConfig
@@ -34,7 +35,10 @@ class Calibration(StrictConfig):
     within_2sigma: float | None = None
 
 
-def calibrated_std(spread: np.ndarray, sigma: np.ndarray, trusted: np.ndarray, cal: Calibration) -> np.ndarray:
+def calibrated_std(
+    spread: Float[np.ndarray, "*shape"], sigma: Float[np.ndarray, "*shape"], trusted: Shaped[np.ndarray, "*shape"],
+    cal: Calibration,
+) -> Float[np.ndarray, "*shape"]:
     """The calibrated standard deviation ``[H, W]`` (metres) from the sample spread and expected sensor sigma."""
     a = np.where(trusted, cal.spread_trusted, cal.spread_free)
     b = np.where(trusted, cal.sigma_trusted, cal.sigma_free)

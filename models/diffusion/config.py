@@ -49,8 +49,9 @@ class UNetConfig(StrictConfig):
 
     Attributes:
         in_channels: Channels of the noisy sample ``x_t`` (normalised depth: 1).
-        cond_channels: Channels of the conditioning image (e.g. RGB in [-1, 1], observed normalised depth
-            with 0 at holes, validity mask).
+        cond_channels: Channels of the conditioning image. The refiner's has :data:`COND_CHANNELS` (9, built by
+            :func:`models.diffusion.pipeline.normalise`; ``tasks.config`` requires it); the default 5 only sizes a
+            standalone network.
         out_channels: Channels of the prediction.
         base_channels: Channels at full resolution (times ``channel_mults[0]``); divisible by ``groups``.
             16 keeps a 640x480 forward pass on 2 CPU cores at about 0.45 s (32: about 1.3 s, 4x the

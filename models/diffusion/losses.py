@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from jaxtyping import Bool, Float, Shaped
 
 from models.diffusion.config import LossWeights
 
@@ -35,7 +36,7 @@ def _as_bool(mask: Tensor) -> Tensor:
     return mask if mask.dtype == torch.bool else mask > 0.5
 
 
-def masked_mean(x: Tensor, mask: Tensor) -> Tensor:
+def masked_mean(x: Float[Tensor, "b c h w"], mask: Shaped[Tensor, " b #c h w"]) -> Float[Tensor, ""]:
     """Mean of ``x`` over valid pixels; 0 when there are none.
 
     Values outside the mask are replaced (not multiplied) by zero, so NaN/inf there cannot leak into the
@@ -54,7 +55,7 @@ def masked_mean(x: Tensor, mask: Tensor) -> Tensor:
     return total / count
 
 
-def erode_mask(mask: Tensor, radius: int = 1) -> Tensor:
+def erode_mask(mask: Shaped[Tensor, "b 1 h w"], radius: int = 1) -> Bool[Tensor, "b 1 h w"]:
     """Pixels whose whole ``(2 radius + 1)^2`` neighbourhood is valid and inside the image.
 
     Args:
@@ -84,7 +85,7 @@ def _per_sample(value: float | Tensor, like: Tensor) -> Tensor:
 # ------------------------------------------------------------------------------------------- gradients
 
 
-def sobel(x: Tensor) -> tuple[Tensor, Tensor]:
+def sobel(x: Float[Tensor, "b c h w"]) -> tuple[Float[Tensor, "b c h w"], Float[Tensor, "b c h w"]]:
     """Image gradients with the unnormalised 3x3 Sobel kernels and replicate padding.
 
     ``gx`` uses ``[[-1, 0, 1], [-2, 0, 2], [-1, 0, 1]]`` (derivative along ``u``, the last axis) and ``gy``
@@ -106,7 +107,7 @@ def sobel(x: Tensor) -> tuple[Tensor, Tensor]:
     return F.conv2d(xp, kx, groups=c), F.conv2d(xp, ky, groups=c)
 
 
-def sobel_magnitude(x: Tensor, eps: float = 1e-6) -> Tensor:
+def sobel_magnitude(x: Float[Tensor, "b c h w"], eps: float = 1e-6) -> Float[Tensor, "b c h w"]:
     """``sqrt(gx^2 + gy^2 + eps)`` of :func:`sobel` (``eps`` keeps the gradient finite on flat areas).
 
     Args:
@@ -120,7 +121,9 @@ def sobel_magnitude(x: Tensor, eps: float = 1e-6) -> Tensor:
     return torch.sqrt(gx * gx + gy * gy + eps)
 
 
-def edge_loss(pred: Tensor, target: Tensor, mask: Tensor) -> Tensor:
+def edge_loss(
+    pred: Float[Tensor, "b 1 h w"], target: Float[Tensor, "b 1 h w"], mask: Shaped[Tensor, "b 1 h w"]
+) -> Float[Tensor, ""]:
     """L1 distance between the Sobel gradients of ``pred`` and ``target``.
 
     ``gx`` and ``gy`` are compared separately (``|dgx| + |dgy|``), so an edge in the wrong direction or at
@@ -162,14 +165,14 @@ def _filter(x: Tensor, w1d: Tensor) -> Tensor:
 
 
 def ssim_map(
-    x: Tensor,
-    y: Tensor,
+    x: Float[Tensor, "b c h w"],
+    y: Float[Tensor, "b c h w"],
     window: int = 7,
     data_range: float = 1.0,
     gaussian: bool = False,
     sigma: float = 1.5,
-    mask: Tensor | None = None,
-) -> Tensor:
+    mask: Shaped[Tensor, "b 1 h w"] | None = None,
+) -> Float[Tensor, "b c h w"]:
     """Per-pixel SSIM (Wang et al. 2004) with local statistics over a box or Gaussian window.
 
     Local means, variances and covariance are normalised convolutions over the valid pixels of the window:
@@ -218,13 +221,13 @@ def ssim_map(
 
 
 def ms_ssim_loss(
-    pred: Tensor,
-    target: Tensor,
-    mask: Tensor,
+    pred: Float[Tensor, "b 1 h w"],
+    target: Float[Tensor, "b 1 h w"],
+    mask: Shaped[Tensor, "b 1 h w"],
     scales: int = 3,
     window: int = 7,
     data_range: float = 1.0,
-) -> Tensor:
+) -> Float[Tensor, ""]:
     """``1 - mean SSIM`` over ``scales`` dyadic scales: a structural loss that needs no pretrained weights.
 
     At each scale the masked SSIM map (:func:`ssim_map` with ``mask``) is averaged over valid pixels; the
@@ -264,10 +267,10 @@ def ms_ssim_loss(
 
 
 def normals_from_depth(
-    depth: Tensor,
-    focal_px: float | Tensor = 1.0,
-    principal_point: tuple[float, float] | Tensor | None = None,
-) -> Tensor:
+    depth: Float[Tensor, "b 1 h w"],
+    focal_px: float | Float[Tensor, " b"] = 1.0,
+    principal_point: tuple[float, float] | Float[Tensor, "b 2"] | None = None,
+) -> Float[Tensor, "b 3 h w"]:
     """Unit surface normals of a z-depth map seen by a pinhole camera.
 
     With ray ``r = ((u - cx) / f, (v - cy) / f, 1)`` the surface point is ``P = z r``; the cross product of
@@ -312,12 +315,12 @@ def normals_from_depth(
 
 
 def normal_loss(
-    pred: Tensor,
-    target: Tensor,
-    mask: Tensor,
-    focal_px: float | Tensor = 1.0,
-    principal_point: tuple[float, float] | Tensor | None = None,
-) -> Tensor:
+    pred: Float[Tensor, "b 1 h w"],
+    target: Float[Tensor, "b 1 h w"],
+    mask: Shaped[Tensor, "b 1 h w"],
+    focal_px: float | Float[Tensor, " b"] = 1.0,
+    principal_point: tuple[float, float] | Float[Tensor, "b 2"] | None = None,
+) -> Float[Tensor, ""]:
     """Mean ``1 - cos`` of the angle between predicted and reference normals.
 
     Only pixels whose 3x3 neighbourhood is valid count (eroded mask), so normals never see a hole.
@@ -343,15 +346,15 @@ def normal_loss(
 
 
 def depth_refinement_loss(
-    pred_x0: Tensor,
-    target_x0: Tensor,
-    mask: Tensor,
+    pred_x0: Float[Tensor, "b 1 h w"],
+    target_x0: Float[Tensor, "b 1 h w"],
+    mask: Shaped[Tensor, "b 1 h w"],
     weights: LossWeights,
-    focal_px: float | Tensor = 1.0,
-    principal_point: tuple[float, float] | Tensor | None = None,
+    focal_px: float | Float[Tensor, " b"] = 1.0,
+    principal_point: tuple[float, float] | Float[Tensor, "b 2"] | None = None,
     ssim_scales: int = 3,
     data_range: float = 1.0,
-) -> dict[str, Tensor]:
+) -> dict[str, Float[Tensor, ""]]:
     """The auxiliary (non-MSE) losses on an x0 estimate and their weighted sum.
 
     Args:

@@ -44,6 +44,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
+from jaxtyping import Bool, Float, Shaped
+from torch import Tensor
 
 from models.baselines import fill_holes, median_filter
 from models.diffusion.config import COND_CHANNELS, DiffusionConfig, PredictionType  # noqa: F401 (re-exported)
@@ -73,13 +75,16 @@ def make_scheduler(cfg: DiffusionConfig) -> DDIMScheduler:
     )
 
 
-def _bcast(a: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+def _bcast(a: Tensor, like: Tensor) -> Tensor:
     return a.reshape(-1, *([1] * (like.ndim - 1))).to(like)
 
 
 def predict_x0(
-    x_t: torch.Tensor, model_output: torch.Tensor, alpha_bar: torch.Tensor, prediction_type: PredictionType
-) -> torch.Tensor:
+    x_t: Float[Tensor, " b *rest"],
+    model_output: Float[Tensor, " b *rest"],
+    alpha_bar: Float[Tensor, " b"],
+    prediction_type: PredictionType,
+) -> Float[Tensor, " b *rest"]:
     """The clean-sample estimate implied by a model output.
 
     With ``x_t = √ᾱ·x0 + √(1−ᾱ)·ε`` and ``v = √ᾱ·ε − √(1−ᾱ)·x0``:
@@ -98,8 +103,13 @@ def predict_x0(
     return model_output
 
 
-def training_target(x0: torch.Tensor, noise: torch.Tensor, alpha_bar: torch.Tensor, prediction_type: PredictionType):
-    """What the network should output for ``(x0, noise, t)``: v, ε or x0."""
+def training_target(
+    x0: Float[Tensor, " b *rest"],
+    noise: Float[Tensor, " b *rest"],
+    alpha_bar: Float[Tensor, " b"],
+    prediction_type: PredictionType,
+) -> Float[Tensor, " b *rest"]:
+    """What the network should output for ``(x0, noise, t)``: v, ε or x0, like ``x0`` ``[B, ...]``."""
     a = _bcast(alpha_bar, x0)
     if prediction_type == "v_prediction":
         return a.sqrt() * noise - (1 - a).sqrt() * x0
@@ -108,8 +118,10 @@ def training_target(x0: torch.Tensor, noise: torch.Tensor, alpha_bar: torch.Tens
     return x0
 
 
-def add_noise(x0: torch.Tensor, noise: torch.Tensor, alpha_bar: torch.Tensor) -> torch.Tensor:
-    """``x_t = √ᾱ·x0 + √(1−ᾱ)·ε``."""
+def add_noise(
+    x0: Float[Tensor, " b *rest"], noise: Float[Tensor, " b *rest"], alpha_bar: Float[Tensor, " b"]
+) -> Float[Tensor, " b *rest"]:
+    """``x_t = √ᾱ·x0 + √(1−ᾱ)·ε``, ``[B, ...]`` with ᾱ per sample ``[B]``."""
     a = _bcast(alpha_bar, x0)
     return a.sqrt() * x0 + (1 - a).sqrt() * noise
 
@@ -117,7 +129,7 @@ def add_noise(x0: torch.Tensor, noise: torch.Tensor, alpha_bar: torch.Tensor) ->
 # ------------------------------------------------------------------------------------- parametrisation
 
 
-def depth_scale(observed: torch.Tensor) -> torch.Tensor:
+def depth_scale(observed: Float[Tensor, "b 1 h w"]) -> Float[Tensor, " b"]:
     """Per-frame robust scale ``[B]``: the median of the valid (``> 0``) observed depth ``[B, 1, H, W]``.
 
     Frames without a single valid pixel get scale 1 (their depth cannot be recovered anyway).
@@ -131,27 +143,38 @@ def depth_scale(observed: torch.Tensor) -> torch.Tensor:
     return out
 
 
-def to_log(depth: torch.Tensor, scale: torch.Tensor, cfg: DiffusionConfig) -> torch.Tensor:
-    """``y = log(d / s) / log_scale`` where ``d > 0``; 0 elsewhere."""
+def to_log(
+    depth: Float[Tensor, "b 1 h w"], scale: Float[Tensor, " b"], cfg: DiffusionConfig
+) -> Float[Tensor, "b 1 h w"]:
+    """``y = log(d / s) / log_scale`` where ``d > 0``; 0 elsewhere (depth and scale in metres)."""
     s = _bcast(scale, depth)
     y = torch.log(depth.clamp_min(1e-6) / s) / cfg.log_scale
     return torch.where(depth > 0, y, torch.zeros_like(y))
 
 
-def from_log(y: torch.Tensor, scale: torch.Tensor, cfg: DiffusionConfig) -> torch.Tensor:
+def from_log(y: Float[Tensor, "b 1 h w"], scale: Float[Tensor, " b"], cfg: DiffusionConfig) -> Float[Tensor, "b 1 h w"]:
     """Inverse of :func:`to_log`: metres."""
     return _bcast(scale, y) * torch.exp(y * cfg.log_scale)
 
 
-def encode_x0(y_clean: torch.Tensor, y_base: torch.Tensor, unit: torch.Tensor, cfg: DiffusionConfig) -> torch.Tensor:
+def encode_x0(
+    y_clean: Float[Tensor, "b 1 h w"],
+    y_base: Float[Tensor, "b 1 h w"],
+    unit: Float[Tensor, "b 1 h w"],
+    cfg: DiffusionConfig,
+) -> Float[Tensor, "b 1 h w"]:
     """The diffusion sample for a clean log-depth, given the base guess and the per-pixel unit ``u``."""
     return (y_clean - y_base) / unit if cfg.target == "residual" else y_clean
 
 
 def decode_x0(
-    x0: torch.Tensor, y_base: torch.Tensor, y_obs: torch.Tensor, unit: torch.Tensor, trusted: torch.Tensor,
+    x0: Float[Tensor, "b 1 h w"],
+    y_base: Float[Tensor, "b 1 h w"],
+    y_obs: Float[Tensor, "b 1 h w"],
+    unit: Float[Tensor, "b 1 h w"],
+    trusted: Float[Tensor, "b 1 h w"],
     cfg: DiffusionConfig,
-) -> torch.Tensor:
+) -> Float[Tensor, "b 1 h w"]:
     """Log-depth ``y`` from a diffusion sample (inverse of :func:`encode_x0` within the bound): trusted pixels
     end within ``measured_bound`` units of the observation (smooth tanh clamp), the others are free."""
     if cfg.target != "residual":
@@ -174,12 +197,12 @@ class Observation:
         trusted: measured pixels away from holes and discontinuities (their correction is bounded).
     """
 
-    base: np.ndarray
-    sigma: np.ndarray
-    trusted: np.ndarray
+    base: Float[np.ndarray, "h w"]
+    sigma: Float[np.ndarray, "h w"]
+    trusted: Bool[np.ndarray, "h w"]
 
 
-def observe(noisy: np.ndarray, focal_px: float, sensor: SensorPrior, cfg: DiffusionConfig) -> Observation:
+def observe(noisy: Float[np.ndarray, "h w"], focal_px: float, sensor: SensorPrior, cfg: DiffusionConfig) -> Observation:
     """The base, expected noise and trusted mask of an observed depth ``[H, W]`` (metres, 0 = hole)."""
     base = fill_holes(noisy)
     if cfg.base_median > 1 and base.any():
@@ -194,14 +217,14 @@ class Normalised:
     """A batch in the network's units (all ``[B, 1, H, W]`` unless noted): ``cond [B, C, H, W]``, the base
     log-depth, the per-pixel unit of ``x0``, the trusted mask and the per-frame scale ``[B]`` (metres)."""
 
-    cond: torch.Tensor
-    y_base: torch.Tensor
-    y_obs: torch.Tensor
-    unit: torch.Tensor
-    trusted: torch.Tensor
-    scale: torch.Tensor
+    cond: Float[Tensor, "b c h w"]
+    y_base: Float[Tensor, "b 1 h w"]
+    y_obs: Float[Tensor, "b 1 h w"]
+    unit: Float[Tensor, "b 1 h w"]
+    trusted: Float[Tensor, "b 1 h w"]
+    scale: Float[Tensor, " b"]
 
-    def depth(self, x0: torch.Tensor, cfg: DiffusionConfig) -> torch.Tensor:
+    def depth(self, x0: Float[Tensor, "kb 1 h w"], cfg: DiffusionConfig) -> Float[Tensor, "kb 1 h w"]:
         """Metric depth ``[B, 1, H, W]`` of diffusion samples ``x0`` (the batch may repeat: ``B = k * B0``)."""
         rep = x0.shape[0] // self.y_base.shape[0]
         y_base, y_obs, unit, trusted = (a.repeat(rep, 1, 1, 1)
@@ -211,7 +234,11 @@ class Normalised:
 
 
 def normalise(
-    rgb: torch.Tensor, noisy: torch.Tensor, base: torch.Tensor, sigma: torch.Tensor, trusted: torch.Tensor,
+    rgb: Float[Tensor, "b 3 h w"],
+    noisy: Float[Tensor, "b 1 h w"],
+    base: Float[Tensor, "b 1 h w"],
+    sigma: Float[Tensor, "b 1 h w"],
+    trusted: Shaped[Tensor, "b 1 h w"],
     cfg: DiffusionConfig,
 ) -> Normalised:
     """Put a batch into the network's units and build its conditioning.
@@ -220,7 +247,7 @@ def normalise(
         rgb: ``[B, 3, H, W]`` in [0, 1].
         noisy: observed depth ``[B, 1, H, W]`` metres, 0 at holes.
         base, sigma: the :class:`Observation`'s inpainted depth and expected spread, ``[B, 1, H, W]`` metres.
-        trusted: ``[B, 1, H, W]`` 1 on trusted measurements.
+        trusted: ``[B, 1, H, W]`` 1 (or True) on trusted measurements.
 
     The conditioning ``[B, 9, H, W]``: RGB in [−1, 1], observed log-depth (0 at holes), base log-depth, the
     validity mask, ``log(u / residual_scale)``, the trusted mask and ``(y_obs - y_base) / u`` where measured
@@ -239,13 +266,13 @@ def normalise(
 
 @torch.no_grad()
 def sample(
-    model: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor],
-    cond: torch.Tensor,
+    model: Callable[[Tensor, Tensor, Tensor], Tensor],
+    cond: Float[Tensor, "b c h w"],
     scheduler: DDIMScheduler,
     steps: int,
     generator: torch.Generator | None = None,
-    init_noise: torch.Tensor | None = None,
-) -> torch.Tensor:
+    init_noise: Float[Tensor, "b 1 h w"] | None = None,
+) -> Float[Tensor, "b 1 h w"]:
     """Deterministic DDIM (η = 0) from pure noise to an x0 sample ``[B, 1, H, W]``.
 
     Args:
@@ -253,6 +280,7 @@ def sample(
         cond: conditioning ``[B, C, H, W]``.
         steps: number of denoising steps (1 to num_train_timesteps).
         generator: seeds the initial noise (ignored when ``init_noise`` is given).
+        init_noise: the initial noise ``[B, 1, H, W]`` instead of a draw.
     """
     b, _, h, w = cond.shape
     x = init_noise if init_noise is not None else torch.randn(

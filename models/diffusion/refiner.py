@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+from jaxtyping import Bool, Float, UInt8
 
 from models.diffusion.calibration import Calibration, calibrated_std
 from models.diffusion.pipeline import DiffusionConfig, make_scheduler, normalise, observe, sample
@@ -30,7 +31,7 @@ def tile_starts(size: int, tile: int, overlap: int) -> list[int]:
     return [round(i * (size - tile) / (n - 1)) for i in range(n)]
 
 
-def blend_window(h: int, w: int, overlap: int) -> torch.Tensor:
+def blend_window(h: int, w: int, overlap: int) -> Float[torch.Tensor, "h w"]:
     """``[h, w]`` weights ramping linearly over ``overlap`` pixels at each border (never exactly 0)."""
 
     def ramp(n: int) -> torch.Tensor:
@@ -73,11 +74,11 @@ class Refined:
     """One refined frame, ``[H, W]`` float32 metres: the sample mean, the raw sample spread and the
     calibrated standard deviation; plus the observation's expected sensor sigma and trusted mask."""
 
-    depth: np.ndarray
-    spread: np.ndarray
-    std: np.ndarray
-    sigma: np.ndarray
-    trusted: np.ndarray
+    depth: Float[np.ndarray, "h w"]
+    spread: Float[np.ndarray, "h w"]
+    std: Float[np.ndarray, "h w"]
+    sigma: Float[np.ndarray, "h w"]
+    trusted: Bool[np.ndarray, "h w"]
 
 
 class DiffusionRefiner:
@@ -103,7 +104,9 @@ class DiffusionRefiner:
         self.net = tiled(model, tile, overlap)
 
     @torch.inference_mode()
-    def refine(self, rgb: np.ndarray, noisy: np.ndarray, focal_px: float, seed: int) -> Refined:
+    def refine(
+        self, rgb: UInt8[np.ndarray, "h w 3"], noisy: Float[np.ndarray, "h w"], focal_px: float, seed: int
+    ) -> Refined:
         """``rgb`` uint8 [H,W,3], ``noisy`` float32 [H,W] metres (0 = hole), the focal length in pixels."""
         s, dev = self.samples, self.device
         obs = observe(noisy, focal_px, self.sensor, self.schedule)

@@ -31,6 +31,7 @@ from typing import cast
 
 import torch
 import torch.nn.functional as F
+from jaxtyping import Float, Real
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
@@ -57,7 +58,7 @@ def count_parameters(module: nn.Module) -> int:
 # ---------------------------------------------------------------------------------------------- helpers
 
 
-def timestep_embedding(t: Tensor, dim: int, max_period: float = 10_000.0) -> Tensor:
+def timestep_embedding(t: Real[Tensor, " b"], dim: int, max_period: float = 10_000.0) -> Float[Tensor, "b dim"]:
     """Sinusoidal embedding ``[cos(t f_k), sin(t f_k)]`` with ``f_k = max_period ** (-k / (dim / 2))``.
 
     Args:
@@ -73,7 +74,7 @@ def timestep_embedding(t: Tensor, dim: int, max_period: float = 10_000.0) -> Ten
     return torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
 
 
-def pad_to_multiple(x: Tensor, multiple: int) -> Tensor:
+def pad_to_multiple(x: Float[Tensor, "b c h w"], multiple: int) -> Float[Tensor, "b c h_pad w_pad"]:
     """Pad the bottom and right of ``x [B, C, H, W]`` so ``H`` and ``W`` become multiples of ``multiple``.
 
     Each dimension is reflect-padded, or replicate-padded where it is too small to reflect (pad >= size).
@@ -99,7 +100,7 @@ class TimestepEmbedding(nn.Module):
         self.freq_dim = freq_dim
         self.mlp = nn.Sequential(nn.Linear(freq_dim, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
 
-    def forward(self, t: Tensor) -> Tensor:
+    def forward(self, t: Real[Tensor, " b"]) -> Float[Tensor, "b emb"]:
         first = cast(nn.Linear, self.mlp[0])
         return self.mlp(timestep_embedding(t, self.freq_dim).to(first.weight.dtype))
 
@@ -127,7 +128,7 @@ class ResBlock(nn.Module):
         self.skip = nn.Conv2d(in_ch, out_ch, 1) if in_ch != out_ch else nn.Identity()
         self.use_checkpoint = use_checkpoint
 
-    def forward(self, x: Tensor, emb: Tensor) -> Tensor:
+    def forward(self, x: Float[Tensor, "b c_in h w"], emb: Float[Tensor, "b emb"]) -> Float[Tensor, "b c_out h w"]:
         if self.use_checkpoint and self.training and torch.is_grad_enabled():
             return checkpoint(self._forward, x, emb, use_reentrant=False)
         return self._forward(x, emb)
@@ -166,7 +167,7 @@ class SelfAttention(nn.Module):
             s += 1
         return math.ceil(h / s), math.ceil(w / s)
 
-    def forward(self, x: Tensor) -> Tensor:
+    def forward(self, x: Float[Tensor, "b c h w"]) -> Float[Tensor, "b c h w"]:
         b, c, h, w = x.shape
         n = self.norm(x)
         grid = self.kv_grid(h, w)
@@ -189,7 +190,7 @@ class ChannelAttention(nn.Module):
         hidden = max(channels // reduction, 4)
         self.mlp = nn.Sequential(nn.Conv2d(channels, hidden, 1), nn.ReLU(), nn.Conv2d(hidden, channels, 1))
 
-    def forward(self, x: Tensor) -> Tensor:
+    def forward(self, x: Float[Tensor, "b c h w"]) -> Float[Tensor, "b c h w"]:
         pooled = torch.cat([F.adaptive_avg_pool2d(x, 1), F.adaptive_max_pool2d(x, 1)], dim=0)  # [2B, C, 1, 1]
         avg, mx = self.mlp(pooled).chunk(2, dim=0)
         return x * torch.sigmoid(avg + mx)
@@ -205,7 +206,7 @@ class SpatialAttention(nn.Module):
         super().__init__()
         self.conv = nn.Conv2d(2, 1, kernel_size, padding=kernel_size // 2)
 
-    def forward(self, x: Tensor) -> Tensor:
+    def forward(self, x: Float[Tensor, "b c h w"]) -> Float[Tensor, "b c h w"]:
         stats = torch.cat([x.mean(dim=1, keepdim=True), x.amax(dim=1, keepdim=True)], dim=1)
         return x * torch.sigmoid(self.conv(stats))
 
@@ -221,7 +222,7 @@ class FeatureEnhancement(nn.Module):
         self.channel = ChannelAttention(channels)
         self.spatial = SpatialAttention()
 
-    def forward(self, x: Tensor) -> Tensor:
+    def forward(self, x: Float[Tensor, "b c h w"]) -> Float[Tensor, "b c h w"]:
         return self.spatial(self.channel(x))
 
 
@@ -232,7 +233,7 @@ class Downsample(nn.Module):
         super().__init__()
         self.conv = nn.Conv2d(channels, channels, 3, stride=2, padding=1)
 
-    def forward(self, x: Tensor) -> Tensor:
+    def forward(self, x: Float[Tensor, "b c h w"]) -> Float[Tensor, "b c h//2 w//2"]:
         return self.conv(x)
 
 
@@ -243,7 +244,7 @@ class Upsample(nn.Module):
         super().__init__()
         self.conv = nn.Conv2d(channels, channels, 3, padding=1)
 
-    def forward(self, x: Tensor) -> Tensor:
+    def forward(self, x: Float[Tensor, "b c h w"]) -> Float[Tensor, "b c 2*h 2*w"]:
         return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
 
 
@@ -262,7 +263,9 @@ class EncoderLevel(nn.Module):
         )
         self.down = Downsample(out_ch) if level < len(cfg.channel_mults) - 1 else None
 
-    def forward(self, h: Tensor, emb: Tensor) -> tuple[Tensor, Tensor]:
+    def forward(
+        self, h: Float[Tensor, "b c_in h w"], emb: Float[Tensor, "b emb"]
+    ) -> tuple[Float[Tensor, "b c_out h w"], Float[Tensor, "b c_out h_next w_next"]]:
         for block in self.blocks:
             h = block(h, emb)
         return h, (self.down(h) if self.down is not None else h)
@@ -295,7 +298,9 @@ class DecoderLevel(nn.Module):
         )
         self.up = Upsample(out_ch) if level > 0 else None
 
-    def forward(self, h: Tensor, skip: Tensor, emb: Tensor) -> Tensor:
+    def forward(
+        self, h: Float[Tensor, "b c h w"], skip: Float[Tensor, "b c h w"], emb: Float[Tensor, "b emb"]
+    ) -> Float[Tensor, "b c_out h_next w_next"]:
         h = torch.cat([h, self.enhance(skip)], dim=1)
         for block in self.blocks:
             h = block(h, emb)
@@ -343,7 +348,12 @@ class DepthUNet(nn.Module):
         """Height and width the network needs to be divisible by (inputs are padded to it)."""
         return 2 ** (len(self.cfg.channel_mults) - 1)
 
-    def forward(self, x: Tensor, t: Tensor | float, cond: Tensor) -> Tensor:
+    def forward(
+        self,
+        x: Float[Tensor, "b c_x h w"],
+        t: Tensor | int | float,  # noqa: PYI041 - spelled out: beartype's runtime checks do not treat an int as a float
+        cond: Float[Tensor, "b c_cond h w"],
+    ) -> Float[Tensor, "b c_out h w"]:
         """Predict from a noisy sample.
 
         Args:

@@ -23,6 +23,7 @@ from __future__ import annotations
 import math
 
 import torch
+from jaxtyping import Float, Int
 from torch import nn
 
 from models.nerf.config import HashEncodingConfig
@@ -109,7 +110,7 @@ class HashEncoding(nn.Module):
             f"resolutions={self.resolutions[0]}..{self.resolutions[-1]}, dense_levels={sum(self.is_dense)}"
         )
 
-    def vertex_rows(self, vertices: Tensor) -> Tensor:
+    def vertex_rows(self, vertices: Int[Tensor, "*batch L 3"]) -> Int[Tensor, "*batch L"]:
         """Table row of integer grid vertices, per level (reference form of the lookup, used by tests).
 
         Args:
@@ -125,7 +126,9 @@ class HashEncoding(nn.Module):
         hashed = ((x * p[0]) ^ (y * p[1]) ^ (z * p[2])) & (self.table_size - 1)
         return torch.where(self._dense, dense, hashed)
 
-    def corner_rows_and_weights(self, x: Tensor) -> tuple[Tensor, Tensor]:
+    def corner_rows_and_weights(
+        self, x: Float[Tensor, "n 3"]
+    ) -> tuple[Int[Tensor, "n L 8"], Float[Tensor, "n L 8"]]:
         """Rows and trilinear weights of the 8 cell corners of every point at every level.
 
         Corner ``c`` has offsets ``(c & 1, (c >> 1) & 1, (c >> 2) & 1)`` along ``(x, y, z)``. Per-axis terms
@@ -183,7 +186,7 @@ class HashEncoding(nn.Module):
             return True
         return fits and fused_hashgrid_available()
 
-    def forward(self, x: Tensor) -> Tensor:
+    def forward(self, x: Float[Tensor, "*batch 3"]) -> Float[Tensor, "*batch features"]:
         """Encode points.
 
         Args:

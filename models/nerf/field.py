@@ -19,6 +19,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, cast
 
 import torch
+from jaxtyping import Bool, Float
 from torch import nn
 from torch.nn.utils import skip_init
 from torch.utils.checkpoint import checkpoint
@@ -48,7 +49,7 @@ class _TruncExp(torch.autograd.Function):
         return grad * torch.exp(x.clamp(max=_TRUNC_EXP_MAX))
 
 
-def trunc_exp(x: Tensor) -> Tensor:
+def trunc_exp(x: Float[Tensor, "*batch"]) -> Float[Tensor, "*batch"]:
     """``exp(x)`` whose gradient is ``exp(min(x, 15))`` (clamped backward, same shape as ``x``)."""
     return _TruncExp.apply(x)
 
@@ -60,7 +61,7 @@ _C2 = (1.0925484305920792, 0.9461746957575601, 0.31539156525251999, 0.5462742152
 _C3 = (0.5900435899266435, 2.890611442640554, 0.4570457994644658, 0.3731763325901154, 1.445305721320277)
 
 
-def spherical_harmonics(d: Tensor, degree: int) -> Tensor:
+def spherical_harmonics(d: Float[Tensor, "*batch 3"], degree: int) -> Float[Tensor, "*batch basis"]:
     """Real spherical-harmonic basis of unit directions, bands ``l = 0 .. degree - 1``.
 
     ``degree`` counts bands like tiny-cuda-nn's ``SphericalHarmonics`` encoding: ``degree = 4`` gives the
@@ -102,7 +103,9 @@ def spherical_harmonics(d: Tensor, degree: int) -> Tensor:
     return torch.stack(out, dim=-1)
 
 
-def normalize_to_aabb(x: Tensor, aabb: Tensor) -> tuple[Tensor, Tensor]:
+def normalize_to_aabb(
+    x: Float[Tensor, "*batch 3"], aabb: Float[Tensor, "2 3"]
+) -> tuple[Float[Tensor, "*batch 3"], Bool[Tensor, "*batch"]]:
     """Map world points into the box's unit cube.
 
     Args:
@@ -206,7 +209,7 @@ class NeRFField(nn.Module):
 
     # ---------------------------------------------------------------------------------------------- API
 
-    def density(self, x: Tensor) -> Tensor:
+    def density(self, x: Float[Tensor, "*batch 3"]) -> Float[Tensor, "*batch"]:
         """Volume density.
 
         Args:
@@ -219,11 +222,11 @@ class NeRFField(nn.Module):
         sigma, _ = self._density_and_features(x.reshape(-1, 3))
         return sigma.reshape(lead)
 
-    def geometry(self, x: Tensor) -> tuple[Tensor, Tensor]:
+    def geometry(self, x: Float[Tensor, "*batch 3"]) -> tuple[Float[Tensor, " k"], Float[Tensor, "k G"]]:
         """Density and the geometry features the colour MLP reads (the first half of :meth:`forward`).
 
         Args:
-            x: ``[k, 3]`` world points.
+            x: ``[..., 3]`` world points, flattened to ``k`` rows.
 
         Returns:
             sigma: ``[k]`` >= 0, 0 outside ``aabb``.
@@ -231,12 +234,12 @@ class NeRFField(nn.Module):
         """
         return self._density_and_features(x.reshape(-1, 3))
 
-    def color(self, geo: Tensor, d: Tensor) -> Tensor:
+    def color(self, geo: Float[Tensor, "k G"], d: Float[Tensor, "*batch 3"]) -> Float[Tensor, "k 3"]:
         """View-dependent colour from :meth:`geometry`'s features (the second half of :meth:`forward`).
 
         Args:
             geo: ``[k, G]``.
-            d: ``[k, 3]`` viewing directions (any length).
+            d: ``[..., 3]`` viewing directions (any length), ``k`` of them in the row order of ``geo``.
 
         Returns:
             ``[k, 3]`` rgb in ``[0, 1]``.
@@ -244,7 +247,9 @@ class NeRFField(nn.Module):
         sh = spherical_harmonics(d.reshape(-1, 3).to(geo.dtype), self.cfg.sh_degree)
         return torch.sigmoid(self._maybe_checkpoint(self.color_mlp, torch.cat([geo, sh], dim=-1)))
 
-    def forward(self, x: Tensor, d: Tensor) -> tuple[Tensor, Tensor]:
+    def forward(
+        self, x: Float[Tensor, "*batch 3"], d: Float[Tensor, "*batch 3"]
+    ) -> tuple[Float[Tensor, "*batch 3"], Float[Tensor, "*batch"]]:
         """Colour and density.
 
         Args:

@@ -21,6 +21,7 @@ from pathlib import Path
 from types import ModuleType
 
 import torch
+from jaxtyping import Float
 from torch.autograd.function import once_differentiable
 
 log = logging.getLogger(__name__)
@@ -76,7 +77,9 @@ class _FusedHashGrid(torch.autograd.Function):
         return (gx if need_x else None), (gt if need_tables else None), None, None
 
 
-def fused_hash_encoding(x: Tensor, tables: Tensor, resolutions: tuple[int, ...], n_dense: int) -> Tensor:
+def fused_hash_encoding(
+    x: Float[Tensor, "n 3"], tables: Float[Tensor, "L T F"], resolutions: tuple[int, ...], n_dense: int
+) -> Float[Tensor, "n L*F"]:
     """The hash-grid encoding by the fused kernel (call only when :func:`fused_hashgrid_available`).
 
     Args:

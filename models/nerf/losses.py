@@ -8,6 +8,7 @@ nothing is valid.
 from __future__ import annotations
 
 import torch
+from jaxtyping import Float
 from torch import Tensor
 
 
@@ -16,12 +17,14 @@ def _masked_mean(x: Tensor, valid: Tensor) -> Tensor:
     return torch.where(valid, x, torch.zeros_like(x)).sum() / n.clamp_min(1)
 
 
-def rgb_loss(pred: Tensor, target: Tensor) -> Tensor:
+def rgb_loss(pred: Float[Tensor, "n 3"], target: Float[Tensor, "n 3"]) -> Float[Tensor, ""]:
     """Mean squared colour error, ``[n, 3]`` in [0, 1]."""
     return torch.mean((pred - target) ** 2)
 
 
-def depth_nll_loss(z_pred: Tensor, z_ref: Tensor, sigma_ref: Tensor, sigma_floor: float) -> Tensor:
+def depth_nll_loss(
+    z_pred: Float[Tensor, " n"], z_ref: Float[Tensor, " n"], sigma_ref: Float[Tensor, " n"], sigma_floor: float
+) -> Float[Tensor, ""]:
     """Gaussian negative log-likelihood of the reference depth (constant terms dropped), in the spirit of
     Dense Depth Priors (Roessle et al. 2022): ``mean((z_pred - z_ref)^2 / (sigma_ref^2 + sigma_floor^2))``.
 
@@ -36,7 +39,13 @@ def depth_nll_loss(z_pred: Tensor, z_ref: Tensor, sigma_ref: Tensor, sigma_floor
     return _masked_mean((z_pred - z_ref) ** 2 / var, valid)
 
 
-def ds_nerf_loss(weights: Tensor, t_mid: Tensor, deltas: Tensor, t_ref: Tensor, sigma_t: Tensor) -> Tensor:
+def ds_nerf_loss(
+    weights: Float[Tensor, "n s"],
+    t_mid: Float[Tensor, "n s"],
+    deltas: Float[Tensor, "n s"],
+    t_ref: Float[Tensor, " n"],
+    sigma_t: Float[Tensor, " n"],
+) -> Float[Tensor, ""]:
     """DS-NeRF (Deng et al. 2022) ray-termination loss: ``-sum_i log(w_i) * N(t_i; t_ref, sigma) * delta_i``,
     which concentrates the termination distribution around the reference distance along the ray.
 
@@ -51,7 +60,7 @@ def ds_nerf_loss(weights: Tensor, t_mid: Tensor, deltas: Tensor, t_ref: Tensor, 
     return _masked_mean(per_ray, valid)
 
 
-def patch_edge_loss(z_pred: Tensor, z_ref: Tensor, patch: int) -> Tensor:
+def patch_edge_loss(z_pred: Float[Tensor, " n"], z_ref: Float[Tensor, " n"], patch: int) -> Float[Tensor, ""]:
     """Edge-aware depth term: depth differences between neighbouring pixels of each ``patch x patch`` ray
     patch agree with the reference's (so the rendering has the reference's edges, not blurred ones).
 

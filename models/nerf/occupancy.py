@@ -23,6 +23,7 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 import torch
+from jaxtyping import Bool, Float
 from torch import nn
 
 from models.nerf.config import OccupancyGridConfig
@@ -74,7 +75,7 @@ class OccupancyGrid(nn.Module):
         """Fraction of cells marked occupied."""
         return float(self.binary.float().mean())
 
-    def cell_size(self) -> Tensor:
+    def cell_size(self) -> Float[Tensor, " 3"]:
         """``[3]`` edge lengths of one cell in world units."""
         return (self.aabb[1] - self.aabb[0]) / self.resolution
 
@@ -87,7 +88,7 @@ class OccupancyGrid(nn.Module):
         return (ijk[:, 0] * r + ijk[:, 1]) * r + ijk[:, 2], inside
 
     @torch.no_grad()
-    def query(self, x: Tensor) -> Tensor:
+    def query(self, x: Float[Tensor, "*batch 3"]) -> Bool[Tensor, "*batch"]:
         """Occupancy of world points.
 
         Args:

@@ -20,33 +20,76 @@ directions); sensors measure *z-depth*, the distance along the camera's optical 
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import math
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, Protocol
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
+import numpy as np
 import torch
+from jaxtyping import Float, Int
 
 from models.nerf.sampling import gaussian_samples, occupancy_filter, require_generator, sample_pdf, stratified_samples
 
 if TYPE_CHECKING:
-    import numpy as np
-
     from models.nerf.occupancy import OccupancyGrid
 
 Tensor = torch.Tensor
 
 
+@runtime_checkable
 class RadianceField(Protocol):
     """What :func:`render_rays` needs: ``field(x [k, 3], d [k, 3]) -> (rgb [k, 3], sigma [k])``.
 
     A ``density(x [k, 3]) -> [k]`` method, when present, is used where colour is not needed.
     """
 
-    def __call__(self, x: Tensor, d: Tensor) -> tuple[Tensor, Tensor]: ...
+    def __call__(
+        self, x: Float[Tensor, "k 3"], d: Float[Tensor, "k 3"]
+    ) -> tuple[Float[Tensor, "k 3"], Float[Tensor, " k"]]: ...
+
+
+@dataclass(frozen=True)
+class RenderOutput:
+    """What :func:`render_rays` returns for ``n`` rays of ``s = n_coarse + n_fine`` bins each.
+
+    Ray parameters ``t`` (depths, bin edges) are in units of ``|rays_d|``: world units for unit directions.
+
+    Attributes:
+        rgb: ``[n, 3]`` composited colour, plus ``(1 - opacity) * background`` when a background is given.
+        depth: ``[n]`` expected ``t`` of the termination point, normalised by the opacity.
+        depth_var: ``[n]`` variance of ``t`` about ``depth`` under the weights (normalised), units of ``t`` squared.
+        opacity: ``[n]`` ``sum_i w_i`` in ``[0, 1]``.
+        weights: ``[n, s]`` compositing weights of the final bins (for losses).
+        t_starts, t_ends: ``[n, s]`` edges of the final bins.
+        n_evaluated: Network evaluations, those of the coarse pass included.
+        n_samples: Evaluations there would have been without the occupancy grid.
+        weights_coarse: ``[n, n_coarse]`` weights of the coarse pass (no gradient); ``None`` unless ``n_fine > 0``
+            and no guide.
+        t_starts_coarse, t_ends_coarse: ``[n, n_coarse]`` the coarse bins; ``None`` when ``weights_coarse`` is.
+        z_depth: ``[n]`` ``depth * z_scale``, the z-depth for unit directions; ``None`` unless ``z_scale`` is given.
+    """
+
+    rgb: Float[Tensor, "n 3"]
+    depth: Float[Tensor, " n"]
+    depth_var: Float[Tensor, " n"]
+    opacity: Float[Tensor, " n"]
+    weights: Float[Tensor, "n s"]
+    t_starts: Float[Tensor, "n s"]
+    t_ends: Float[Tensor, "n s"]
+    n_evaluated: int
+    n_samples: int
+    weights_coarse: Float[Tensor, "n n_coarse"] | None = None
+    t_starts_coarse: Float[Tensor, "n n_coarse"] | None = None
+    t_ends_coarse: Float[Tensor, "n n_coarse"] | None = None
+    z_depth: Float[Tensor, " n"] | None = None
+
 
 __all__ = [
     "RadianceField",
+    "RenderOutput",
     "accumulated_opacity",
     "composite",
     "depth_variance",
@@ -63,7 +106,9 @@ __all__ = [
 # ------------------------------------------------------------------------------------------- quadrature
 
 
-def render_weights(sigma: Tensor, deltas: Tensor) -> tuple[Tensor, Tensor]:
+def render_weights(
+    sigma: Float[Tensor, "*batch s"], deltas: Float[Tensor, "*batch s"]
+) -> tuple[Float[Tensor, "*batch s"], Float[Tensor, "*batch s"]]:
     """Per-sample compositing weights.
 
     Args:
@@ -81,48 +126,56 @@ def render_weights(sigma: Tensor, deltas: Tensor) -> tuple[Tensor, Tensor]:
     return transmittance * alpha, transmittance
 
 
-def composite(weights: Tensor, values: Tensor) -> Tensor:
-    """``sum_i w_i v_i``: ``weights [n, s]``, ``values [n, s, c]`` -> ``[n, c]``."""
+def composite(weights: Float[Tensor, "*batch s"], values: Float[Tensor, "*batch s c"]) -> Float[Tensor, "*batch c"]:
+    """``sum_i w_i v_i``: ``weights [..., s]``, ``values [..., s, c]`` -> ``[..., c]``."""
     return torch.einsum("...s,...sc->...c", weights, values)
 
 
-def accumulated_opacity(weights: Tensor) -> Tensor:
-    """``sum_i w_i = 1 - transmittance after the last sample``: ``[n, s]`` -> ``[n]``."""
+def accumulated_opacity(weights: Float[Tensor, "*batch s"]) -> Float[Tensor, "*batch"]:
+    """``sum_i w_i = 1 - transmittance after the last sample``: ``[..., s]`` -> ``[...]``."""
     return weights.sum(dim=-1)
 
 
-def expected_depth(weights: Tensor, t_mid: Tensor, normalize: bool = True, eps: float = 1e-10) -> Tensor:
+def expected_depth(
+    weights: Float[Tensor, "*batch s"], t_mid: Float[Tensor, "*batch s"], normalize: bool = True, eps: float = 1e-10
+) -> Float[Tensor, "*batch"]:
     """Expected ray parameter of the termination point.
 
     Args:
-        weights: ``[n, s]``.
-        t_mid: ``[n, s]`` sample positions.
+        weights: ``[..., s]``.
+        t_mid: ``[..., s]`` sample positions.
         normalize: Divide by the opacity (depth of the visible surface, independent of how opaque it is);
             otherwise ``sum_i w_i t_i`` (transparent rays tend to 0).
         eps: Guards the division for empty rays.
 
     Returns:
-        ``[n]``.
+        ``[...]``.
     """
     d = (weights * t_mid).sum(dim=-1)
     return d / accumulated_opacity(weights).clamp_min(eps) if normalize else d
 
 
-def depth_variance(weights: Tensor, t_mid: Tensor, depth: Tensor, normalize: bool = True, eps: float = 1e-10) -> Tensor:
-    """``sum_i w_i (t_i - depth)^2`` (divided by the opacity if ``normalize``): ``[n, s]`` -> ``[n]``."""
+def depth_variance(
+    weights: Float[Tensor, "*batch s"],
+    t_mid: Float[Tensor, "*batch s"],
+    depth: Float[Tensor, "*batch"],
+    normalize: bool = True,
+    eps: float = 1e-10,
+) -> Float[Tensor, "*batch"]:
+    """``sum_i w_i (t_i - depth)^2`` (divided by the opacity if ``normalize``): ``[..., s]`` -> ``[...]``."""
     v = (weights * (t_mid - depth[..., None]) ** 2).sum(dim=-1)
     return v / accumulated_opacity(weights).clamp_min(eps) if normalize else v
 
 
-def dilate_weights(weights: Tensor) -> Tensor:
-    """mip-NeRF's 2-tap max then 2-tap blur of per-bin weights, ``[n, s]`` -> ``[n, s]``.
+def dilate_weights(weights: Float[Tensor, "*batch s"]) -> Float[Tensor, "*batch s"]:
+    """mip-NeRF's 2-tap max then 2-tap blur of per-bin weights, ``[..., s]`` -> ``[..., s]``.
 
     A coarse sample only sees the density at its bin's midpoint, so a surface in the first half of a bin is
     credited to the *next* bin; spreading half of each bin's weight to its neighbours lets the fine samples
     reach the bin that really holds the surface.
     """
-    padded = torch.cat([weights[..., :1], weights, weights[..., -1:]], dim=-1)  # [n, s + 2]
-    pair_max = torch.maximum(padded[..., :-1], padded[..., 1:])  # [n, s + 1]
+    padded = torch.cat([weights[..., :1], weights, weights[..., -1:]], dim=-1)  # [..., s + 2]
+    pair_max = torch.maximum(padded[..., :-1], padded[..., 1:])  # [..., s + 1]
     return 0.5 * (pair_max[..., :-1] + pair_max[..., 1:])
 
 
@@ -133,7 +186,9 @@ def _z_scale(rays_d: Tensor, forward: Tensor) -> Tensor:
     return (rays_d * forward.to(rays_d).expand_as(rays_d)).sum(dim=-1)
 
 
-def ray_distance_to_z(t: Tensor, rays_d: Tensor, forward: Tensor) -> Tensor:
+def ray_distance_to_z(
+    t: Float[Tensor, " n"], rays_d: Float[Tensor, "n 3"], forward: Float[Tensor, " 3"] | Float[Tensor, "n 3"]
+) -> Float[Tensor, " n"]:
     """z-depth of the points at ray parameter ``t``: ``t * dot(d, f)``.
 
     Args:
@@ -147,19 +202,21 @@ def ray_distance_to_z(t: Tensor, rays_d: Tensor, forward: Tensor) -> Tensor:
     return t * _z_scale(rays_d, forward)
 
 
-def z_to_ray_distance(z: Tensor, rays_d: Tensor, forward: Tensor) -> Tensor:
+def z_to_ray_distance(
+    z: Float[Tensor, " n"], rays_d: Float[Tensor, "n 3"], forward: Float[Tensor, " 3"] | Float[Tensor, "n 3"]
+) -> Float[Tensor, " n"]:
     """Inverse of :func:`ray_distance_to_z`: ``z / dot(d, f)``, ``[n]`` -> ``[n]``."""
     return z / _z_scale(rays_d, forward)
 
 
 def rays_from_camera(
-    K: Tensor | np.ndarray,
-    c2w: Tensor | np.ndarray,
+    K: Float[Tensor, "3 3"] | Float[np.ndarray, "3 3"],
+    c2w: Float[Tensor, "4 4"] | Float[np.ndarray, "4 4"],
     height: int,
     width: int,
-    pixel_indices: Tensor | None = None,
+    pixel_indices: Int[Tensor, " n"] | None = None,
     dtype: torch.dtype = torch.float32,
-) -> tuple[Tensor, Tensor, Tensor]:
+) -> tuple[Float[Tensor, "n 3"], Float[Tensor, "n 3"], Float[Tensor, " n"]]:
     """World rays through pixel centres (OpenCV axes, pixel ``(u, v)`` centred at integer coordinates).
 
     Args:
@@ -294,13 +351,14 @@ def _fine_edges(
     perturb: bool,
     generator: torch.Generator | None,
     guide: tuple[Tensor, Tensor] | None,
-    out: dict[str, Any],
     stop_below: float,
-) -> Tensor:
+) -> tuple[Tensor, Tensor | None, int]:
     """Bin edges ``[n, n_coarse + n_fine + 1]``: the coarse bins refined by ``n_fine`` extra edges, drawn from the
     guide's truncated normal when given, otherwise from the coarse pass's weights (evaluated here, density
-    only, without autograd; its counts and weights go into ``out``)."""
+    only, without autograd). Also returns those weights ``[n, n_coarse]`` (``None`` with a guide) and the
+    coarse pass's network evaluations."""
     bins_c = torch.cat([t_starts_c, t_ends_c[:, -1:]], dim=-1)  # [n, n_coarse + 1]
+    weights_c, n_eval = None, 0
     with torch.no_grad():
         if guide is not None:
             t_fine = gaussian_samples(guide[0], guide[1], near, far, n_fine, not perturb, generator)
@@ -316,10 +374,7 @@ def _fine_edges(
             t_fine = sample_pdf(
                 bins_c, dilate_weights(weights_c), n_fine, deterministic=not perturb, generator=generator
             )
-            out["n_evaluated"] += n_eval
-            out["n_samples"] += keep_c.numel()
-            out["weights_coarse"], out["t_starts_coarse"], out["t_ends_coarse"] = weights_c, t_starts_c, t_ends_c
-        return torch.sort(torch.cat([bins_c, t_fine], dim=-1), dim=-1).values
+        return torch.sort(torch.cat([bins_c, t_fine], dim=-1), dim=-1).values, weights_c, n_eval
 
 
 def _render_chunk(
@@ -335,13 +390,14 @@ def _render_chunk(
     generator: torch.Generator | None,
     guide: tuple[Tensor, Tensor] | None = None,
     stop_below: float = 0.0,
-) -> dict[str, Any]:
+) -> RenderOutput:
+    """:func:`render_rays` on one chunk of rays, without the background and the z-depth."""
     d_len = rays_d.norm(dim=-1, keepdim=True)  # world length per unit of t
     t_starts_c, t_ends_c = stratified_samples(rays_o, rays_d, near, far, n_coarse, perturb, generator)
-    out: dict[str, Any] = {"n_evaluated": 0, "n_samples": 0}
+    weights_c, n_eval_c = None, 0
     if n_fine > 0:
-        edges = _fine_edges(field, rays_o, rays_d, near, far, t_starts_c, t_ends_c, n_fine, occupancy, perturb,
-                            generator, guide, out, stop_below)
+        edges, weights_c, n_eval_c = _fine_edges(field, rays_o, rays_d, near, far, t_starts_c, t_ends_c, n_fine,
+                                                 occupancy, perturb, generator, guide, stop_below)
         t_starts, t_ends = edges[:, :-1], edges[:, 1:]
     else:
         t_starts, t_ends = t_starts_c, t_ends_c
@@ -354,7 +410,8 @@ def _render_chunk(
     assert rgb_s is not None  # with_rgb=True
     weights, _ = render_weights(sigma, deltas)
     depth = expected_depth(weights, t_mid)
-    out.update(
+    coarse = weights_c is not None
+    return RenderOutput(
         rgb=composite(weights, rgb_s),
         depth=depth,
         depth_var=depth_variance(weights, t_mid, depth),
@@ -362,30 +419,48 @@ def _render_chunk(
         weights=weights,
         t_starts=t_starts,
         t_ends=t_ends,
+        n_evaluated=n_eval_c + n_eval,
+        n_samples=(t_starts_c.numel() if coarse else 0) + keep.numel(),
+        weights_coarse=weights_c,
+        t_starts_coarse=t_starts_c if coarse else None,
+        t_ends_coarse=t_ends_c if coarse else None,
     )
-    out["n_evaluated"] += n_eval
-    out["n_samples"] += keep.numel()
-    return out
+
+
+def _join_chunks(parts: Sequence[RenderOutput]) -> RenderOutput:
+    """The chunks' outputs as one, in ray order: tensors concatenated along the rays, counters summed."""
+    if len(parts) == 1:
+        return parts[0]
+    joined: dict[str, Any] = {}
+    for f in dataclasses.fields(RenderOutput):
+        values = [getattr(p, f.name) for p in parts]
+        if values[0] is None:
+            joined[f.name] = None
+        elif isinstance(values[0], Tensor):
+            joined[f.name] = torch.cat(values, dim=0)
+        else:
+            joined[f.name] = sum(values)
+    return RenderOutput(**joined)
 
 
 def render_rays(
     field: RadianceField,
-    rays_o: Tensor,
-    rays_d: Tensor,
-    near: Tensor | float,
-    far: Tensor | float,
+    rays_o: Float[Tensor, "n 3"],
+    rays_d: Float[Tensor, "n 3"],
+    near: Float[Tensor, " n"] | float,
+    far: Float[Tensor, " n"] | float,
     *,
     n_coarse: int = 64,
     n_fine: int = 64,
     occupancy: OccupancyGrid | None = None,
     perturb: bool = False,
     chunk: int = 4096,
-    background: Tensor | None = None,
-    z_scale: Tensor | None = None,
+    background: Float[Tensor, " 3"] | Float[Tensor, "n 3"] | None = None,
+    z_scale: Float[Tensor, " n"] | None = None,
     generator: torch.Generator | None = None,
-    guide: tuple[Tensor, Tensor] | None = None,
+    guide: tuple[Float[Tensor, " n"], Float[Tensor, " n"]] | None = None,
     stop_below: float = 0.0,
-) -> dict[str, Any]:
+) -> RenderOutput:
     """Render rays hierarchically with empty-space skipping (and optional early ray termination).
 
     1. ``n_coarse`` stratified bins over ``[near, far]``; samples whose midpoint lies in an empty cell of
@@ -427,12 +502,8 @@ def render_rays(
         stop_below: Transmittance at which ray marching stops where no gradient is needed; 0 = never.
 
     Returns:
-        ``rgb [n, 3]``, ``depth [n]`` (normalised expected ``t``), ``depth_var [n]``, ``opacity [n]``,
-        ``weights / t_starts / t_ends [n, n_coarse + n_fine]`` (final bins, for losses),
-        ``weights_coarse / t_starts_coarse / t_ends_coarse [n, n_coarse]`` (if ``n_fine > 0`` and no guide; no
-        gradient),
-        ``z_depth [n]`` (if ``z_scale``), ``n_evaluated`` (int, network evaluations incl. the coarse pass) and
-        ``n_samples`` (int, evaluations there would have been without the occupancy grid).
+        A :class:`RenderOutput`: colour, depth and opacity per ray, the final bins and their weights (for losses),
+        the coarse pass's (if ``n_fine > 0`` and no guide), the z-depth (if ``z_scale``) and the evaluation counts.
     """
     if perturb:
         require_generator(generator, "render_rays(perturb=True)")
@@ -460,15 +531,11 @@ def render_rays(
         )
         for i in range(0, max(n, 1), chunk)
     ]
-    out: dict[str, Any] = {}
-    for key in parts[0]:
-        if key in ("n_evaluated", "n_samples"):
-            out[key] = sum(p[key] for p in parts)
-        else:
-            out[key] = torch.cat([p[key] for p in parts], dim=0) if len(parts) > 1 else parts[0][key]
+    out = _join_chunks(parts)
+    rgb, z_depth = out.rgb, None
     if background is not None:
-        bg = torch.as_tensor(background, device=rays_o.device, dtype=out["rgb"].dtype)
-        out["rgb"] = out["rgb"] + (1.0 - out["opacity"])[:, None] * bg.expand_as(out["rgb"])
+        bg = torch.as_tensor(background, device=rays_o.device, dtype=out.rgb.dtype)
+        rgb = out.rgb + (1.0 - out.opacity)[:, None] * bg.expand_as(out.rgb)
     if z_scale is not None:
-        out["z_depth"] = out["depth"] * torch.as_tensor(z_scale, device=rays_o.device, dtype=out["depth"].dtype)
-    return out
+        z_depth = out.depth * torch.as_tensor(z_scale, device=rays_o.device, dtype=out.depth.dtype)
+    return dataclasses.replace(out, rgb=rgb, z_depth=z_depth)

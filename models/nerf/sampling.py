@@ -8,6 +8,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 import torch
+from jaxtyping import Bool, Float
 
 if TYPE_CHECKING:  # only for annotations: sampling does not depend on the grid's module at runtime
     from models.nerf.occupancy import OccupancyGrid
@@ -32,14 +33,14 @@ def _per_ray(v: Tensor | float, like: Tensor) -> Tensor:
 
 
 def stratified_samples(
-    rays_o: Tensor,
-    rays_d: Tensor,
-    near: Tensor | float,
-    far: Tensor | float,
+    rays_o: Float[Tensor, "n 3"],
+    rays_d: Float[Tensor, "n 3"],
+    near: Float[Tensor, " n"] | float,
+    far: Float[Tensor, " n"] | float,
     n_samples: int,
     perturb: bool,
     generator: torch.Generator | None = None,
-) -> tuple[Tensor, Tensor]:
+) -> tuple[Float[Tensor, "n s"], Float[Tensor, "n s"]]:
     """Cut ``[near, far]`` of every ray into ``n_samples`` contiguous bins.
 
     Without ``perturb`` the bins are equal. With it, each interior edge is drawn uniformly between the
@@ -74,13 +75,13 @@ def stratified_samples(
 
 @torch.no_grad()
 def sample_pdf(
-    bins: Tensor,
-    weights: Tensor,
+    bins: Float[Tensor, "n e"],
+    weights: Float[Tensor, "n m"],
     n_samples: int,
     deterministic: bool,
     generator: torch.Generator | None = None,
     eps: float = 1e-5,
-) -> Tensor:
+) -> Float[Tensor, "n k"]:
     """Inverse-CDF samples from the piecewise-constant density that puts mass ``weights`` in each bin.
 
     The pdf is ``(max(w, 0) + eps) / sum`` per bin (``eps`` keeps the CDF strictly increasing, so a ray with all
@@ -132,14 +133,14 @@ def sample_pdf(
 
 @torch.no_grad()
 def gaussian_samples(
-    center: Tensor,
-    std: Tensor,
-    near: Tensor | float,
-    far: Tensor | float,
+    center: Float[Tensor, " n"],
+    std: Float[Tensor, " n"],
+    near: Float[Tensor, " n"] | float,
+    far: Float[Tensor, " n"] | float,
     n_samples: int,
     deterministic: bool,
     generator: torch.Generator | None = None,
-) -> Tensor:
+) -> Float[Tensor, "n k"]:
     """Stratified samples of the normal ``N(center, std^2)`` truncated to ``[near, far]`` (depth-guided
     sampling, as in Dense Depth Priors, Roessle et al. 2022); rays without a guide sample ``[near, far]``
     uniformly.
@@ -182,7 +183,9 @@ def gaussian_samples(
     return t.to(center.dtype)
 
 
-def ray_aabb_intersect(rays_o: Tensor, rays_d: Tensor, aabb: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+def ray_aabb_intersect(
+    rays_o: Float[Tensor, "n 3"], rays_d: Float[Tensor, "n 3"], aabb: Float[Tensor, "2 3"]
+) -> tuple[Float[Tensor, " n"], Float[Tensor, " n"], Bool[Tensor, " n"]]:
     """Slab test of rays against an axis-aligned box.
 
     Args:
@@ -204,7 +207,9 @@ def ray_aabb_intersect(rays_o: Tensor, rays_d: Tensor, aabb: Tensor) -> tuple[Te
     return t_near, t_far, t_far > t_near
 
 
-def near_far(rays_o: Tensor, rays_d: Tensor, aabb: Tensor, near_min: float) -> tuple[Tensor, Tensor]:
+def near_far(
+    rays_o: Float[Tensor, "n 3"], rays_d: Float[Tensor, "n 3"], aabb: Float[Tensor, "2 3"], near_min: float
+) -> tuple[Float[Tensor, " n"], Float[Tensor, " n"]]:
     """``[n]`` near and far ray parameters inside the box ``aabb`` (:func:`ray_aabb_intersect`), the near one no
     closer than ``near_min`` (world units along ``rays_d``). Rays that miss the box get ``far <= near``."""
     t0, t1, _ = ray_aabb_intersect(rays_o, rays_d, aabb)
@@ -212,7 +217,12 @@ def near_far(rays_o: Tensor, rays_d: Tensor, aabb: Tensor, near_min: float) -> t
 
 
 @torch.no_grad()
-def occupancy_filter(rays_o: Tensor, rays_d: Tensor, t_mid: Tensor, occupancy: OccupancyGrid | None) -> Tensor:
+def occupancy_filter(
+    rays_o: Float[Tensor, "n 3"],
+    rays_d: Float[Tensor, "n 3"],
+    t_mid: Float[Tensor, "n s"],
+    occupancy: OccupancyGrid | None,
+) -> Bool[Tensor, "n s"]:
     """Which samples the network must evaluate.
 
     Args:

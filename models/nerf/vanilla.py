@@ -10,6 +10,7 @@ speed-ups are measured against the same renderer, data and machine.
 from __future__ import annotations
 
 import torch
+from jaxtyping import Float
 from pydantic import Field
 from torch import Tensor, nn
 
@@ -27,7 +28,7 @@ class VanillaNeRFConfig(StrictConfig):
     skip_layer: int = Field(default=4, ge=1)
 
 
-def positional_encoding(x: Tensor, n_freqs: int) -> Tensor:
+def positional_encoding(x: Float[Tensor, "*batch d"], n_freqs: int) -> Float[Tensor, "*batch e"]:
     """``[..., d] -> [..., d * (1 + 2 * n_freqs)]``: ``x`` followed by ``sin(2^k pi x), cos(2^k pi x)``."""
     if n_freqs == 0:
         return x
@@ -79,10 +80,12 @@ class VanillaNeRF(nn.Module):
         sigma = torch.relu(self.sigma(h)[..., 0]) * inside
         return h, sigma
 
-    def density(self, x: Tensor) -> Tensor:
+    def density(self, x: Float[Tensor, "*batch 3"]) -> Float[Tensor, "*batch"]:
         return self._trunk(x)[1]
 
-    def forward(self, x: Tensor, d: Tensor) -> tuple[Tensor, Tensor]:
+    def forward(
+        self, x: Float[Tensor, "*batch 3"], d: Float[Tensor, "*batch 3"]
+    ) -> tuple[Float[Tensor, "*batch 3"], Float[Tensor, "*batch"]]:
         h, sigma = self._trunk(x)
         rgb = torch.sigmoid(self.color(torch.cat([self.feature(h), positional_encoding(d, self.cfg.n_freq_dir)], -1)))
         return rgb, sigma

@@ -125,7 +125,7 @@ def test_fit_constant_colour_through_the_renderer() -> None:
     losses = []
     for _ in range(100):
         out = render_rays(field, rays_o, rays_d, 2.0, 6.0, n_coarse=8, n_fine=4, perturb=True, generator=gen)
-        loss = ((out["rgb"] - target) ** 2).mean()
+        loss = ((out.rgb - target) ** 2).mean()
         opt.zero_grad()
         loss.backward()
         opt.step()

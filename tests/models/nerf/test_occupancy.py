@@ -122,10 +122,10 @@ def test_grid_cuts_network_evaluations_without_changing_the_image(sphere_field) 
     skipped = render_rays(field, rays_o, rays_d, near, far, occupancy=grid, **kw)
     calls_skipped = field.n_calls
 
-    assert full["n_evaluated"] == full["n_samples"] == calls_full == 256 * (32 + 64)
-    assert skipped["n_evaluated"] == calls_skipped  # the count is what the network really saw
-    assert skipped["n_samples"] == full["n_samples"]
+    assert full.n_evaluated == full.n_samples == calls_full == 256 * (32 + 64)
+    assert skipped.n_evaluated == calls_skipped  # the count is what the network really saw
+    assert skipped.n_samples == full.n_samples
     assert calls_full >= 3 * calls_skipped
-    assert full["opacity"].max() > 0.5  # the sphere is in view
-    assert (skipped["rgb"] - full["rgb"]).abs().max() < 0.02
-    assert (skipped["opacity"] - full["opacity"]).abs().mean() < 1e-3
+    assert full.opacity.max() > 0.5  # the sphere is in view
+    assert (skipped.rgb - full.rgb).abs().max() < 0.02
+    assert (skipped.opacity - full.opacity).abs().mean() < 1e-3

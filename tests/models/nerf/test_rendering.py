@@ -113,17 +113,17 @@ def test_sphere_opacity_matches_chord_length(sphere_field) -> None:
     expected = torch.tensor(1 - np.exp(-sigma * chord), dtype=torch.float32)
     out = render_rays(field, rays_o, rays_d, 1.0, 5.0, n_coarse=64, n_fine=64)
     # Hierarchical: errors come from bins straddling the sphere's boundary (midpoint quadrature).
-    torch.testing.assert_close(out["opacity"], expected, atol=0.02, rtol=0)
+    torch.testing.assert_close(out.opacity, expected, atol=0.02, rtol=0)
     uniform = render_rays(field, rays_o, rays_d, 1.0, 5.0, n_coarse=4096, n_fine=0)
-    torch.testing.assert_close(uniform["opacity"], expected, atol=2e-3, rtol=0)
-    torch.testing.assert_close(out["opacity"], uniform["opacity"], atol=0.02, rtol=0)
+    torch.testing.assert_close(uniform.opacity, expected, atol=2e-3, rtol=0)
+    torch.testing.assert_close(out.opacity, uniform.opacity, atol=0.02, rtol=0)
     # Colour: the sphere's colour times its opacity (black background), or plus the background.
-    torch.testing.assert_close(out["rgb"], out["opacity"][:, None] * field.rgb, atol=1e-5, rtol=0)
+    torch.testing.assert_close(out.rgb, out.opacity[:, None] * field.rgb, atol=1e-5, rtol=0)
     bg = torch.tensor([1.0, 0.0, 0.5])
     out_bg = render_rays(field, rays_o, rays_d, 1.0, 5.0, n_coarse=64, n_fine=64, background=bg)
-    torch.testing.assert_close(out_bg["rgb"], out["rgb"] + (1 - out["opacity"])[:, None] * bg)
-    assert out["weights"].shape == out["t_starts"].shape == (6, 128)
-    assert out["weights_coarse"].shape == (6, 64)
+    torch.testing.assert_close(out_bg.rgb, out.rgb + (1 - out.opacity)[:, None] * bg)
+    assert out.weights.shape == out.t_starts.shape == (6, 128)
+    assert out.weights_coarse.shape == (6, 64)
 
 
 def test_fine_samples_concentrate_on_the_surface(sphere_field) -> None:
@@ -132,9 +132,9 @@ def test_fine_samples_concentrate_on_the_surface(sphere_field) -> None:
     rays_o, rays_d = _rays_towards_sphere([0.0, 0.2, 0.4])
     out = render_rays(field, rays_o, rays_d, 1.0, 5.0, n_coarse=16, n_fine=64)  # coarse spacing 0.25
     expected = 3.0 - np.sqrt(0.25 - np.array([0.0, 0.2, 0.4]) ** 2)
-    np.testing.assert_allclose(out["depth"].numpy(), expected, atol=0.03)
+    np.testing.assert_allclose(out.depth.numpy(), expected, atol=0.03)
     coarse_only = render_rays(field, rays_o, rays_d, 1.0, 5.0, n_coarse=16, n_fine=0)
-    assert np.abs(coarse_only["depth"].numpy() - expected).max() > 0.05
+    assert np.abs(coarse_only.depth.numpy() - expected).max() > 0.05
 
 
 def test_depth_guided_sampling_skips_the_coarse_pass_and_finds_the_surface(sphere_field) -> None:
@@ -146,15 +146,15 @@ def test_depth_guided_sampling_skips_the_coarse_pass_and_finds_the_surface(spher
     field = sphere_field(radius=0.5, sigma=500.0)
     center, std = torch.tensor(expected, dtype=torch.float32), torch.full((3,), 0.02)
     out = render_rays(field, rays_o, rays_d, 1.0, 5.0, n_coarse=16, n_fine=64, guide=(center, std))
-    np.testing.assert_allclose(out["depth"].numpy(), expected, atol=0.01)
-    assert field.n_calls == out["n_evaluated"] == 3 * (16 + 64)  # one pass: the fine one
-    assert "weights_coarse" not in out
+    np.testing.assert_allclose(out.depth.numpy(), expected, atol=0.01)
+    assert field.n_calls == out.n_evaluated == 3 * (16 + 64)  # one pass: the fine one
+    assert out.weights_coarse is None
     wrong = render_rays(sphere_field(radius=0.5, sigma=500.0), rays_o, rays_d, 1.0, 5.0, n_coarse=16, n_fine=64,
                         guide=(center + 0.6, std))
-    assert np.abs(wrong["depth"].numpy() - expected).max() > 0.05
+    assert np.abs(wrong.depth.numpy() - expected).max() > 0.05
     # Rays without a guide (center 0) fall back to uniform fine edges, still inside [near, far].
     none = render_rays(field, rays_o, rays_d, 1.0, 5.0, n_coarse=16, n_fine=64, guide=(torch.zeros(3), std))
-    assert bool((none["t_starts"] >= 1.0).all()) and bool((none["t_ends"] <= 5.0).all())
+    assert bool((none.t_starts >= 1.0).all()) and bool((none.t_ends <= 5.0).all())
 
 
 def test_chunking_and_direction_length_do_not_change_the_result(sphere_field) -> None:
@@ -163,12 +163,12 @@ def test_chunking_and_direction_length_do_not_change_the_result(sphere_field) ->
     full = render_rays(field, rays_o, rays_d, 1.0, 5.0, n_coarse=16, n_fine=16, chunk=1000)
     chunked = render_rays(field, rays_o, rays_d, 1.0, 5.0, n_coarse=16, n_fine=16, chunk=3)
     for key in ("rgb", "depth", "opacity", "weights", "t_starts"):
-        torch.testing.assert_close(full[key], chunked[key])
-    assert full["n_evaluated"] == chunked["n_evaluated"] == 11 * (16 + 32)
+        torch.testing.assert_close(getattr(full, key), getattr(chunked, key))
+    assert full.n_evaluated == chunked.n_evaluated == 11 * (16 + 32)
     # Directions twice as long: same opacity, t (in units of |d|) halves.
     double = render_rays(field, rays_o, 2 * rays_d, 0.5, 2.5, n_coarse=16, n_fine=16)
-    torch.testing.assert_close(double["opacity"], full["opacity"], atol=1e-5, rtol=0)
-    torch.testing.assert_close(double["depth"], full["depth"] / 2, atol=1e-5, rtol=0)
+    torch.testing.assert_close(double.opacity, full.opacity, atol=1e-5, rtol=0)
+    torch.testing.assert_close(double.depth, full.depth / 2, atol=1e-5, rtol=0)
 
 
 def test_perturbed_rendering_is_seeded_and_unbiased(sphere_field) -> None:
@@ -177,12 +177,12 @@ def test_perturbed_rendering_is_seeded_and_unbiased(sphere_field) -> None:
     kw = {"n_coarse": 16, "n_fine": 16, "perturb": True}
     a = render_rays(field, rays_o, rays_d, 1.0, 5.0, generator=torch.Generator().manual_seed(0), **kw)
     b = render_rays(field, rays_o, rays_d, 1.0, 5.0, generator=torch.Generator().manual_seed(0), **kw)
-    torch.testing.assert_close(a["rgb"], b["rgb"])
-    assert a["t_starts"].std(dim=0).max() > 0  # different rays got different samples
+    torch.testing.assert_close(a.rgb, b.rgb)
+    assert a.t_starts.std(dim=0).max() > 0  # different rays got different samples
     with pytest.raises(ValueError, match=r"explicit torch\.Generator"):  # never the global RNG
         render_rays(field, rays_o, rays_d, 1.0, 5.0, **kw)
     expected = 1 - math.exp(-1.5 * 2 * math.sqrt(0.64 - 0.09))
-    assert a["opacity"].mean().item() == pytest.approx(expected, abs=0.01)
+    assert a.opacity.mean().item() == pytest.approx(expected, abs=0.01)
 
 
 def test_rays_from_camera_match_the_numpy_camera() -> None:
@@ -221,9 +221,9 @@ def test_z_depth_vs_ray_distance_on_a_fronto_parallel_plane(half_space_field) ->
 
     field = half_space_field(eye, forward, 2.0)
     out = render_rays(field, rays_o, rays_d, 0.5, 6.0, n_coarse=32, n_fine=64, z_scale=z_scale)
-    torch.testing.assert_close(out["z_depth"], torch.full((h * w,), 2.0), atol=0.03, rtol=0)
-    torch.testing.assert_close(out["depth"], t_plane, atol=0.05, rtol=0)
-    assert bool((out["depth"][corners] > 2.5).all())
+    torch.testing.assert_close(out.z_depth, torch.full((h * w,), 2.0), atol=0.03, rtol=0)
+    torch.testing.assert_close(out.depth, t_plane, atol=0.05, rtol=0)
+    assert bool((out.depth[corners] > 2.5).all())
 
 
 def test_near_far_from_the_box_and_empty_batch(sphere_field) -> None:
@@ -233,9 +233,9 @@ def test_near_far_from_the_box_and_empty_batch(sphere_field) -> None:
     assert bool(hit.all())
     a = render_rays(field, rays_o, rays_d, t_near, t_far, n_coarse=64, n_fine=64)
     b = render_rays(field, rays_o, rays_d, 1.0, 5.0, n_coarse=64, n_fine=64)
-    torch.testing.assert_close(a["opacity"], b["opacity"], atol=0.01, rtol=0)
+    torch.testing.assert_close(a.opacity, b.opacity, atol=0.01, rtol=0)
     empty = render_rays(field, rays_o[:0], rays_d[:0], 1.0, 5.0, n_coarse=4, n_fine=4)
-    assert empty["rgb"].shape == (0, 3) and empty["n_evaluated"] == 0
+    assert empty.rgb.shape == (0, 3) and empty.n_evaluated == 0
 
 
 def test_early_ray_termination_skips_samples_behind_an_opaque_wall(half_space_field) -> None:
@@ -249,11 +249,11 @@ def test_early_ray_termination_skips_samples_behind_an_opaque_wall(half_space_fi
     with torch.no_grad():
         full = render_rays(field, rays_o, rays_d, 0.0, 2.0, stop_below=0.0, **kwargs)
         early = render_rays(field, rays_o, rays_d, 0.0, 2.0, stop_below=1e-4, **kwargs)
-    assert early["n_evaluated"] < 0.7 * full["n_evaluated"]
-    torch.testing.assert_close(early["rgb"], full["rgb"], atol=1e-4, rtol=0)
-    torch.testing.assert_close(early["depth"], full["depth"], atol=1e-3, rtol=0)
+    assert early.n_evaluated < 0.7 * full.n_evaluated
+    torch.testing.assert_close(early.rgb, full.rgb, atol=1e-4, rtol=0)
+    torch.testing.assert_close(early.depth, full.depth, atol=1e-3, rtol=0)
     # with autograd the fine pass evaluates every sample (the coarse pass, never differentiated, still stops)
     fine_all = render_rays(field, rays_o, rays_d, 0.0, 2.0, stop_below=1e-4, **kwargs)
-    assert fine_all["n_evaluated"] - early["n_evaluated"] > 0
-    assert fine_all["n_evaluated"] <= full["n_evaluated"]
+    assert fine_all.n_evaluated - early.n_evaluated > 0
+    assert fine_all.n_evaluated <= full.n_evaluated
 

@@ -45,7 +45,7 @@ def test_small_vanilla_field_fits_a_constant_colour_through_the_renderer():
     for _ in range(80):
         out = render_rays(net, o, d, 2.0, 4.0, n_coarse=16, n_fine=8, perturb=True, background=torch.zeros(3),
                           generator=gen)
-        loss = ((out["rgb"] - target) ** 2).mean()
+        loss = ((out.rgb - target) ** 2).mean()
         opt.zero_grad()
         loss.backward()
         opt.step()
