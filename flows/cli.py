@@ -112,14 +112,19 @@ def load_or_exit(params_file: Path, overrides: list[str] | None) -> Params:
         raise typer.Exit(2) from None
 
 
+def configured_api() -> str | None:
+    """The Prefect API the user configured (``PREFECT_API_URL`` or the active profile's), if any."""
+    from prefect.settings import PREFECT_API_URL
+
+    return PREFECT_API_URL.value() or None
+
+
 @contextmanager
 def prefect_api() -> Iterator[None]:
     """Runs report to the configured Prefect API (``PREFECT_API_URL``, or the active profile's), else to the
     shared server of ``PREFECT_HOME``: started by the first command that needs it, reused by the next ones
     (one server start per ``dvc repro``, not one per stage; see :mod:`flows.server`)."""
-    from prefect.settings import PREFECT_API_URL
-
-    if PREFECT_API_URL.value():
+    if configured_api():
         yield
         return
     with shared_api(announce=lambda msg: typer.echo(f"Prefect: {msg}", err=True)) as (api_url, started):
@@ -158,10 +163,13 @@ def run_stage(stage: str, params_file: Path, overrides: list[str] | None, quiet:
     """Run a stage's Prefect flow; bad params exit 2, bad data or failed scenes exit 1 with one message."""
     _setup_logging()
     params = load_or_exit(params_file, overrides)
+    from flows.runners import require_reachable_api
     from flows.stages import STAGE_OUTPUT, run_flow
 
-    with reported_errors(getattr(params.paths, STAGE_OUTPUT[stage])), prefect_api():
-        out = run_flow(stage, params, progress=not quiet)
+    with reported_errors(getattr(params.paths, STAGE_OUTPUT[stage])):
+        require_reachable_api(params.orchestration, configured_api())  # before a shared server would start
+        with prefect_api():
+            out = run_flow(stage, params, progress=not quiet)
     typer.echo(f"done: {out}", err=True)
 
 

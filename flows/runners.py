@@ -7,8 +7,10 @@ scheduler at ``orchestration.dask_address``, or a local cluster of ``workers`` s
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
 
 from tasks.config import OrchestrationConfig
 
@@ -37,6 +39,50 @@ def threads_per_worker(cfg: OrchestrationConfig) -> int:
     """Torch intra-op threads for each worker, so ``workers`` scenes at once do not oversubscribe the cores this
     process may use (:func:`usable_cores`)."""
     return max(1, usable_cores() // cfg.workers)
+
+
+def cluster_address(cfg: OrchestrationConfig) -> str | None:
+    """The address of an existing cluster the tasks run on (``dask_address`` / ``ray_address`` of the chosen
+    runner), or None where the workers are started on this machine."""
+    return {"dask": cfg.dask_address, "ray": cfg.ray_address}.get(cfg.runner)
+
+
+def is_loopback(address: str) -> bool:
+    """Whether a URL or ``host:port`` address names this machine only (``localhost``, ``127.0.0.0/8``, ``::1``)."""
+    host = urlsplit(address if "://" in address else f"//{address}").hostname or ""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:  # a host name: assume other machines can resolve it
+        return False
+
+
+def require_reachable_api(cfg: OrchestrationConfig, api_url: str | None) -> None:
+    """Fail before any work where the workers of an existing cluster could not report to the Prefect API.
+
+    Their task runs talk to the API over HTTP from their own machines, so it must be one the user configured
+    (``PREFECT_API_URL`` or a Prefect profile): a temporary or shared loopback server started here is never used
+    for them. A loopback API is accepted only when the cluster's address is loopback too (all on this machine).
+
+    Raises:
+        RunnerError: naming the runner, its address and what to set.
+    """
+    address = cluster_address(cfg)
+    if address is None:
+        return
+    where = f"orchestration.runner={cfg.runner} on {address}"
+    if not api_url:
+        raise RunnerError(
+            f"{where}: its workers report to the Prefect API from their own machines, and none is configured; "
+            "start a server they can reach (`prefect server start --host 0.0.0.0`) and set "
+            "PREFECT_API_URL=http://<that host>:4200/api (or a Prefect profile) before running"
+        )
+    if is_loopback(api_url) and not is_loopback(address):
+        raise RunnerError(
+            f"{where}: PREFECT_API_URL={api_url} is a loopback address the workers cannot reach; use the server's "
+            "network address (e.g. http://<host>:4200/api, with the server started with --host 0.0.0.0)"
+        )
 
 
 def make_task_runner(cfg: OrchestrationConfig) -> TaskRunner[Any]:

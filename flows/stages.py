@@ -32,7 +32,7 @@ from prefect.settings import PREFECT_RESULTS_LOCAL_STORAGE_PATH, temporary_setti
 
 from flows.caching import Receipt, artifact_dir
 from flows.fanout import Progress, StageFailed, publish, run_scene_tasks
-from flows.runners import make_task_runner, threads_per_worker
+from flows.runners import make_task_runner, require_reachable_api, threads_per_worker
 from tasks.config import Params
 from tasks.files import place_tree
 from tasks.locks import output_lock
@@ -261,6 +261,9 @@ def run_flow(stage: str, params: Params, progress: bool = False) -> Path:
 def _run_flow(stage: str, params: Params, progress: bool) -> Path:
     f = FLOWS[stage]
     if stage in SCENE_STAGES:
+        from prefect.settings import PREFECT_API_URL
+
+        require_reachable_api(params.orchestration, PREFECT_API_URL.value() or None)
         f = f.with_options(task_runner=make_task_runner(params.orchestration))
     with flow_environment(stage, params):
         return f.with_options(flow_run_name=run_name(stage, params))(params, progress)

@@ -8,7 +8,8 @@ import os
 import pytest
 from prefect.task_runners import ProcessPoolTaskRunner, ThreadPoolTaskRunner
 
-from flows.runners import RunnerError, make_task_runner, threads_per_worker, usable_cores
+from flows.runners import RunnerError, make_task_runner, require_reachable_api, threads_per_worker, usable_cores
+from flows.server import RECORD
 from tasks.config import OrchestrationConfig
 
 
@@ -38,3 +39,39 @@ def test_torch_threads_are_split_between_the_cores_this_process_may_use():
         assert usable_cores() == 1 and threads_per_worker(OrchestrationConfig(workers=1)) == 1
     finally:
         os.sched_setaffinity(0, saved)
+
+
+@pytest.mark.parametrize(("runner", "address", "api", "error"), [
+    ("dask", None, None, None),  # workers started here: Prefect's own server will do
+    ("threads", None, None, None),
+    ("dask", "tcp://10.1.2.3:8786", None, "set PREFECT_API_URL"),
+    ("dask", "tcp://10.1.2.3:8786", "http://127.0.0.1:4200/api", "loopback address the workers cannot reach"),
+    ("dask", "tcp://10.1.2.3:8786", "http://prefect.lab:4200/api", None),
+    ("dask", "tcp://127.0.0.1:8786", "http://localhost:4200/api", None),  # cluster and server on this machine
+    ("ray", "10.0.0.7:6379", "http://[::1]:4200/api", "loopback"),
+    ("ray", "ray://head.lab:10001", None, "set PREFECT_API_URL"),
+])
+def test_an_existing_cluster_needs_an_api_its_workers_can_reach(runner, address, api, error):
+    cfg = OrchestrationConfig(runner=runner, dask_address=address if runner == "dask" else None,
+                              ray_address=address if runner == "ray" else None)
+    if error is None:
+        require_reachable_api(cfg, api)
+    else:
+        with pytest.raises(RunnerError, match=error) as info:
+            require_reachable_api(cfg, api)
+        assert f"orchestration.runner={runner} on {address}" in str(info.value)
+
+
+def test_a_stage_on_a_remote_cluster_without_an_api_fails_before_starting_any_server(dnerf, tmp_path):
+    """No user-configured API: the command exits 1 naming what to set, before any work and without starting the
+    shared loopback server (remote workers could not reach it)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
+    env.update(PREFECT_HOME=str(tmp_path / "home"), PREFECT_SERVER_ANALYTICS_ENABLED="false")
+    res = dnerf.run("refine", "--quiet", "-p", "/dev/null", env=env, cwd=tmp_path, overrides=[
+        "orchestration.runner=dask", "orchestration.dask_address=tcp://10.255.255.1:8786",
+        f"paths.refined={tmp_path / 'refined.zarr'}"])
+    assert res.returncode == 1, res.output
+    last = res.stderr.rstrip().splitlines()[-1]
+    assert last.startswith("error: orchestration.runner=dask on tcp://10.255.255.1:8786") and "PREFECT_API_URL" in last
+    assert "Prefect:" not in res.stderr and not (tmp_path / "home" / RECORD).exists()  # no shared server
+    assert not (tmp_path / "refined.zarr").exists()
