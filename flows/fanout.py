@@ -27,7 +27,7 @@ from prefect.cache_policies import NO_CACHE
 from prefect.futures import as_completed
 
 from flows.caching import Receipt, cache_key, key_from_parameters
-from flows.runners import threads_per_worker
+from flows.runners import task_threads
 from tasks.config import Params
 from tasks.digest import closure_version
 
@@ -81,7 +81,7 @@ def run_scene_tasks(
     """
     orch = params.orchestration
     code = closure_version(f"tasks.{stage}")  # the code the stage runs: what dvc.yaml lists
-    threads = threads_per_worker(orch)  # each task's share (the flow set it for its own process)
+    threads = task_threads(orch)  # each task's share (None: decided on the cluster's workers)
     if orch.cache:
         task_fn = task_fn.with_options(cache_key_fn=key_from_parameters, persist_result=True)
     else:

@@ -41,6 +41,25 @@ def threads_per_worker(cfg: OrchestrationConfig) -> int:
     return max(1, usable_cores() // cfg.workers)
 
 
+def task_threads(cfg: OrchestrationConfig) -> int | None:
+    """The torch thread count a per-scene task is sent with: this machine's share per worker
+    (:func:`threads_per_worker`), or None on an existing cluster, whose workers are other machines: there each
+    task takes :func:`worker_threads` of the machine it lands on."""
+    return None if cluster_address(cfg) else threads_per_worker(cfg)
+
+
+def worker_threads() -> int:
+    """Torch threads for one task, decided where it runs: the cores this process may use, split between the tasks
+    its Dask worker runs at once (``dask worker --nthreads``; 1 outside a Dask worker)."""
+    try:
+        from distributed import get_worker
+
+        slots = get_worker().state.nthreads
+    except (ImportError, ValueError):  # no distributed, or not inside a Dask worker
+        slots = 1
+    return max(1, usable_cores() // max(slots, 1))
+
+
 def cluster_address(cfg: OrchestrationConfig) -> str | None:
     """The address of an existing cluster the tasks run on (``dask_address`` / ``ray_address`` of the chosen
     runner), or None where the workers are started on this machine."""

@@ -32,7 +32,7 @@ from prefect.settings import PREFECT_RESULTS_LOCAL_STORAGE_PATH, temporary_setti
 
 from flows.caching import Receipt, artifact_dir
 from flows.fanout import Progress, StageFailed, publish, run_scene_tasks
-from flows.runners import make_task_runner, require_reachable_api, threads_per_worker
+from flows.runners import make_task_runner, require_reachable_api, threads_per_worker, worker_threads
 from tasks.config import Params
 from tasks.files import place_tree
 from tasks.locks import output_lock
@@ -113,7 +113,7 @@ def train_diffusion_flow(params: Params, progress: bool = False) -> Path:
 
 
 @task(name="refine-scene", result_serializer="json")
-def refine_scene_task(params: Params, scene: str, cache_key: str, threads: int, progress: bool = False) -> dict:
+def refine_scene_task(params: Params, scene: str, cache_key: str, threads: int | None, progress: bool = False) -> dict:
     """Refine one scene into the prepared store and keep a copy of its group as the artifact; the receipt."""
     from tasks.refine import refine_one_scene
 
@@ -129,7 +129,8 @@ def refine_scene_task(params: Params, scene: str, cache_key: str, threads: int, 
 
 
 @task(name="fit-nerf-scene", result_serializer="json")
-def fit_nerf_scene_task(params: Params, scene: FitJob, cache_key: str, threads: int, progress: bool = False) -> dict:
+def fit_nerf_scene_task(params: Params, scene: FitJob, cache_key: str, threads: int | None,
+                        progress: bool = False) -> dict:
     """Run one fit (a scene and a depth source) and export it once, as its artifact; the receipt (with the
     fit's metrics)."""
     from tasks.fit_nerf import fit_one_scene
@@ -303,9 +304,11 @@ def flow_environment(stage: str, params: Params) -> Iterator[None]:
 RESULTS_ENV = "PREFECT_RESULTS_LOCAL_STORAGE_PATH"
 
 
-def use_threads(n: int) -> None:
-    """In a task: torch's thread count for this worker. A no-op where the flow already set it (the thread
-    runner shares the flow's process); worker processes of the process, Dask and Ray runners set it once."""
+def use_threads(n: int | None) -> None:
+    """In a task: torch's thread count for this worker (None: :func:`flows.runners.worker_threads`, decided on the
+    worker's own machine). A no-op where the flow already set it (the thread runner shares the flow's process);
+    worker processes of the process, Dask and Ray runners set it once."""
+    n = worker_threads() if n is None else n
     if torch.get_num_threads() != n:
         torch.set_num_threads(n)
 

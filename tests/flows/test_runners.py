@@ -8,7 +8,15 @@ import os
 import pytest
 from prefect.task_runners import ProcessPoolTaskRunner, ThreadPoolTaskRunner
 
-from flows.runners import RunnerError, make_task_runner, require_reachable_api, threads_per_worker, usable_cores
+from flows.runners import (
+    RunnerError,
+    make_task_runner,
+    require_reachable_api,
+    task_threads,
+    threads_per_worker,
+    usable_cores,
+    worker_threads,
+)
 from flows.server import RECORD
 from tasks.config import OrchestrationConfig
 
@@ -75,3 +83,17 @@ def test_a_stage_on_a_remote_cluster_without_an_api_fails_before_starting_any_se
     assert last.startswith("error: orchestration.runner=dask on tcp://10.255.255.1:8786") and "PREFECT_API_URL" in last
     assert "Prefect:" not in res.stderr and not (tmp_path / "home" / RECORD).exists()  # no shared server
     assert not (tmp_path / "refined.zarr").exists()
+
+
+def test_on_an_existing_cluster_each_task_takes_its_worker_machines_share():
+    """Tasks for an existing cluster carry no thread count from the submitting machine; in a Dask worker running
+    two tasks at once, each takes half of that worker's cores (outside a worker: all of this process's)."""
+    from distributed import Client, LocalCluster
+
+    assert task_threads(OrchestrationConfig(runner="dask", workers=2)) == threads_per_worker(
+        OrchestrationConfig(workers=2))
+    assert task_threads(OrchestrationConfig(runner="dask", dask_address="tcp://10.1.2.3:8786")) is None
+    assert worker_threads() == usable_cores()
+    with LocalCluster(n_workers=1, threads_per_worker=2, processes=False, dashboard_address=None) as cluster, \
+            Client(cluster) as client:
+        assert client.submit(worker_threads).result() == max(1, usable_cores() // 2)
