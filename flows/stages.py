@@ -32,8 +32,14 @@ from prefect.settings import PREFECT_RESULTS_LOCAL_STORAGE_PATH, temporary_setti
 
 from flows.caching import Receipt, artifact_dir
 from flows.fanout import Progress, StageFailed, publish, run_scene_tasks
-from flows.runners import make_task_runner, require_reachable_api, threads_per_worker, worker_threads
-from tasks.config import Params
+from flows.runners import (
+    cluster_address,
+    make_task_runner,
+    require_reachable_api,
+    threads_per_worker,
+    worker_threads,
+)
+from tasks.config import Params, with_absolute_paths
 from tasks.files import place_tree
 from tasks.locks import output_lock
 
@@ -265,6 +271,8 @@ def _run_flow(stage: str, params: Params, progress: bool) -> Path:
         from prefect.settings import PREFECT_API_URL
 
         require_reachable_api(params.orchestration, PREFECT_API_URL.value() or None)
+        if cluster_address(params.orchestration):  # its workers have their own working directories
+            params = with_absolute_paths(params, Path.cwd())
         f = f.with_options(task_runner=make_task_runner(params.orchestration))
     with flow_environment(stage, params):
         return f.with_options(flow_run_name=run_name(stage, params))(params, progress)

@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import itertools
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 
 import yaml
-from pydantic import BeforeValidator, Field, ValidationError, model_validator
+from pydantic import BaseModel, BeforeValidator, Field, ValidationError, model_validator
 
 # Config modules only (no implementation), so that parsing params imports no stage's models or readers.
 from models.baselines_config import BaselineConfig
@@ -118,6 +118,7 @@ class NoiseConfig(NoiseModelConfig):
     seed: int = 0
 
 
+M = TypeVar("M", bound=BaseModel)
 Device = Literal["auto", "cpu", "cuda"]
 # YAML reads a bare ``off`` as false; ``amp: off`` or ``--set nerf.train.amp=off`` means the string.
 Amp = Annotated[Literal["auto", "off", "bf16", "fp16"], BeforeValidator(lambda v: "off" if v is False else v)]
@@ -421,3 +422,18 @@ def load_params(path: str | Path | None = "params.yaml", overrides: list[str] | 
         tree = apply_overrides(tree, overrides)
         where += " (with --set overrides)"
     return params_from_dict(tree, where)
+
+
+def with_absolute_paths(config: M, base: Path) -> M:
+    """``config`` with every relative path in it (at any depth, lists of sub-configs included) made absolute against
+    ``base``: what params must carry to workers whose working directory is not the submitter's."""
+    def resolve(value: Any) -> Any:
+        if isinstance(value, Path):
+            return value if value.is_absolute() else base / value
+        if isinstance(value, BaseModel):
+            return value.model_copy(update={k: resolve(getattr(value, k)) for k in type(value).model_fields})
+        if isinstance(value, list | tuple):
+            return type(value)(resolve(v) for v in value)
+        return value
+
+    return resolve(config)

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from tasks.config import Params, ParamsError, apply_overrides, load_params
+from tasks.config import Params, ParamsError, apply_overrides, load_params, with_absolute_paths
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -82,3 +82,16 @@ def test_bad_override_syntax_and_unreadable_file(tmp_path):
         load_params(scalar)
     with pytest.raises(ParamsError, match=r"data\.stride is not a mapping"):
         load_params(ROOT / "params.yaml", ["data.stride.x=1"])
+
+
+def test_with_absolute_paths_resolves_every_relative_path_and_nothing_else():
+    p = load_params(None, ["diffusion.train.extra_stores=[{scenes: a.zarr, noisy: /abs/b.zarr}]", "data.path=cap"])
+    q = with_absolute_paths(p, Path("/work"))
+    assert q.paths.scenes == Path("/work/data/scenes.zarr")
+    assert q.orchestration.results == Path("/work/.prefect-results")
+    assert q.data.path == Path("/work/cap") and q.diffusion.train.init_from is None
+    extra = [(s.scenes, s.noisy) for s in q.diffusion.train.extra_stores]
+    assert extra == [(Path("/work/a.zarr"), Path("/abs/b.zarr"))]
+    assert q.model_dump(exclude={"paths", "data", "diffusion", "orchestration"}) == p.model_dump(
+        exclude={"paths", "data", "diffusion", "orchestration"})
+    assert q.nerf == p.nerf and p.paths.scenes == Path("data/scenes.zarr")  # the input is not changed

@@ -1,0 +1,88 @@
+"""The pipeline on a real Dask cluster: a scheduler and two worker processes started by the test in another working
+directory (as if on other machines), against the session's Prefect server, with the stores named by paths relative
+to the submitting directory. Results must equal the local run's."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+import zarr
+
+from flows.stages import run_flow
+from tasks.config import load_params
+
+pytestmark = pytest.mark.slow
+
+FAST_NERF = [
+    "nerf.depth_source=refined", "nerf.train.steps=12", "nerf.train.target_samples=2048", "nerf.train.n_coarse=8",
+    "nerf.train.n_fine=4", "nerf.occupancy.resolution=16", "nerf.occupancy.warmup_steps=4",
+    "nerf.occupancy.n_cells=256", "nerf.export.mesh_resolution=16", "nerf.ablation_sources=[]",
+]
+
+
+@pytest.fixture
+def cluster(tmp_path_factory) -> Iterator[str]:
+    """``dask scheduler`` and two single-thread ``dask worker`` processes on loopback, started in a folder of their
+    own; the scheduler's address."""
+    from distributed import Client
+
+    home = tmp_path_factory.mktemp("cluster")
+    log = (home / "cluster.log").open("w")
+    spec = home / "scheduler.json"
+    common = {"cwd": home, "stdout": log, "stderr": subprocess.STDOUT}
+    procs = [subprocess.Popen(["dask", "scheduler", "--host", "127.0.0.1", "--port", "0", "--no-dashboard",
+                               "--scheduler-file", str(spec)], **common)]
+    try:
+        deadline = time.monotonic() + 60
+        while not spec.exists():
+            assert procs[0].poll() is None and time.monotonic() < deadline, (home / "cluster.log").read_text()
+            time.sleep(0.1)
+        procs += [subprocess.Popen(["dask", "worker", "--scheduler-file", str(spec), "--nthreads", "1",
+                                    "--no-dashboard", "--name", f"worker-{i}"], **common) for i in range(2)]
+        with Client(scheduler_file=str(spec), timeout=60) as client:
+            client.wait_for_workers(2, timeout=120)
+            yield client.scheduler.address
+    finally:
+        for proc in procs:
+            proc.kill()  # nothing of theirs is kept: no need to wait for a graceful shutdown
+            proc.wait()
+        log.close()
+
+
+def relative_stores(make_stores, tmp_path: Path, monkeypatch) -> list[str]:
+    """Two tiny scenes with their noisy depth in ``tmp_path``, which becomes the working directory: every path in
+    the returned overrides is relative to it (a worker elsewhere would look in the wrong place with them as given)."""
+    monkeypatch.chdir(tmp_path)
+    return make_stores(FAST_NERF + [
+        "refine.method=bilateral", "paths.raw=raw", "paths.scenes=scenes.zarr", "paths.noisy=noisy.zarr",
+        "orchestration.workers=2", "orchestration.cache=false",
+    ])
+
+
+def outputs(name: str) -> list[str]:
+    return [f"paths.refined={name}/refined.zarr", f"paths.nerf={name}/nerf", f"paths.nerf_checkpoints={name}/ck",
+            f"paths.nerf_metrics={name}/metrics.json", f"orchestration.results={name}/results"]
+
+
+def test_refine_and_fit_on_a_two_worker_cluster_equal_the_local_run(cluster, prefect_api, make_stores, tmp_path,
+                                                                   monkeypatch):
+    base = relative_stores(make_stores, tmp_path, monkeypatch)
+    runs = {"local": load_params(None, base + outputs("local")),
+            "cluster": load_params(None, base + outputs("cluster") + [
+                "orchestration.runner=dask", f"orchestration.dask_address={cluster}"])}
+    for params in runs.values():
+        for stage in ("refine", "fit_nerf"):
+            run_flow(stage, params)
+    for scene in ("synthetic_000", "synthetic_001"):
+        a, b = (zarr.open_group(f"{name}/refined.zarr", mode="r")[scene] for name in runs)
+        for key in ("depth_refined", "depth_std"):
+            np.testing.assert_array_equal(a[key][:], b[key][:])
+        m = {name: json.loads(Path(f"{name}/nerf/{scene}/metrics.json").read_text()) for name in runs}
+        for key in ("test_psnr", "test_ssim", "test_depth_rmse"):
+            assert m["cluster"][key] == m["local"][key], (scene, key, m)
