@@ -5,9 +5,13 @@ to the submitting directory. Results must equal the local run's."""
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
+import threading
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +21,7 @@ import zarr
 from flows.stages import run_flow
 from tasks.config import load_params
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("dask-cluster")]  # one worker starts the cluster once
 
 FAST_NERF = [
     "nerf.depth_source=refined", "nerf.train.steps=12", "nerf.train.target_samples=2048", "nerf.train.n_coarse=8",
@@ -26,10 +30,16 @@ FAST_NERF = [
 ]
 
 
-@pytest.fixture
-def cluster(tmp_path_factory) -> Iterator[str]:
+@dataclass
+class Cluster:
+    address: str  # the scheduler's
+    workers: list[subprocess.Popen]
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory) -> Iterator[Cluster]:
     """``dask scheduler`` and two single-thread ``dask worker`` processes on loopback, started in a folder of their
-    own; the scheduler's address."""
+    own."""
     from distributed import Client
 
     home = tmp_path_factory.mktemp("cluster")
@@ -47,7 +57,7 @@ def cluster(tmp_path_factory) -> Iterator[str]:
                                     "--no-dashboard", "--name", f"worker-{i}"], **common) for i in range(2)]
         with Client(scheduler_file=str(spec), timeout=60) as client:
             client.wait_for_workers(2, timeout=120)
-            yield client.scheduler.address
+            yield Cluster(client.scheduler.address, procs[1:])
     finally:
         for proc in procs:
             proc.kill()  # nothing of theirs is kept: no need to wait for a graceful shutdown
@@ -75,7 +85,7 @@ def test_refine_and_fit_on_a_two_worker_cluster_equal_the_local_run(cluster, pre
     base = relative_stores(make_stores, tmp_path, monkeypatch)
     runs = {"local": load_params(None, base + outputs("local")),
             "cluster": load_params(None, base + outputs("cluster") + [
-                "orchestration.runner=dask", f"orchestration.dask_address={cluster}"])}
+                "orchestration.runner=dask", f"orchestration.dask_address={cluster.address}"])}
     for params in runs.values():
         for stage in ("refine", "fit_nerf"):
             run_flow(stage, params)
@@ -86,3 +96,61 @@ def test_refine_and_fit_on_a_two_worker_cluster_equal_the_local_run(cluster, pre
         m = {name: json.loads(Path(f"{name}/nerf/{scene}/metrics.json").read_text()) for name in runs}
         for key in ("test_psnr", "test_ssim", "test_depth_rmse"):
             assert m["cluster"][key] == m["local"][key], (scene, key, m)
+
+
+def executing_scenes(address: str) -> dict[int, list[str]]:
+    """``{worker process id: scenes of the fits it is executing}`` (read from prefect-dask's task arguments)."""
+    from distributed import Client
+
+    def busy(dask_worker) -> tuple[int, list[str]]:
+        jobs = [getattr(ts.run_spec, "kwargs", {}).get("parameters", {}).get("scene")
+                for ts in dask_worker.state.tasks.values() if ts.state == "executing"]
+        return os.getpid(), [getattr(job, "scene", str(job)) for job in jobs]
+
+    with Client(address, timeout=30) as client:
+        return dict(client.run(busy).values())
+
+
+def test_a_worker_killed_mid_fit_costs_only_that_fits_progress(cluster, prefect_api, make_stores, tmp_path,
+                                                             monkeypatch):
+    """SIGKILL the worker fitting one scene once that fit has a checkpoint: Dask gives its task to the other worker,
+    which resumes the fit from the checkpoint; the other scene is not disturbed, and both fits end as the
+    uninterrupted local fits do (bit for bit)."""
+    base = relative_stores(make_stores, tmp_path, monkeypatch) + [
+        "nerf.depth_source=noisy", "nerf.train.steps=80", "nerf.train.checkpoint_every=10"]
+    local = load_params(None, base + outputs("local"))
+    remote = load_params(None, base + outputs("cluster") + [
+        "orchestration.runner=dask", f"orchestration.dask_address={cluster.address}"])
+    run_flow("fit_nerf", local)
+    errors: list[BaseException] = []
+    runner = threading.Thread(target=lambda: _run(remote, errors))
+    runner.start()
+    killed, after_kill, deadline = None, [], time.monotonic() + 120
+    while runner.is_alive() and time.monotonic() < deadline:
+        steps = {scene: json.loads(state.read_text())["step"] for scene in ("synthetic_000", "synthetic_001")
+                 if (state := Path(f"cluster/ck/{scene}/state.json")).is_file()}
+        if killed is None:
+            for pid, scenes in executing_scenes(cluster.address).items():
+                ready = [s for s in scenes if 20 <= steps.get(s, 0) < 60]
+                if ready:
+                    os.kill(pid, signal.SIGKILL)  # the worker process (its nanny starts a new one)
+                    killed = (ready[0], steps[ready[0]])
+                    break
+        elif killed[0] in steps:
+            after_kill.append(steps[killed[0]])
+        time.sleep(0.05)
+    runner.join(timeout=300)
+    assert not errors, errors
+    assert killed is not None, "no worker was killed mid-fit"
+    at_step = killed[1]
+    # the killed fit went on from its checkpoint (a fresh start would write step 10 again)
+    assert after_kill and min(after_kill) >= at_step, (killed, after_kill)
+    for s in ("synthetic_000", "synthetic_001"):
+        a, b = (json.loads(Path(f"{name}/nerf/{s}/metrics.json").read_text()) for name in ("local", "cluster"))
+        assert (a["test_psnr"], a["test_depth_rmse"]) == (b["test_psnr"], b["test_depth_rmse"]), (s, killed)
+
+def _run(params, errors: list[BaseException]) -> None:
+    try:
+        run_flow("fit_nerf", params)
+    except BaseException as err:  # noqa: BLE001 - reported by the test thread
+        errors.append(err)
