@@ -21,7 +21,8 @@ import zarr
 from flows.stages import run_flow
 from tasks.config import load_params
 
-pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("dask-cluster")]  # one worker starts the cluster once
+pytestmark = pytest.mark.slow
+on_the_cluster = pytest.mark.xdist_group("dask-cluster")  # one test worker starts the module's cluster, once
 
 FAST_NERF = [
     "nerf.depth_source=refined", "nerf.train.steps=12", "nerf.train.target_samples=2048", "nerf.train.n_coarse=8",
@@ -80,12 +81,11 @@ def outputs(name: str) -> list[str]:
             f"paths.nerf_metrics={name}/metrics.json", f"orchestration.results={name}/results"]
 
 
-def test_refine_and_fit_on_a_two_worker_cluster_equal_the_local_run(cluster, prefect_api, make_stores, tmp_path,
-                                                                   monkeypatch):
-    base = relative_stores(make_stores, tmp_path, monkeypatch)
+def assert_same_as_local(base: list[str], runner: list[str]) -> None:
+    """``refine`` then ``fit_nerf`` over the two scenes with the ``runner`` overrides and with the default (threads)
+    runner: the refined arrays and the NeRF metrics are the same, bit for bit."""
     runs = {"local": load_params(None, base + outputs("local")),
-            "cluster": load_params(None, base + outputs("cluster") + [
-                "orchestration.runner=dask", f"orchestration.dask_address={cluster.address}"])}
+            "cluster": load_params(None, base + outputs("cluster") + runner)}
     for params in runs.values():
         for stage in ("refine", "fit_nerf"):
             run_flow(stage, params)
@@ -96,6 +96,19 @@ def test_refine_and_fit_on_a_two_worker_cluster_equal_the_local_run(cluster, pre
         m = {name: json.loads(Path(f"{name}/nerf/{scene}/metrics.json").read_text()) for name in runs}
         for key in ("test_psnr", "test_ssim", "test_depth_rmse"):
             assert m["cluster"][key] == m["local"][key], (scene, key, m)
+
+
+@on_the_cluster
+def test_refine_and_fit_on_a_two_worker_cluster_equal_the_local_run(cluster, prefect_api, make_stores, tmp_path,
+                                                                   monkeypatch):
+    assert_same_as_local(relative_stores(make_stores, tmp_path, monkeypatch),
+                         ["orchestration.runner=dask", f"orchestration.dask_address={cluster.address}"])
+
+
+def test_refine_and_fit_on_a_local_ray_cluster_equal_the_local_run(prefect_api, make_stores, tmp_path, monkeypatch):
+    """The ``ray`` runner (the ``ray`` extra) on the local Ray cluster it starts with one CPU per worker."""
+    pytest.importorskip("prefect_ray")
+    assert_same_as_local(relative_stores(make_stores, tmp_path, monkeypatch), ["orchestration.runner=ray"])
 
 
 def executing_scenes(address: str) -> dict[int, list[str]]:
@@ -111,6 +124,7 @@ def executing_scenes(address: str) -> dict[int, list[str]]:
         return dict(client.run(busy).values())
 
 
+@on_the_cluster
 def test_a_worker_killed_mid_fit_costs_only_that_fits_progress(cluster, prefect_api, make_stores, tmp_path,
                                                              monkeypatch):
     """SIGKILL the worker fitting one scene once that fit has a checkpoint: Dask gives its task to the other worker,
