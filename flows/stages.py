@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
-from prefect import flow, task
+from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_link_artifact
 from prefect.settings import PREFECT_RESULTS_LOCAL_STORAGE_PATH, temporary_settings
 
@@ -145,9 +145,23 @@ def fit_nerf_scene_task(params: Params, scene: FitJob, cache_key: str, threads: 
     steps = params.nerf.train.steps
     report = Progress(f"fit-nerf-{scene.label}", f"fit_nerf {scene.label}: training steps done")
     artifact = artifact_dir(params.orchestration.results, cache_key)
-    metrics = fit_one_scene(params, scene, artifact, progress, on_step=lambda step, *_: report(step / steps))
+    started: list[int] = []  # the step the fit starts from: > 0 when it resumes an earlier attempt's checkpoint
+
+    def on_step(step: int, *_) -> None:
+        if not started:
+            started.append(step)
+            if step:
+                get_run_logger().warning("%s: resuming from the checkpoint at step %d (an earlier attempt stopped "
+                                         "there: a killed worker or command)", scene.label, step)
+        report(step / steps)
+
+    metrics = fit_one_scene(params, scene, artifact, progress, on_step=on_step)
     report(1.0)
-    return Receipt.for_folder(artifact, metrics).model_dump()
+    return Receipt.for_folder(artifact, {**metrics, RESUMED: started[0] if started else 0}).model_dump()
+
+
+#: The key of a fit's receipt that holds the step it resumed from (0: it started afresh); shown in the summary.
+RESUMED = "resumed_at_step"
 
 
 def n_frames(noisy: Path, scene: str) -> int:
@@ -204,15 +218,19 @@ def fit_nerf_flow(params: Params, progress: bool = False) -> Path:
 
     out_root = Path(paths.nerf)
 
+    resumed: dict[FitJob, int] = {}
+
     def write(job: FitJob, receipt: Receipt) -> dict:
         place_tree(receipt.artifact, job.folder(out_root), link=True)  # export files are never written again
-        return receipt.meta
+        metrics = dict(receipt.meta)
+        resumed[job] = metrics.pop(RESUMED, 0)
+        return metrics
 
     metrics, failures = run_scene_tasks("fit_nerf", params, fit_nerf_scene_task, {j.label: j for j in jobs},
                                         inputs, key_params, write, progress)
     summary = write_nerf_summary(params, metrics, skipped)
-    rows = [{"scene": j.scene, "depth_source": j.source, **{k: round(m[k], 4) for k in SUMMARY_KEYS}}
-            for j, m in metrics.items()]
+    rows = [{"scene": j.scene, "depth_source": j.source, **{k: round(m[k], 4) for k in SUMMARY_KEYS},
+             **({"resumed at step": resumed[j]} if any(resumed.values()) else {})} for j, m in metrics.items()]
     extra = "\n".join(f"- skipped `{s}`: {msg}" for s, msg in skipped.items())
     for source, entry in summary["by_source"].items():
         extra += f"\n- mean test PSNR with {source} depth: {entry['mean_test_psnr']:.2f} dB"

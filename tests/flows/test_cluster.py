@@ -126,16 +126,17 @@ def executing_scenes(address: str) -> dict[int, list[str]]:
 
 @on_the_cluster
 def test_a_worker_killed_mid_fit_costs_only_that_fits_progress(cluster, prefect_api, make_stores, tmp_path,
-                                                             monkeypatch):
-    """SIGKILL the worker fitting one scene once that fit has a checkpoint: Dask gives its task to the other worker,
-    which resumes the fit from the checkpoint; the other scene is not disturbed, and both fits end as the
-    uninterrupted local fits do (bit for bit)."""
+                                                             monkeypatch, capsys):
+    """SIGKILL the worker fitting one scene once that fit has a checkpoint: Dask gives its task to another worker,
+    which resumes the fit from the checkpoint (the stage's summary says so); the other scene is not disturbed, and
+    both fits end as the uninterrupted local fits do (bit for bit)."""
     base = relative_stores(make_stores, tmp_path, monkeypatch) + [
         "nerf.depth_source=noisy", "nerf.train.steps=80", "nerf.train.checkpoint_every=10"]
     local = load_params(None, base + outputs("local"))
     remote = load_params(None, base + outputs("cluster") + [
         "orchestration.runner=dask", f"orchestration.dask_address={cluster.address}"])
     run_flow("fit_nerf", local)
+    assert "fit_nerf" in (fresh := capsys.readouterr().err) and "resumed" not in fresh  # no resume, not reported
     errors: list[BaseException] = []
     runner = threading.Thread(target=lambda: _run(remote, errors))
     runner.start()
@@ -157,8 +158,9 @@ def test_a_worker_killed_mid_fit_costs_only_that_fits_progress(cluster, prefect_
     assert not errors, errors
     assert killed is not None, "no worker was killed mid-fit"
     at_step = killed[1]
-    # the killed fit went on from its checkpoint (a fresh start would write step 10 again)
+    # the killed fit went on from its checkpoint (a fresh start would write step 10 again), and the summary says so
     assert after_kill and min(after_kill) >= at_step, (killed, after_kill)
+    assert "resumed" in capsys.readouterr().err
     for s in ("synthetic_000", "synthetic_001"):
         a, b = (json.loads(Path(f"{name}/nerf/{s}/metrics.json").read_text()) for name in ("local", "cluster"))
         assert (a["test_psnr"], a["test_depth_rmse"]) == (b["test_psnr"], b["test_depth_rmse"]), (s, killed)
