@@ -9,6 +9,7 @@ offending value.
 from __future__ import annotations
 
 import itertools
+import re
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
 
@@ -28,21 +29,35 @@ class ParamsError(ValueError):
     """Bad params file or override; the message names the file, the key and the value."""
 
 
+def _local(value: Any) -> Any:
+    """Refuse a URL where a local path is needed: ``Path("s3://b/x")`` would quietly become a folder ``s3:/b/x``."""
+    if isinstance(value, str) and re.match(r"^[A-Za-z][A-Za-z0-9+.-]+://", value):
+        raise ValueError(
+            f"{value!r} is a URL; stores and outputs are read and written by path (URLs are not supported yet): "
+            "mount the bucket (s3fs, gcsfuse, a shared file system) and give the mount's path"
+        )
+    return value
+
+
+#: A file or folder on a file system this machine mounts (relative paths: to the working directory).
+LocalPath = Annotated[Path, BeforeValidator(_local)]
+
+
 class PathsConfig(StrictConfig):
     """Where every stage reads and writes (relative paths are relative to the working directory)."""
 
-    raw: Path = Path("data/raw")
-    scenes: Path = Path("data/scenes.zarr")
-    noisy: Path = Path("data/noisy.zarr")
-    diffusion: Path = Path("artifacts/diffusion")
-    diffusion_checkpoints: Path = Path(".checkpoints/diffusion")
-    refined: Path = Path("data/refined.zarr")
-    nerf: Path = Path("artifacts/nerf")
-    nerf_checkpoints: Path = Path(".checkpoints/nerf")
-    nerf_metrics: Path = Path("metrics/nerf.json")
-    eval_metrics: Path = Path("metrics/evaluate.json")
-    plots: Path = Path("plots")
-    report: Path = Path("reports")
+    raw: LocalPath = Path("data/raw")
+    scenes: LocalPath = Path("data/scenes.zarr")
+    noisy: LocalPath = Path("data/noisy.zarr")
+    diffusion: LocalPath = Path("artifacts/diffusion")
+    diffusion_checkpoints: LocalPath = Path(".checkpoints/diffusion")
+    refined: LocalPath = Path("data/refined.zarr")
+    nerf: LocalPath = Path("artifacts/nerf")
+    nerf_checkpoints: LocalPath = Path(".checkpoints/nerf")
+    nerf_metrics: LocalPath = Path("metrics/nerf.json")
+    eval_metrics: LocalPath = Path("metrics/evaluate.json")
+    plots: LocalPath = Path("plots")
+    report: LocalPath = Path("reports")
 
 
 class TumConfig(StrictConfig):
@@ -56,7 +71,7 @@ class DataConfig(StrictConfig):
     """The ``download`` stage: which dataset to read and how to sample its frames."""
 
     source: Literal["synthetic", "nyu_labeled", "sevenscenes", "tum", "nerfstudio", "scannet", "phone"] = "synthetic"
-    path: Path | None = Field(
+    path: LocalPath | None = Field(
         default=None,
         description="dataset folder (sevenscenes, tum, nerfstudio: the folder with transforms.json, scannet: "
         "a scene folder with color/ depth/ pose/ intrinsic/ or a folder of them, phone: a Stray Scanner capture "
@@ -127,8 +142,8 @@ Amp = Annotated[Literal["auto", "off", "bf16", "fp16"], BeforeValidator(lambda v
 class StorePair(StrictConfig):
     """A (scenes, noisy) store pair, e.g. a user's own captures mixed into training."""
 
-    scenes: Path
-    noisy: Path
+    scenes: LocalPath
+    noisy: LocalPath
 
 
 class DiffusionTrainConfig(StrictConfig):
@@ -151,7 +166,7 @@ class DiffusionTrainConfig(StrictConfig):
     amp: Amp = Field(default="auto", description="auto = bf16 on CUDA, off on CPU")
     device: Device = "auto"
     extra_stores: list[StorePair] = Field(default_factory=list, description="more data to mix in")
-    init_from: Path | None = Field(default=None, description="a trained model folder to fine-tune from")
+    init_from: LocalPath | None = Field(default=None, description="a trained model folder to fine-tune from")
     calib_frames: int = Field(
         default=6, ge=0, description="whole val frames the uncertainty is calibrated on (0 = none)"
     )
@@ -332,7 +347,7 @@ class OrchestrationConfig(StrictConfig):
     )
     ray_address: str | None = Field(default=None, description="existing Ray cluster; null = local")
     cache: bool = Field(default=True, description="reuse per-scene results cached by content (inputs, params, code)")
-    results: Path = Field(
+    results: LocalPath = Field(
         default=Path(".prefect-results"), description="Prefect result storage (never inside a DVC out)"
     )
     schedule: ScheduleConfig = ScheduleConfig()

@@ -95,3 +95,14 @@ def test_with_absolute_paths_resolves_every_relative_path_and_nothing_else():
     assert q.model_dump(exclude={"paths", "data", "diffusion", "orchestration"}) == p.model_dump(
         exclude={"paths", "data", "diffusion", "orchestration"})
     assert q.nerf == p.nerf and p.paths.scenes == Path("data/scenes.zarr")  # the input is not changed
+
+
+@pytest.mark.parametrize("override", ["paths.scenes=s3://lab-bucket/scenes.zarr", "orchestration.results=gs://b/r",
+                                      "diffusion.train.extra_stores=[{scenes: s3://b/s.zarr, noisy: n.zarr}]"])
+def test_a_url_where_a_path_is_needed_is_refused_by_name(override):
+    """``Path("s3://b/x")`` would quietly write a local folder ``s3:``: a URL is refused, naming the key and how to
+    use a bucket today (a mount)."""
+    key = override.split("=")[0]
+    with pytest.raises(ParamsError, match=r"is a URL.*mount") as info:
+        load_params(None, [override])
+    assert key.split(".")[0] in str(info.value) and "://" in str(info.value)
