@@ -41,6 +41,7 @@ from flows.runners import (
 )
 from tasks.config import Params, with_absolute_paths
 from tasks.files import place_tree
+from tasks.location import Location, as_location, download_tree, join
 from tasks.locks import output_lock
 
 if TYPE_CHECKING:
@@ -86,21 +87,21 @@ def train_diffusion_task(params: Params, progress: bool = False) -> str:
 
 
 @flow(name="dnerf-download", log_prints=True)
-def download_flow(params: Params, progress: bool = False) -> Path:
+def download_flow(params: Params, progress: bool = False) -> Location:
     """Stage 1: read the dataset into ``paths.scenes`` (retried on I/O errors)."""
     from tasks.store import store_summary
 
-    out = Path(download_task(params, progress))
+    out = as_location(download_task(params, progress))
     publish("download", store_summary(out), {})
     return out
 
 
 @flow(name="dnerf-corrupt")
-def corrupt_flow(params: Params, progress: bool = False) -> Path:
+def corrupt_flow(params: Params, progress: bool = False) -> Location:
     """Stage 2: simulated (or measured) sensor depth into ``paths.noisy``."""
     from tasks.store import store_summary
 
-    out = Path(corrupt_task(params, progress))
+    out = as_location(corrupt_task(params, progress))
     publish("corrupt", [{k: r[k] for k in ("scene", "frames", "H x W", "valid")} for r in store_summary(out)], {})
     return out
 
@@ -122,6 +123,7 @@ def train_diffusion_flow(params: Params, progress: bool = False) -> Path:
 def refine_scene_task(params: Params, scene: str, cache_key: str, threads: int | None, progress: bool = False) -> dict:
     """Refine one scene into the prepared store and keep a copy of its group as the artifact; the receipt."""
     from tasks.refine import refine_one_scene
+    from tasks.store import live_store
 
     use_threads(threads)
     n = n_frames(params.paths.noisy, scene)
@@ -129,7 +131,7 @@ def refine_scene_task(params: Params, scene: str, cache_key: str, threads: int |
     arrays = refine_one_scene(params, scene, progress, on_frame=lambda _s, i: report((i + 1) / n))
     report(1.0)
     artifact = artifact_dir(params.orchestration.results, cache_key)
-    place_tree(Path(params.paths.refined) / scene, artifact, link=False)  # zarr chunks may be written again
+    download_tree(join(live_store(params.paths.refined), scene), artifact)  # a copy: zarr chunks may be rewritten
     meta = {"scene": scene, "frames": n, "mean_std_m": round(float(arrays["depth_std"].mean()), 4)}
     return Receipt.for_folder(artifact, meta).model_dump()
 
@@ -164,7 +166,7 @@ def fit_nerf_scene_task(params: Params, scene: FitJob, cache_key: str, threads: 
 RESUMED = "resumed_at_step"
 
 
-def n_frames(noisy: Path, scene: str) -> int:
+def n_frames(noisy: Location, scene: str) -> int:
     from tasks.store import open_store
 
     return open_store(noisy, "noisy")[scene]["depth_noisy"].shape[0]
@@ -174,18 +176,18 @@ def n_frames(noisy: Path, scene: str) -> int:
 
 
 @flow(name="dnerf-refine")
-def refine_flow(params: Params, progress: bool = False) -> Path:
+def refine_flow(params: Params, progress: bool = False) -> Location:
     """Stage 4: refine every scene of ``paths.noisy`` into ``paths.refined``, scenes in parallel."""
     from tasks.refine import finish_refine, place_refined_scene, prepare_refine, refiner_digest
+    from tasks.store import live_store
 
     scenes = prepare_refine(params)
     digest = refiner_digest(params)
     key_params = {"refine": params.refine.model_dump(mode="json", exclude={"device"}), "model": digest}
-    paths = params.paths
+    noisy, scene_store = live_store(params.paths.noisy), live_store(params.paths.scenes)
 
     def inputs(scene: str) -> list:
-        return [Path(paths.noisy) / scene / "depth_noisy", Path(paths.scenes) / scene / "rgb",
-                Path(paths.scenes) / scene / "K"]
+        return [join(noisy, scene, "depth_noisy"), join(scene_store, scene, "rgb"), join(scene_store, scene, "K")]
 
     def write(scene: str, receipt: Receipt) -> dict:
         place_refined_scene(params, scene, Path(receipt.artifact))
@@ -204,14 +206,16 @@ def fit_nerf_flow(params: Params, progress: bool = False) -> Path:
     """Stage 5: a NeRF per posed scene (and per ablation depth source) into ``paths.nerf`` and
     ``paths.nerf_metrics``, fits in parallel."""
     from tasks.fit_nerf import SUMMARY_KEYS, fit_config, plan_fit_nerf, write_nerf_summary
+    from tasks.store import live_store
 
     jobs, skipped = plan_fit_nerf(params)
     paths = params.paths
     depth_stores = {"none": None, "gt": None, "noisy": paths.noisy, "refined": paths.refined}
+    scene_store = live_store(paths.scenes)
 
     def inputs(job: FitJob) -> list:
         store = depth_stores[job.source]
-        return [Path(paths.scenes) / job.scene, Path(store) / job.scene if store else None]
+        return [join(scene_store, job.scene), join(live_store(store), job.scene) if store else None]
 
     def key_params(job: FitJob) -> dict:
         return {"nerf": fit_config(job, params.nerf).model_dump(mode="json", exclude={"train": {"device"}})}
@@ -276,14 +280,14 @@ STAGE_OUTPUT = {"download": "scenes", "corrupt": "noisy", "train_diffusion": "di
                 "fit_nerf": "nerf", "evaluate": "report"}  # the ``paths`` entry each stage's run is locked on
 
 
-def run_flow(stage: str, params: Params, progress: bool = False) -> Path:
+def run_flow(stage: str, params: Params, progress: bool = False) -> Location:
     """Run a stage's flow with the configured task runner, holding the lock on its output (a second run on
     the same output stops at once with :class:`tasks.locks.OutputBusy`); returns its output path."""
     with output_lock(getattr(params.paths, STAGE_OUTPUT[stage]), stage):
         return _run_flow(stage, params, progress)
 
 
-def _run_flow(stage: str, params: Params, progress: bool) -> Path:
+def _run_flow(stage: str, params: Params, progress: bool) -> Location:
     f = FLOWS[stage]
     if stage in SCENE_STAGES:
         from prefect.settings import PREFECT_API_URL

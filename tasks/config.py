@@ -9,7 +9,6 @@ offending value.
 from __future__ import annotations
 
 import itertools
-import re
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
 
@@ -23,6 +22,7 @@ from models.diffusion.config import COND_CHANNELS, DiffusionConfig, LossWeights,
 from models.nerf.config import HashEncodingConfig, NeRFFieldConfig, OccupancyGridConfig
 from models.noise_config import NoiseModelConfig
 from tasks.datasets.config import NyuConfig, PhoneConfig, Role, SyntheticConfig
+from tasks.location import as_location, is_url
 
 
 class ParamsError(ValueError):
@@ -31,27 +31,35 @@ class ParamsError(ValueError):
 
 def _local(value: Any) -> Any:
     """Refuse a URL where a local path is needed: ``Path("s3://b/x")`` would quietly become a folder ``s3:/b/x``."""
-    if isinstance(value, str) and re.match(r"^[A-Za-z][A-Za-z0-9+.-]+://", value):
+    if is_url(value) and not value.lower().startswith(("file://", "local://")):
         raise ValueError(
-            f"{value!r} is a URL; stores and outputs are read and written by path (URLs are not supported yet): "
+            f"{value!r} is a URL; only the zarr stores (paths.scenes, paths.noisy, paths.refined, "
+            "diffusion.train.extra_stores) may live on object storage, other outputs are written by path: "
             "mount the bucket (s3fs, gcsfuse, a shared file system) and give the mount's path"
         )
-    return value
+    return as_location(value) if is_url(value) else value
+
+
+def _store(value: Any) -> Any:
+    return as_location(value) if isinstance(value, str | Path) else value
 
 
 #: A file or folder on a file system this machine mounts (relative paths: to the working directory).
 LocalPath = Annotated[Path, BeforeValidator(_local)]
+#: A zarr store: a local path, or an fsspec URL (``s3://bucket/prefix/scenes.zarr``), see :mod:`tasks.location`.
+StoreLocation = Annotated[Path | str, BeforeValidator(_store)]
 
 
 class PathsConfig(StrictConfig):
-    """Where every stage reads and writes (relative paths are relative to the working directory)."""
+    """Where every stage reads and writes (relative paths are relative to the working directory). The zarr stores
+    may also be fsspec URLs (``s3://bucket/prefix/noisy.zarr``)."""
 
     raw: LocalPath = Path("data/raw")
-    scenes: LocalPath = Path("data/scenes.zarr")
-    noisy: LocalPath = Path("data/noisy.zarr")
+    scenes: StoreLocation = Path("data/scenes.zarr")
+    noisy: StoreLocation = Path("data/noisy.zarr")
     diffusion: LocalPath = Path("artifacts/diffusion")
     diffusion_checkpoints: LocalPath = Path(".checkpoints/diffusion")
-    refined: LocalPath = Path("data/refined.zarr")
+    refined: StoreLocation = Path("data/refined.zarr")
     nerf: LocalPath = Path("artifacts/nerf")
     nerf_checkpoints: LocalPath = Path(".checkpoints/nerf")
     nerf_metrics: LocalPath = Path("metrics/nerf.json")
@@ -142,8 +150,8 @@ Amp = Annotated[Literal["auto", "off", "bf16", "fp16"], BeforeValidator(lambda v
 class StorePair(StrictConfig):
     """A (scenes, noisy) store pair, e.g. a user's own captures mixed into training."""
 
-    scenes: LocalPath
-    noisy: LocalPath
+    scenes: StoreLocation
+    noisy: StoreLocation
 
 
 class DiffusionTrainConfig(StrictConfig):

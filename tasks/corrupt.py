@@ -10,13 +10,13 @@ captures whose depth is already the noisy input.
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 
 import numpy as np
 import zarr
 
 from models.noise import frame_rng, simulate_sensor_noise
 from tasks.config import NoiseConfig, Params
+from tasks.location import Location
 from tasks.progress import progress_bar
 from tasks.store import SceneView, StoreBuilder, iter_scenes, open_store
 
@@ -48,7 +48,7 @@ def corrupt_scene(view: SceneView, out_root: zarr.Group, cfg: NoiseConfig, progr
     group.attrs.update({"frame_ids": view.frame_ids, "units": "m"})
 
 
-def run_corrupt(params: Params, progress: bool = True) -> Path:
+def run_corrupt(params: Params, progress: bool = True) -> Location:
     """The ``corrupt`` stage: ``params.paths.scenes`` + ``params.noise`` -> ``params.paths.noisy``."""
     cfg = params.noise
     scenes = open_store(params.paths.scenes, "scenes")
@@ -64,4 +64,4 @@ def run_corrupt(params: Params, progress: bool = True) -> Path:
         for view in iter_scenes(scenes):
             corrupt_scene(view, root, cfg, progress=progress)
     log.info("wrote %s", params.paths.noisy)
-    return Path(params.paths.noisy)
+    return params.paths.noisy

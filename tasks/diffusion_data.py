@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
 import cv2
@@ -20,6 +19,7 @@ import torch
 from models.diffusion.pipeline import DiffusionConfig, observe
 from models.noise import SensorPrior
 from tasks.errors import DataError
+from tasks.location import Location
 from tasks.store import SceneView, open_store, scene_names
 
 if TYPE_CHECKING:
@@ -61,12 +61,12 @@ class FramePairs:
     """
 
     def __init__(
-        self, pairs: list[tuple[Path, Path]], role: Role, sensor: SensorPrior, schedule: DiffusionConfig,
+        self, pairs: list[tuple[Location, Location]], role: Role, sensor: SensorPrior, schedule: DiffusionConfig,
         cache_frames: int = 512,
     ):
         self.sensor, self.schedule = sensor, schedule
         self.refs: list[tuple[SceneView, zarr.Array, int, str]] = []
-        self.scenes: list[tuple[Path, str]] = []
+        self.scenes: list[tuple[Location, str]] = []
         for scenes_path, noisy_path in pairs:
             scenes = open_store(scenes_path, "scenes")
             noisy = open_store(noisy_path, "noisy")
@@ -78,7 +78,7 @@ class FramePairs:
                     raise DataError(noisy_path, f"scene {name!r} of {scenes_path} is missing")
                 if noisy[name]["depth_noisy"].shape != view.group["depth"].shape:
                     raise DataError(noisy_path, f"scene {name!r}: depth_noisy shape differs from {scenes_path}")
-                self.scenes.append((Path(scenes_path), name))
+                self.scenes.append((scenes_path, name))
                 self.refs += [
                     (view, noisy[name]["depth_noisy"], i, f"{noisy_path}/{name}[{i}]") for i in range(view.n_frames)
                 ]

@@ -6,21 +6,24 @@ import hashlib
 from collections.abc import Iterable
 from pathlib import Path
 
+from tasks.location import Location, as_location, files_with_names, open_binary
+from tasks.location import name as location_name
+
 PACKAGES = ("models", "tasks")
 
 
-def tree_digest(paths: Iterable[Path | None], h=None) -> str:
-    """Digest of the relative names and bytes of every file under ``paths`` (files or folders, sorted)."""
+def tree_digest(paths: Iterable[Location | None], h=None) -> str:
+    """Digest of the relative names and bytes of every file under ``paths`` (files or folders, sorted; local or
+    on object storage, :mod:`tasks.location`)."""
     h = h or hashlib.blake2b(digest_size=16)
     for given in paths:
         if given is None:
             continue
-        root = Path(given)
-        files = [root] if root.is_file() else sorted(p for p in root.rglob("*") if p.is_file())
-        h.update(f"<{root.name}>".encode())
-        for f in files:
-            h.update(str(f.relative_to(root.parent)).encode())
-            with f.open("rb") as fh:
+        root = as_location(given)
+        h.update(f"<{location_name(root)}>".encode())
+        for rel, f in files_with_names(root):
+            h.update(rel.encode())
+            with open_binary(f) as fh:
                 for block in iter(lambda: fh.read(1 << 20), b""):
                     h.update(block)
     return h.hexdigest()

@@ -31,6 +31,7 @@ from tasks.datasets.synthetic import synthetic_scenes
 from tasks.datasets.tum import tum_scene
 from tasks.errors import DataError
 from tasks.fetch import fetch
+from tasks.location import Location, as_location
 from tasks.progress import progress_bar
 from tasks.store import SceneWriter, StoreBuilder
 
@@ -119,10 +120,10 @@ def prepare_source(src: SceneSource, cfg: DataConfig) -> tuple[SceneSource, list
 
 def write_scene_store(
     scenes: Sequence[tuple[SceneSource, Sequence[Split]]],
-    path: str | Path,
+    path: Location,
     attrs: dict | None = None,
     progress: bool = True,
-) -> Path:
+) -> Location:
     """Write prepared scenes to a ``scenes`` store at ``path`` (atomically: all or nothing)."""
     names = [s.name for s, _ in scenes]
     dup = {n for n in names if names.count(n) > 1}
@@ -148,10 +149,10 @@ def write_scene_store(
             if src.mesh is not None:
                 writer.set_mesh(*src.mesh)
             writer.close(list(splits))
-    return Path(path)
+    return as_location(path)
 
 
-def run_download(params: Params, progress: bool = True) -> Path:
+def run_download(params: Params, progress: bool = True) -> Location:
     """The ``download`` stage: ``params.data`` -> ``params.paths.scenes``."""
     cfg = params.data
     sources = open_sources(cfg, params.paths.raw)

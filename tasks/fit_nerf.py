@@ -39,11 +39,12 @@ from tasks.config import DepthSource, NerfStageConfig, Params
 from tasks.devices import autocast_dtype, resolve_device
 from tasks.errors import DataError
 from tasks.files import load_checkpoint, save_checkpoint, write_text_atomic
+from tasks.location import Location, exists, join, read_bytes
 from tasks.nerf_data import RaySampler, SamplerState, SceneFrames, open_scene, scene_bounds, sparse_views
 from tasks.nerf_export import export_scene
 from tasks.nerf_layout import ABLATION, FitJob
 from tasks.progress import progress_bar
-from tasks.store import SceneView, open_store, scene_names
+from tasks.store import SceneView, open_store, resolve_store, scene_names
 
 log = logging.getLogger(__name__)
 
@@ -94,12 +95,14 @@ def make_model(
     return field_, grid
 
 
-def scene_fingerprint(cfg: NerfStageConfig, frames: SceneFrames, paths: list[Path]) -> str:
+def scene_fingerprint(cfg: NerfStageConfig, frames: SceneFrames, stores: list[Location | None]) -> str:
+    """Identity of a fit's inputs: the NeRF params, the scene and the root metadata of each store it reads."""
     h = hashlib.sha256(json.dumps(cfg.model_dump(mode="json", exclude={"train": {"device"}}), sort_keys=True).encode())
     h.update(frames.view.name.encode())
-    for p in paths:
-        if p is not None and (Path(p) / "zarr.json").is_file():
-            h.update((Path(p) / "zarr.json").read_bytes())
+    for store in stores:
+        live = resolve_store(store) if store is not None else None
+        if live is not None and exists(join(live, "zarr.json")):
+            h.update(read_bytes(join(live, "zarr.json")))
     return h.hexdigest()[:16]
 
 

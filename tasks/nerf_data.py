@@ -16,7 +16,6 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -26,6 +25,7 @@ import zarr
 from models.noise import axial_sigma
 from tasks.config import DepthSource
 from tasks.errors import DataError
+from tasks.location import Location
 from tasks.store import SceneView, open_refined, open_store
 
 
@@ -68,7 +68,8 @@ def check_cameras(view: SceneView, K: np.ndarray, c2w: np.ndarray) -> None:
 
 
 def open_scene(
-    scenes_path: Path, name: str, depth_source: DepthSource, noisy_path: Path | None, refined_path: Path | None
+    scenes_path: Location, name: str, depth_source: DepthSource, noisy_path: Location | None,
+    refined_path: Location | None,
 ) -> SceneFrames:
     """The frames, cameras and depth supervision of one scene."""
     view = SceneView(open_store(scenes_path, "scenes")[name])

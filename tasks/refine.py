@@ -41,10 +41,20 @@ from tasks.devices import resolve_device
 from tasks.diffusion_data import check_depth_input
 from tasks.digest import closure_version
 from tasks.errors import DataError
-from tasks.files import place_tree
+from tasks.location import Location, join, read_bytes
 from tasks.progress import progress_bar
 from tasks.refiner_files import TrainedRefiner, load_model, model_files
-from tasks.store import SCHEMA_VERSION, StoreBuilder, consolidate, open_store, scene_names, scenes_with_role
+from tasks.store import (
+    SCHEMA_VERSION,
+    StoreBuilder,
+    consolidate,
+    live_store,
+    open_for_update,
+    open_store,
+    resolve_store,
+    scene_names,
+    scenes_with_role,
+)
 
 log = logging.getLogger(__name__)
 
@@ -149,7 +159,7 @@ def refine_fingerprint(params: Params, model_digest: str) -> str:
     """Identity of a refined store's content: refine params, weights, the noisy store's layout and the code."""
     cfg = params.refine.model_dump(mode="json", exclude={"device"})
     h = hashlib.sha256(json.dumps(cfg, sort_keys=True).encode() + model_digest.encode())
-    h.update((Path(params.paths.noisy) / "zarr.json").read_bytes())
+    h.update(read_bytes(join(live_store(params.paths.noisy), "zarr.json")))
     h.update(closure_version("tasks.refine").encode())  # the code this stage runs
     return h.hexdigest()[:16]
 
@@ -160,7 +170,7 @@ def eval_scenes(scenes: zarr.Group, names: list[str]) -> list[str]:
     return [n for n in names if n in evals]
 
 
-def create_skeleton(path: Path, noisy: zarr.Group, scenes: zarr.Group, attrs: dict) -> None:
+def create_skeleton(path: Location, noisy: zarr.Group, scenes: zarr.Group, attrs: dict) -> None:
     """An empty refined store (all frames pending) for every eval scene of ``noisy``, created atomically."""
     with StoreBuilder(path, "refined", attrs={**attrs, "complete": False}) as root:
         for name in eval_scenes(scenes, scene_names(noisy)):
@@ -172,18 +182,19 @@ def create_skeleton(path: Path, noisy: zarr.Group, scenes: zarr.Group, attrs: di
             g.attrs.update({"frame_ids": noisy[name].attrs.get("frame_ids", []), "units": "m"})
 
 
-def open_or_create(path: Path, noisy: zarr.Group, scenes: zarr.Group, fingerprint: str, attrs: dict) -> zarr.Group:
+def open_or_create(path: Location, noisy: zarr.Group, scenes: zarr.Group, fingerprint: str,
+                   attrs: dict) -> zarr.Group:
     """The refined store to write into: the existing one when it belongs to this run, else a fresh one."""
-    if path.exists():
+    if resolve_store(path) is not None:
         try:
             existing = open_store(path, "refined")
             if existing.attrs.get("fingerprint") == fingerprint:
-                return zarr.open_group(str(path), mode="r+", zarr_format=3)
+                return open_for_update(path)
             log.info("%s was made with other params, model or input; starting afresh", path)
         except DataError as err:
             log.info("%s is not a usable refined store (%s); starting afresh", path, err.problem)
     create_skeleton(path, noisy, scenes, {**attrs, "fingerprint": fingerprint})
-    return zarr.open_group(str(path), mode="r+", zarr_format=3)
+    return open_for_update(path)
 
 
 def refine_scene(
@@ -242,7 +253,7 @@ def prepare_refine(params: Params) -> list[str]:
         "noisy_store": str(params.paths.noisy),
         "schema_version": SCHEMA_VERSION,
     }
-    open_or_create(Path(params.paths.refined), noisy, scenes, fp, attrs)
+    open_or_create(params.paths.refined, noisy, scenes, fp, attrs)
     return names
 
 
@@ -253,32 +264,39 @@ def refine_one_scene(
     ``depth_std`` arrays ``[N, H, W]`` (metres) once every frame is done."""
     noisy = open_store(params.paths.noisy, "noisy")
     scenes = open_store(params.paths.scenes, "scenes")
-    out = zarr.open_group(str(params.paths.refined), mode="r+", zarr_format=3)
+    out = open_for_update(params.paths.refined)
     refine_scene(name, noisy, scenes, out, make_refiner(params), params.refine.seed, progress, on_frame)
     return {key: out[name][key][:] for key in ("depth_refined", "depth_std")}
 
 
 def place_refined_scene(params: Params, name: str, group: Path) -> None:
-    """Put a refined scene's group (a copy of ``<refined store>/<name>``, e.g. a cached artifact) into the
-    prepared store unless it already holds the scene, done."""
-    if zarr.open_group(str(params.paths.refined), mode="r", zarr_format=3)[name]["done"][:].all():
+    """Copy a refined scene's group (a copy of ``<refined store>/<name>``, e.g. a cached artifact) into the
+    prepared store unless it already holds the scene, done. The done flags are written last, so an interrupted
+    copy leaves frames pending, never frames marked done without their depth."""
+    out = open_for_update(params.paths.refined)[name]
+    if out["done"][:].all():
         return
-    done = zarr.open_group(str(group), mode="r", zarr_format=3)["done"][:]
+    cached = zarr.open_group(str(group), mode="r", zarr_format=3)
+    done = cached["done"][:]
     if not done.all():
         raise DataError(group, f"refined scene {name!r} is not complete ({int(done.sum())}/{done.size} frames)")
-    place_tree(group, Path(params.paths.refined) / name, link=False)
+    for key in ("depth_refined", "depth_std"):
+        if cached[key].shape != out[key].shape:
+            raise DataError(group, f"{key} is {cached[key].shape}, the store expects {out[key].shape}")
+        out[key][:] = cached[key][:]
+    out["done"][:] = done
 
 
-def finish_refine(params: Params) -> Path:
+def finish_refine(params: Params) -> Location:
     """Mark the refined store complete and consolidate its metadata."""
-    out_path = Path(params.paths.refined)
-    out = zarr.open_group(str(out_path), mode="r+", zarr_format=3)
+    out = open_for_update(params.paths.refined)
     out.attrs["complete"] = True
-    consolidate(out_path)
-    return out_path
+    consolidate(live_store(params.paths.refined))
+    return params.paths.refined
 
 
-def run_refine(params: Params, progress: bool = True, on_frame: Callable[[str, int], None] | None = None) -> Path:
+def run_refine(params: Params, progress: bool = True,
+               on_frame: Callable[[str, int], None] | None = None) -> Location:
     """The ``refine`` stage, one scene after another: ``paths.noisy`` (+ ``paths.scenes``) -> ``paths.refined``.
     The Prefect flow (``flows.stages.refine_flow``) runs the same steps with scenes in parallel."""
     for name in prepare_refine(params):

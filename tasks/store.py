@@ -18,14 +18,32 @@ Layout (zarr v3, one group per scene, one chunk per frame, zstd-compressed, cons
 
     refined.zarr/                      see tasks.refine (resumable: per-frame done flags)
 
-A store is always built under a hidden temporary name next to its destination and moved into place only
-when complete (:class:`StoreBuilder`), so a crash never leaves a store that looks finished and an
-existing store is replaced only by a complete one.
+A store is always built under a temporary name and published only when complete (:class:`StoreBuilder`), so a
+crash never leaves a store that looks finished and an existing store is replaced only by a complete one:
+
+- **On a file system** (a :class:`~pathlib.Path`) the store is built in a hidden sibling folder and renamed into
+  place (:func:`tasks.files.replace_dir`); ``data/scenes.zarr`` *is* the zarr store.
+- **On object storage** (a URL, :mod:`tasks.location`) there is no atomic rename of a prefix, so a store location
+  holds immutable versions and a commit marker that names the live one::
+
+      s3://bucket/data/scenes.zarr/
+        dnerf-store.json                  {"version": "v-<id>", "schema": ..., "published_at": ...}
+        v-<id>/                           the zarr store itself (zarr.json, <scene>/..., consolidated)
+
+  A writer builds ``v-<new id>/`` completely, then publishes it by overwriting the marker, one PUT that
+  readers see whole or not at all, and only then deletes the version the marker named before. A writer killed
+  at any point leaves the marker as it was: readers (:func:`open_store`, :func:`resolve_store`) see the previous
+  store, or no store if there was none, never a mix. The next writer deletes the unpublished versions a
+  killed one left (it holds the output's lock, :mod:`tasks.locks`, so none of them can belong to a live run).
+  To read such a store without this package: read ``version`` from the marker and open
+  ``zarr.open_consolidated("s3://bucket/data/scenes.zarr/<version>")``.
 """
 
 from __future__ import annotations
 
-import shutil
+import json
+import time
+import uuid
 import warnings
 from collections.abc import Collection, Iterator
 from dataclasses import dataclass
@@ -38,6 +56,8 @@ import zarr
 from tasks.datasets.base import ROLES, Frame, Role, Split
 from tasks.errors import DataError
 from tasks.files import replace_dir, temporary_sibling
+from tasks.location import Location, as_location, filesystem, join, read_bytes, remove_tree
+from tasks.location import name as location_name
 
 SCHEMA_VERSION = 1
 StoreKind = Literal["scenes", "noisy", "refined"]
@@ -47,18 +67,58 @@ def _schema_name(kind: StoreKind) -> str:
     return f"dnerf.{kind}"
 
 
-def consolidate(path: str | Path) -> None:
-    """Write the consolidated metadata of the store at ``path`` (after its structure or attrs changed)."""
+def consolidate(path: Location) -> None:
+    """Write the consolidated metadata of the zarr store at ``path`` (after its structure or attrs changed): a
+    local store, or the live version of one on object storage (:func:`resolve_store`)."""
     with warnings.catch_warnings():
         # zarr warns that consolidated metadata is not (yet) in the v3 spec; we rely on zarr-python's.
         warnings.filterwarnings("ignore", message="Consolidated metadata", category=UserWarning)
         zarr.consolidate_metadata(str(path))
 
 
+#: The commit marker of a store on object storage: names the live version (see the module docstring).
+MARKER = "dnerf-store.json"
+
+
+def _published_version(url: str) -> str | None:
+    """The version the marker of the store location ``url`` names (None: nothing published)."""
+    try:
+        return json.loads(read_bytes(join(url, MARKER)))["version"]
+    except FileNotFoundError:
+        return None
+
+
+def resolve_store(path: Location) -> Location | None:
+    """The zarr store behind a store location: ``path`` itself on a file system, the live version of a store on
+    object storage; None where no store has been published."""
+    path = as_location(path)
+    if isinstance(path, Path):
+        return path if path.exists() else None
+    version = _published_version(path)
+    return join(path, version) if version else None
+
+
+def _unpublished_versions(url: str) -> list[str]:
+    """URLs of the versions under ``url`` that the marker does not name: left by writers that were killed or
+    failed before publishing (or by a crash between publishing and deleting the previous version)."""
+    fs, root = filesystem(url)
+    live = _published_version(url)
+    if not fs.exists(root):
+        return []
+    names = [p.rstrip("/").rsplit("/", 1)[-1] for p in fs.ls(root, detail=False)]
+    return [join(url, n) for n in sorted(names) if n.startswith("v-") and n != live]
+
+
+def new_version_name() -> str:
+    """``v-<UTC time>-<random>``: the name of a store version on object storage."""
+    return f"v-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}-{uuid.uuid4().hex[:8]}"
+
+
 class StoreBuilder:
     """Builds a store under a temporary name; ``finish()`` (or leaving the ``with`` block) publishes it.
 
-    Leaving the block with an exception deletes the temporary store and leaves ``path`` untouched.
+    Leaving the block with an exception deletes the temporary store and leaves ``path`` untouched. ``path`` is
+    a local folder or an object-storage URL (published by commit marker, see the module docstring).
 
     Example::
 
@@ -67,15 +127,20 @@ class StoreBuilder:
             ...
     """
 
-    def __init__(self, path: str | Path, kind: StoreKind, attrs: dict[str, Any] | None = None):
-        self.path = Path(path)
+    def __init__(self, path: Location, kind: StoreKind, attrs: dict[str, Any] | None = None):
+        self.path = as_location(path)
         self.kind: StoreKind = kind
         self.attrs = dict(attrs or {})
-        self.tmp = temporary_sibling(self.path)
+        self.tmp: Location = (temporary_sibling(self.path) if isinstance(self.path, Path)
+                              else join(self.path, new_version_name()))
         self.root: zarr.Group | None = None
 
     def __enter__(self) -> zarr.Group:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        if isinstance(self.path, Path):
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        else:
+            for stale in _unpublished_versions(self.path):
+                remove_tree(stale)
         self.root = zarr.open_group(str(self.tmp), mode="w", zarr_format=3)
         self.root.attrs.update(
             {"schema": _schema_name(self.kind), "schema_version": SCHEMA_VERSION, **self.attrs}
@@ -86,22 +151,33 @@ class StoreBuilder:
         if exc_type is None:
             self.finish()
         else:
-            shutil.rmtree(self.tmp, ignore_errors=True)
+            remove_tree(self.tmp)
 
-    def finish(self) -> Path:
+    def finish(self) -> Location:
         consolidate(self.tmp)
-        replace_dir(self.tmp, self.path)
-        return self.path
+        url = self.path
+        if isinstance(url, Path):
+            replace_dir(Path(self.tmp), url)
+            return url
+        previous = _published_version(url)
+        marker = {"version": location_name(self.tmp), "schema": _schema_name(self.kind),
+                  "published_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+        fs, marker_path = filesystem(join(url, MARKER))
+        fs.pipe_file(marker_path, json.dumps(marker).encode())  # the commit: one PUT, seen whole or not at all
+        if previous and previous != marker["version"]:
+            remove_tree(join(url, previous))
+        return url
 
 
-def open_store(path: str | Path, kind: StoreKind | None) -> zarr.Group:
+def open_store(path: Location, kind: StoreKind | None) -> zarr.Group:
     """Open a finished store read-only, checking its schema (``kind``; None = any kind) and version."""
-    path = Path(path)
+    path = as_location(path)
     expected = _schema_name(kind) if kind else "dnerf"
-    if not path.exists():
+    live = resolve_store(path)
+    if live is None:
         raise DataError(path, f"no such store (expected a {expected} zarr store; run the stage that writes it)")
     try:
-        root = zarr.open_consolidated(str(path), mode="r", zarr_format=3)
+        root = zarr.open_consolidated(str(live), mode="r", zarr_format=3)
     except Exception as err:  # noqa: BLE001 - zarr raises several types for a damaged or foreign store
         raise DataError(path, f"not a readable zarr v3 store with consolidated metadata: {err}") from None
     schema = root.attrs.get("schema")
@@ -117,7 +193,20 @@ def open_store(path: str | Path, kind: StoreKind | None) -> zarr.Group:
     return root
 
 
-def open_refined(path: str | Path) -> zarr.Group:
+def live_store(path: Location) -> Location:
+    """The zarr store behind the store location ``path`` (:func:`resolve_store`); DataError if there is none."""
+    live = resolve_store(path)
+    if live is None:
+        raise DataError(path, "no such store (run the stage that writes it)")
+    return live
+
+
+def open_for_update(path: Location) -> zarr.Group:
+    """The live zarr store behind ``path`` opened for writing in place (the resumable refine stage)."""
+    return zarr.open_group(str(live_store(path)), mode="r+", zarr_format=3)
+
+
+def open_refined(path: Location) -> zarr.Group:
     """Open a refined store that the refine stage finished (resumable runs leave it incomplete)."""
     root = open_store(path, "refined")
     if not root.attrs.get("complete"):
@@ -295,7 +384,7 @@ def scenes_with_role(root: zarr.Group, role: Role | Collection[Role]) -> list[st
     return [v.name for v in iter_scenes(root) if v.role in wanted]
 
 
-def store_summary(path: str | Path) -> list[dict[str, Any]]:
+def store_summary(path: Location) -> list[dict[str, Any]]:
     """One row per scene of a scene / noisy / refined store: role, frames, ``H x W``, train/test split, poses
     and ``valid`` (share of frame 0's pixels with depth); what ``dnerf info`` and the stages' summaries show."""
     root = open_store(path, None)

@@ -27,6 +27,7 @@ import json
 import logging
 import math
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -56,9 +57,10 @@ from tasks.devices import autocast_dtype, resolve_device
 from tasks.diffusion_data import FramePairs, collate, random_crop
 from tasks.errors import DataError
 from tasks.files import load_checkpoint, save_checkpoint, write_text_atomic
+from tasks.location import Location, join, read_bytes
 from tasks.progress import progress_bar
 from tasks.refiner_files import load_model, save_model
-from tasks.store import SceneView, open_store, scenes_with_role
+from tasks.store import SceneView, live_store, open_store, scenes_with_role
 
 log = logging.getLogger(__name__)
 
@@ -118,14 +120,14 @@ class TrainState:
     np_rng: dict = field(default_factory=dict)
 
 
-def fingerprint(cfg: DiffusionStageConfig, sensor: SensorPrior, pairs: list[tuple[Path, Path]]) -> str:
+def fingerprint(cfg: DiffusionStageConfig, sensor: SensorPrior, pairs: Sequence[tuple[Location, Location]]) -> str:
     """Identifies a run: the config, the sensor prior and the stores' metadata (rebuilt stores of other
     content differ)."""
     h = hashlib.sha256(json.dumps([cfg.model_dump(mode="json"), sensor.model_dump(mode="json")],
                                   sort_keys=True).encode())
     for scenes, noisy in pairs:
         for p in (scenes, noisy):
-            h.update((Path(p) / "zarr.json").read_bytes())
+            h.update(read_bytes(join(live_store(p), "zarr.json")))
     return h.hexdigest()[:16]
 
 
@@ -269,7 +271,7 @@ def train_diffusion(params: Params, progress: bool = True, stop_after: int | Non
     return out_dir
 
 
-def check_disjoint(eval_store: Path, used: list[tuple[Path, str]]) -> None:
+def check_disjoint(eval_store: Location, used: Sequence[tuple[Location, str]]) -> None:
     """Refuse refiner training / validation scenes that are also evaluation scenes of ``eval_store``: same
     scene name and source (a store built twice from one folder), or the very same scene group."""
     scenes = open_store(eval_store, "scenes")

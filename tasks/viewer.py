@@ -193,9 +193,9 @@ def depth_points(params: Params, scene: str, depth_source: str, max_points: int,
     if depth_source == "none":
         return None
     try:
-        frames = open_scene(Path(params.paths.scenes), scene, depth_source,  # type: ignore[arg-type]
-                            Path(params.paths.noisy) if depth_source == "noisy" else None,
-                            Path(params.paths.refined) if depth_source == "refined" else None)
+        frames = open_scene(params.paths.scenes, scene, depth_source,  # type: ignore[arg-type]
+                            params.paths.noisy if depth_source == "noisy" else None,
+                            params.paths.refined if depth_source == "refined" else None)
     except (DataError, KeyError) as err:
         log.info("%s: no %s depth for the point cloud (%s); showing the fit's pointcloud.ply", scene, depth_source, err)
         return None

@@ -5,7 +5,9 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-from collections.abc import Callable, Iterable
+import sys
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -105,6 +107,65 @@ def prefect_api(tmp_path_factory) -> str:
 
         APILogWorker.drain_all(timeout=10)  # send the last run logs before the server goes away
         server.stop()
+
+
+@dataclass
+class S3Server:
+    """An S3-compatible server on loopback (moto's server mode) for the session; the AWS variables of this process
+    (and so of every subprocess: ``dnerf``, ``dvc``, Dask workers) point at it."""
+
+    endpoint: str
+
+    def bucket(self) -> str:
+        """A new, empty bucket: ``s3://<name>``."""
+        import uuid
+
+        import fsspec
+
+        name = f"test-{uuid.uuid4().hex[:12]}"
+        fsspec.filesystem("s3").mkdir(name)
+        return f"s3://{name}"
+
+
+@pytest.fixture(scope="session")
+def s3(tmp_path_factory) -> Iterator[S3Server]:
+    pytest.importorskip("s3fs")
+    pytest.importorskip("moto.server")
+    import socket
+    import time
+    import urllib.request
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    log_path = tmp_path_factory.mktemp("s3") / "moto.log"  # a file: it logs every request (a pipe would fill up)
+    log = log_path.open("w")
+    proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+                            stdout=log, stderr=subprocess.STDOUT)
+    endpoint = f"http://127.0.0.1:{port}"
+    env = {"AWS_ENDPOINT_URL": endpoint, "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+           "AWS_DEFAULT_REGION": "us-east-1"}
+    saved = {k: os.environ.get(k) for k in env}
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                urllib.request.urlopen(f"{endpoint}/moto-api/", timeout=1).close()
+                break
+            except OSError:
+                assert proc.poll() is None and time.monotonic() < deadline, log_path.read_text()
+                time.sleep(0.1)
+        os.environ.update(env)
+        yield S3Server(endpoint)
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+        proc.kill()
+        proc.wait()
+        log.close()
 
 
 class CliResult(subprocess.CompletedProcess):

@@ -16,10 +16,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import zarr
 
 from flows.stages import run_flow
 from tasks.config import load_params
+from tasks.corrupt import run_corrupt
+from tasks.download import run_download
+from tasks.store import open_refined
 
 pytestmark = pytest.mark.slow
 on_the_cluster = pytest.mark.xdist_group("dask-cluster")  # one test worker starts the module's cluster, once
@@ -38,9 +40,9 @@ class Cluster:
 
 
 @pytest.fixture(scope="module")
-def cluster(tmp_path_factory) -> Iterator[Cluster]:
+def cluster(tmp_path_factory, s3) -> Iterator[Cluster]:
     """``dask scheduler`` and two single-thread ``dask worker`` processes on loopback, started in a folder of their
-    own."""
+    own, with the S3 server's endpoint and credentials in their environment (as a lab's machines have theirs)."""
     from distributed import Client
 
     home = tmp_path_factory.mktemp("cluster")
@@ -81,16 +83,17 @@ def outputs(name: str) -> list[str]:
             f"paths.nerf_metrics={name}/metrics.json", f"orchestration.results={name}/results"]
 
 
-def assert_same_as_local(base: list[str], runner: list[str]) -> None:
-    """``refine`` then ``fit_nerf`` over the two scenes with the ``runner`` overrides and with the default (threads)
-    runner: the refined arrays and the NeRF metrics are the same, bit for bit."""
+def assert_same_as_local(base: list[str], runner: list[str], stores: list[str] = ()) -> None:
+    """``refine`` then ``fit_nerf`` over the two scenes with the ``runner`` overrides (and ``stores``: other store
+    locations) and with the default (threads) runner on the local stores: the refined arrays and the NeRF metrics
+    are the same, bit for bit."""
     runs = {"local": load_params(None, base + outputs("local")),
-            "cluster": load_params(None, base + outputs("cluster") + runner)}
+            "cluster": load_params(None, base + outputs("cluster") + list(stores) + runner)}
     for params in runs.values():
         for stage in ("refine", "fit_nerf"):
             run_flow(stage, params)
     for scene in ("synthetic_000", "synthetic_001"):
-        a, b = (zarr.open_group(f"{name}/refined.zarr", mode="r")[scene] for name in runs)
+        a, b = (open_refined(params.paths.refined)[scene] for params in runs.values())
         for key in ("depth_refined", "depth_std"):
             np.testing.assert_array_equal(a[key][:], b[key][:])
         m = {name: json.loads(Path(f"{name}/nerf/{scene}/metrics.json").read_text()) for name in runs}
@@ -103,6 +106,21 @@ def test_refine_and_fit_on_a_two_worker_cluster_equal_the_local_run(cluster, pre
                                                                    monkeypatch):
     assert_same_as_local(relative_stores(make_stores, tmp_path, monkeypatch),
                          ["orchestration.runner=dask", f"orchestration.dask_address={cluster.address}"])
+
+
+@on_the_cluster
+def test_refine_and_fit_on_the_cluster_with_stores_on_s3_equal_the_local_run(cluster, s3, prefect_api, make_stores,
+                                                                             tmp_path, monkeypatch):
+    """The scene, noisy and refined stores on S3 (written there by ``download`` and ``corrupt``), read and written by
+    the cluster's workers: the same refined arrays and NeRF metrics as the local run on local stores."""
+    base = relative_stores(make_stores, tmp_path, monkeypatch)
+    bucket = s3.bucket()
+    stores = [f"paths.scenes={bucket}/scenes.zarr", f"paths.noisy={bucket}/noisy.zarr",
+              f"paths.refined={bucket}/refined.zarr"]
+    on_s3 = load_params(None, base + stores)
+    run_download(on_s3, progress=False)
+    run_corrupt(on_s3, progress=False)
+    assert_same_as_local(base, ["orchestration.runner=dask", f"orchestration.dask_address={cluster.address}"], stores)
 
 
 def test_refine_and_fit_on_a_local_ray_cluster_equal_the_local_run(prefect_api, make_stores, tmp_path, monkeypatch):

@@ -1,0 +1,170 @@
+"""Orchestration overhead on a 2-worker Dask cluster with the stores on S3 (issue 18's target: at most 15 %).
+
+    python benchmarks/bench_cluster.py --model data/models/default [--repeats 1]
+
+Builds the default synthetic evaluation scenes (two rooms, 32 frames of 160x120; the refiner rooms shrunk to one
+train and one val room, which these stages skip) on an S3-compatible server started here on loopback (moto's
+server mode), then measures, side by side in one run (caching off, one NeRF fit per scene, default sizes
+otherwise: ``refine.method=diffusion`` with ``--model``, ``nerf.train.steps`` as in params.yaml):
+
+- ``per-scene work``: each scene's refine (:func:`tasks.refine.refine_one_scene`) and fit
+  (:func:`tasks.fit_nerf.fit_one_scene`) called directly, one after another, one torch thread each (what one
+  single-thread worker does for a scene). Two workers would at best take, per stage, the longer of the two scenes:
+  the *ideal* wall time is the sum over stages of that maximum;
+- ``dask + S3``: ``refine`` then ``fit_nerf`` as Prefect flows (``dnerf refine`` / ``dnerf fit_nerf`` do the same)
+  on a Dask cluster of two single-thread worker processes, stores on ``s3://``, against a local Prefect server;
+- ``threads + local``: the same flows with the default thread runner (2 workers) and local stores.
+
+``overhead`` is ``wall / ideal - 1``: scheduling, Prefect's task runs, the store lease, reads and writes through
+S3, copying each refined scene into the artifact cache, and the two workers contending for memory bandwidth.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from datetime import UTC, datetime
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(ROOT), str(ROOT / "benchmarks")]
+
+from harness import ResultsWriter  # noqa: E402
+
+SCENES = ["data.synthetic.refiner_train_scenes=1", "data.synthetic.refiner_val_scenes=1",
+          "data.synthetic.refiner_sizes=[[160, 120]]", "nerf.ablation_sources=[]"]
+
+
+def start_s3(log: Path) -> tuple[subprocess.Popen, str]:
+    """moto's S3 server on a free loopback port; the AWS variables of this process (and its children) point at it."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+                            stdout=log.open("w"), stderr=subprocess.STDOUT)
+    endpoint = f"http://127.0.0.1:{port}"
+    os.environ.update(AWS_ENDPOINT_URL=endpoint, AWS_ACCESS_KEY_ID="bench", AWS_SECRET_ACCESS_KEY="bench",
+                      AWS_DEFAULT_REGION="us-east-1")
+    for _ in range(600):
+        try:
+            urllib.request.urlopen(f"{endpoint}/moto-api/", timeout=1).close()
+            return proc, endpoint
+        except OSError:
+            time.sleep(0.1)
+    raise RuntimeError(f"the S3 server did not start; see {log}")
+
+
+def timed(fn) -> float:
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+
+def per_scene_work(params) -> dict[str, dict[str, float]]:
+    """``{stage: {scene: seconds}}`` of the stage functions called directly, one torch thread."""
+    from tasks.fit_nerf import fit_one_scene, plan_fit_nerf
+    from tasks.refine import finish_refine, prepare_refine, refine_one_scene
+
+    torch.set_num_threads(1)
+    work: dict[str, dict[str, float]] = {"refine": {}, "fit_nerf": {}}
+    for scene in prepare_refine(params):
+        work["refine"][scene] = timed(lambda s=scene: refine_one_scene(params, s, progress=False))
+    finish_refine(params)
+    jobs, _ = plan_fit_nerf(params)
+    for job in jobs:
+        out = Path(params.paths.nerf) / job.label
+        work["fit_nerf"][job.scene] = timed(lambda j=job, o=out: fit_one_scene(params, j, o, progress=False))
+    return work
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", type=Path, required=True, help="a trained refiner (paths.diffusion)")
+    ap.add_argument("--repeats", type=int, default=1)
+    ap.add_argument("--results", type=Path, default=Path("benchmarks/results"))
+    args = ap.parse_args()
+
+    work = Path(tempfile.mkdtemp(prefix="bench-cluster-"))
+    from flows.server import LocalServer, configure_prefect_env
+
+    configure_prefect_env(work)
+    s3, _endpoint = start_s3(work / "moto.log")
+    import fsspec
+    from distributed import Client, LocalCluster
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from flows.stages import run_flow
+    from tasks.config import load_params
+    from tasks.corrupt import run_corrupt
+    from tasks.download import run_download
+
+    fsspec.filesystem("s3").mkdir("bench")
+    model = args.model.resolve()
+    local_stores = [f"paths.scenes={work / 'scenes.zarr'}", f"paths.noisy={work / 'noisy.zarr'}"]
+    s3_stores = ["paths.scenes=s3://bench/scenes.zarr", "paths.noisy=s3://bench/noisy.zarr"]
+    common = [*SCENES, f"paths.diffusion={model}", f"paths.raw={work / 'raw'}", "orchestration.cache=false"]
+    for stores in (local_stores, s3_stores):
+        params = load_params(None, common + stores)
+        run_download(params, progress=False)
+        run_corrupt(params, progress=False)
+
+    def outputs(name: str, refined: str | None = None) -> list[str]:
+        d = work / name
+        return [f"paths.refined={refined or d / 'refined.zarr'}", f"paths.nerf={d / 'nerf'}",
+                f"paths.nerf_checkpoints={d / 'ck'}", f"paths.nerf_metrics={d / 'nerf.json'}",
+                f"orchestration.results={d / 'results'}"]
+
+    walls: dict[str, list[float]] = {}
+    ideal: list[float] = []
+    work_rows: list[dict] = []
+    when = datetime.now(UTC).isoformat(timespec="seconds")
+    writer = ResultsWriter(args.results, f"{when.replace(':', '')[:17]}-cluster",
+                           {"when": when, "command": " ".join(["python", *sys.argv]), "model": str(args.model),
+                            "repeats": args.repeats}, f"Orchestration overhead, 2-worker Dask cluster + S3, {when}")
+    with (LocalServer(work / "prefect") as server, temporary_settings({PREFECT_API_URL: server.api_url}),
+          LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster,
+          Client(cluster) as _client):
+        os.environ["PREFECT_API_URL"] = server.api_url
+        runs = {
+            "dask + S3": s3_stores + ["orchestration.runner=dask", "orchestration.workers=2",
+                                      f"orchestration.dask_address={cluster.scheduler_address}"],
+            "threads + local": local_stores + ["orchestration.workers=2"],
+        }
+        for r in range(args.repeats):
+            for name in ("plain", *runs):
+                shutil.rmtree(work / name, ignore_errors=True)
+            plain = per_scene_work(load_params(None, common + local_stores + outputs("plain")))
+            ideal.append(sum(max(per.values()) for per in plain.values()))
+            work_rows += [{"repeat": r, "stage": stage, "scene": scene, "seconds": round(t, 2)}
+                          for stage, per in plain.items() for scene, t in per.items()]
+            for name, extra in runs.items():
+                refined = f"s3://bench/{name.split()[0]}-{r}/refined.zarr" if "S3" in name else None
+                params = load_params(None, common + extra + outputs(name, refined))
+                walls.setdefault(name, []).append(
+                    timed(lambda p=params: [run_flow(stage, p) for stage in ("refine", "fit_nerf")]))
+                print(f"repeat {r}: {name} {walls[name][-1]:.1f} s, ideal {ideal[-1]:.1f} s", flush=True)
+        os.environ.pop("PREFECT_API_URL", None)
+    s3.kill()
+
+    ideal_s = statistics.median(ideal)
+    rows = [{"run": "ideal (per-scene work, 2 workers)", "seconds": round(ideal_s, 1), "overhead": "-"}]
+    rows += [{"run": name, "seconds": round(statistics.median(t), 1),
+              "overhead": f"{statistics.median(t) / ideal_s - 1:+.1%}"} for name, t in walls.items()]
+    writer.publish("per_scene_work", work_rows, "per-scene work (one torch thread, called directly)", work_rows)
+    writer.publish("overhead", {"ideal_s": ideal, "walls_s": walls, "rows": rows},
+                   f"two-scene refine + fit_nerf, {os.cpu_count()} cores, median of {args.repeats}", rows)
+    shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

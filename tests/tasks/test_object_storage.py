@@ -1,0 +1,175 @@
+"""Stores on object storage (a real S3-compatible server on loopback): publication by commit marker, a writer
+killed mid-way, leases instead of file locks, and the stages reading and writing ``s3://`` stores."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+
+import fsspec
+import numpy as np
+import pytest
+
+from tasks.config import load_params
+from tasks.errors import DataError
+from tasks.locks import OutputBusy, lock_path, output_lock
+from tasks.store import MARKER, StoreBuilder, open_store, resolve_store
+
+pytestmark = pytest.mark.slow
+
+KILLED_WRITER = """
+import sys, time
+import numpy as np
+from tasks.store import StoreBuilder
+
+with StoreBuilder(sys.argv[1], "noisy", attrs={"run": "killed"}) as root:
+    a = root.create_group("scene").create_array("depth_noisy", shape=(8, 4, 4), chunks=(1, 4, 4), dtype="f4")
+    for i in range(8):
+        a[i] = np.full((4, 4), 99.0, "f4")
+        if i == 3:
+            print("half written", flush=True)
+            time.sleep(120)
+"""
+
+
+def listing(url: str) -> list[str]:
+    """The names directly under ``url``."""
+    fs, path = fsspec.core.url_to_fs(url)
+    fs.invalidate_cache()
+    return sorted(p.rsplit("/", 1)[-1] for p in fs.ls(path, detail=False))
+
+
+def write_noisy(url: str, run: str, value: float) -> None:
+    with StoreBuilder(url, "noisy", attrs={"run": run}) as root:
+        root.create_group("scene").create_array("depth_noisy", data=np.full((2, 4, 4), value, np.float32))
+
+
+@pytest.mark.parametrize("previous", [True, False], ids=["over-a-store", "first-store"])
+def test_a_writer_killed_mid_way_leaves_the_previous_store_or_none(s3, previous):
+    """A writer SIGKILLed half-way through a store on S3: readers see the store published before, unchanged, or no
+    store at all, never the killed writer's chunks; the next writer removes what the killed one left and
+    publishes its own store, which replaces the previous version (deleted)."""
+    url = f"{s3.bucket()}/data/noisy.zarr"
+    if previous:
+        write_noisy(url, "first", 1.0)
+    proc = subprocess.Popen([sys.executable, "-c", KILLED_WRITER, url], stdout=subprocess.PIPE)
+    try:
+        assert proc.stdout is not None and proc.stdout.readline().strip() == b"half written"
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    versions = [n for n in listing(url) if n.startswith("v-")]
+    assert len(versions) == 1 + previous  # the killed writer's chunks are there, unpublished
+    if previous:
+        root = open_store(url, "noisy")
+        assert root.attrs["run"] == "first"
+        np.testing.assert_array_equal(root["scene"]["depth_noisy"][:], np.ones((2, 4, 4), np.float32))
+    else:
+        assert resolve_store(url) is None
+        with pytest.raises(DataError, match=r"noisy.zarr: no such store"):
+            open_store(url, "noisy")
+
+    write_noisy(url, "third", 3.0)
+    names = listing(url)
+    assert names[0] == MARKER and len(names) == 2, names  # the marker and the one live version
+    live = json.loads(fsspec.open(f"{url}/{MARKER}").open().read())["version"]
+    assert names[1] == live and resolve_store(url) == f"{url}/{live}"
+    np.testing.assert_array_equal(open_store(url, "noisy")["scene"]["depth_noisy"][:], 3.0)
+
+
+def test_a_failed_build_publishes_nothing_and_leaves_nothing(s3):
+    url = f"{s3.bucket()}/noisy.zarr"
+    write_noisy(url, "first", 1.0)
+    def fail() -> None:
+        with StoreBuilder(url, "noisy") as root:
+            root.create_group("scene").create_array("depth_noisy", data=np.zeros((2, 4, 4), np.float32))
+            raise RuntimeError("boom")
+
+    with pytest.raises(RuntimeError, match="boom"):
+        fail()
+    assert len(listing(url)) == 2 and open_store(url, "noisy").attrs["run"] == "first"
+
+
+def test_a_lease_keeps_a_second_writer_out_until_released_or_expired(s3):
+    """The object-storage lock: a second run is refused at once, naming the holder; the holder renews its lease
+    while it runs; a lease whose holder died (not renewed, expired) is taken over; release deletes it."""
+    url = f"{s3.bucket()}/data/refined.zarr"
+    lock = str(lock_path(url))
+    assert lock.endswith("/data/.refined.zarr.lock")
+    fs, path = fsspec.core.url_to_fs(lock)
+    with output_lock(url, "refine"):
+        first = json.loads(fs.cat_file(path))
+        with (pytest.raises(OutputBusy, match=r"refined.zarr: another refine run \(.*:\d+\) is writing it"),
+              output_lock(url, "refine")):
+            pass
+    assert not fs.exists(path)
+
+    from tasks.locks import lease
+
+    with lease(url, "refine", lease_s=0.6):
+        time.sleep(0.9)  # two renewals
+        assert json.loads(fs.cat_file(path))["expires"] > first["expires"] - 60 + 0.6
+    fs.pipe_file(path, json.dumps({"holder": "dead:1", "stage": "refine", "expires": time.time() - 1}).encode())
+    with output_lock(url, "refine"):  # the dead holder's expired lease is taken over
+        assert json.loads(fs.cat_file(path))["holder"] != "dead:1"
+
+
+def test_the_stages_read_and_write_stores_on_s3_as_they_do_local_ones(s3, make_stores, tiny_overrides, tmp_path):
+    """``corrupt`` and ``refine`` with every store on S3 (``download`` wrote the scene store there): the noisy and
+    refined arrays equal those of the same stages on local stores, bit for bit; a second refine is a no-op."""
+    from tasks.corrupt import run_corrupt
+    from tasks.download import run_download
+    from tasks.refine import run_refine
+
+    bucket = s3.bucket()
+    local = load_params(None, make_stores(["refine.method=bilateral"]) + [f"paths.refined={tmp_path}/refined.zarr"])
+    remote = local.model_copy(update={"paths": local.paths.model_copy(update={
+        "scenes": f"{bucket}/scenes.zarr", "noisy": f"{bucket}/noisy.zarr", "refined": f"{bucket}/refined.zarr"})})
+    for params in (local, remote):
+        if params is remote:
+            run_download(params, progress=False)
+            run_corrupt(params, progress=False)
+        run_refine(params, progress=False)
+    for key, kind, names in (("noisy", "noisy", ("depth_noisy",)),
+                             ("refined", "refined", ("depth_refined", "depth_std"))):
+        a = open_store(getattr(local.paths, key), kind)
+        b = open_store(getattr(remote.paths, key), kind)
+        for scene in ("synthetic_000", "synthetic_001"):
+            for name in names:
+                np.testing.assert_array_equal(a[scene][name][:], b[scene][name][:])
+    assert open_store(remote.paths.refined, "refined").attrs["complete"]
+    before = resolve_store(remote.paths.refined)
+    run_refine(remote, progress=False)
+    assert resolve_store(remote.paths.refined) == before
+
+
+TINY_MODEL_AND_FIT = [
+    "diffusion.unet.base_channels=8", "diffusion.unet.channel_mults=[1, 2]", "diffusion.unet.attention_heads=2",
+    "diffusion.train.max_steps=2", "diffusion.train.crop=16", "diffusion.train.batch_size=2",
+    "diffusion.train.val_crops=2", "diffusion.train.val_every=1", "nerf.train.steps=3",
+    "nerf.train.target_samples=2048", "nerf.train.n_coarse=8", "nerf.train.n_fine=4", "nerf.occupancy.resolution=16",
+    "nerf.occupancy.warmup_steps=2", "nerf.occupancy.n_cells=256", "nerf.export.mesh_resolution=16",
+    "nerf.ablation_sources=[]",
+]
+
+
+def test_every_stage_command_runs_with_its_stores_on_s3(s3, dnerf, prefect_api, tiny_overrides, tmp_path):
+    """``dnerf <stage>`` for the six stages, the three stores on S3 and the rest local: each stage holds its lease
+    while it runs and releases it, and every stage reads the stores the one before published."""
+    bucket = s3.bucket()
+    stores = [f"paths.scenes={bucket}/scenes.zarr", f"paths.noisy={bucket}/noisy.zarr",
+              f"paths.refined={bucket}/refined.zarr"]
+    local = [f"paths.{key}={tmp_path / key}" for key in ("diffusion", "diffusion_checkpoints", "nerf",
+                                                         "nerf_checkpoints", "plots", "report")]
+    local += [f"paths.nerf_metrics={tmp_path / 'nerf.json'}", f"paths.eval_metrics={tmp_path / 'eval.json'}",
+              f"orchestration.results={tmp_path / 'results'}"]
+    overrides = tiny_overrides + TINY_MODEL_AND_FIT + stores + local
+    for stage in ("download", "corrupt", "train-diffusion", "refine", "fit-nerf", "evaluate"):
+        dnerf.invoke(stage, "--quiet", overrides=overrides, check=True)
+    assert sorted(n for n in listing(bucket) if n.endswith(".lock")) == []  # every lease released
+    assert open_store(f"{bucket}/refined.zarr", "refined").attrs["method"] == "diffusion"
+    summary = json.loads((tmp_path / "eval.json").read_text())
+    assert "refined" in summary["refinement"] and summary["nerf"]["mean_test_psnr"] > 0, summary
