@@ -32,7 +32,12 @@ def usable_cores() -> int:
     try:
         return len(os.sched_getaffinity(0))
     except AttributeError:  # no affinity API (macOS, Windows)
-        return os.cpu_count() or 1
+        return machine_cores()
+
+
+def machine_cores() -> int:
+    """Every core of this machine, whatever this process may use."""
+    return os.cpu_count() or 1
 
 
 def threads_per_worker(cfg: OrchestrationConfig) -> int:
@@ -50,14 +55,30 @@ def task_threads(cfg: OrchestrationConfig) -> int | None:
 
 def worker_threads() -> int:
     """Torch threads for one task, decided where it runs: the cores this process may use, split between the tasks
-    its Dask worker runs at once (``dask worker --nthreads``; 1 outside a Dask worker)."""
+    that run at once on them (1 outside a Dask worker; inside one, :func:`dask_slots`)."""
     try:
         from distributed import get_worker
 
-        slots = get_worker().state.nthreads
+        worker = get_worker()
     except (ImportError, ValueError):  # no distributed, or not inside a Dask worker
-        slots = 1
-    return max(1, usable_cores() // max(slots, 1))
+        return usable_cores()
+    return max(1, usable_cores() // max(dask_slots(worker), 1))
+
+
+def dask_slots(worker) -> int:
+    """How many tasks at once share this Dask worker's cores: its own ``--nthreads`` where a launcher confined the
+    process to a share of the machine (a SLURM job's or a container's cpuset, ``taskset``); where it may use every
+    core, those of every worker on its host (``dask worker --nworkers 4``, a ``LocalCluster``, several workers
+    started by hand), as the scheduler reports them, so that they do not oversubscribe the machine together."""
+    own = worker.state.nthreads
+    if usable_cores() < machine_cores():
+        return own
+    host = urlsplit(worker.address).hostname
+    try:
+        workers = worker.client.scheduler_info(n_workers=-1)["workers"]
+    except Exception:  # noqa: BLE001 - no answer from the scheduler: count this worker alone
+        return own
+    return max(own, sum(w["nthreads"] for addr, w in workers.items() if urlsplit(addr).hostname == host))
 
 
 def cluster_address(cfg: OrchestrationConfig) -> str | None:

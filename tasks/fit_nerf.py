@@ -44,7 +44,7 @@ from tasks.nerf_data import RaySampler, SamplerState, SceneFrames, open_scene, s
 from tasks.nerf_export import export_scene
 from tasks.nerf_layout import ABLATION, FitJob
 from tasks.progress import progress_bar
-from tasks.store import SceneView, open_store, resolve_store, scene_names
+from tasks.store import SceneView, local_scene_copies, open_store, resolve_store, scene_names
 
 log = logging.getLogger(__name__)
 
@@ -373,12 +373,15 @@ def fit_one_scene(params: Params, job: FitJob, out_dir: Path, progress: bool = T
     cfg = fit_config(job, params.nerf)
     paths = params.paths
     source = cast(DepthSource, job.source)  # FitJobs are made from nerf.depth_source / ablation_sources
-    frames = open_scene(paths.scenes, job.scene, source, paths.noisy, paths.refined)
-    frames = sparse_views(frames, cfg.train_views)
-    fp = scene_fingerprint(cfg, frames, [paths.scenes, paths.noisy, paths.refined])
-    ckpt = job.folder(paths.nerf_checkpoints)
-    field_, grid, state, aabb = fit_scene(frames, cfg, ckpt, fp, progress, on_step=on_step)
-    metrics = export_scene(out_dir, field_, grid, frames, aabb, cfg, state, resolve_device(cfg.train.device))
+    # stores on object storage: the fit reads the scene's frames many times over, so from a local copy
+    with local_scene_copies([paths.scenes, paths.noisy, paths.refined], job.scene) as (scenes, noisy, refined):
+        assert scenes is not None
+        frames = open_scene(scenes, job.scene, source, noisy, refined)
+        frames = sparse_views(frames, cfg.train_views)
+        fp = scene_fingerprint(cfg, frames, [scenes, noisy, refined])
+        ckpt = job.folder(paths.nerf_checkpoints)
+        field_, grid, state, aabb = fit_scene(frames, cfg, ckpt, fp, progress, on_step=on_step)
+        metrics = export_scene(out_dir, field_, grid, frames, aabb, cfg, state, resolve_device(cfg.train.device))
     log.info("%s: test PSNR %.2f dB, depth RMSE %.3f m", job.label, metrics["test_psnr"], metrics["test_depth_rmse"])
     return metrics
 

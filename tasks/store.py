@@ -42,10 +42,12 @@ crash never leaves a store that looks finished and an existing store is replaced
 from __future__ import annotations
 
 import json
+import tempfile
 import time
 import uuid
 import warnings
-from collections.abc import Collection, Iterator
+from collections.abc import Collection, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, get_args
@@ -56,7 +58,7 @@ import zarr
 from tasks.datasets.base import ROLES, Frame, Role, Split
 from tasks.errors import DataError
 from tasks.files import replace_dir, temporary_sibling
-from tasks.location import Location, as_location, filesystem, join, read_bytes, remove_tree
+from tasks.location import Location, as_location, download_tree, filesystem, join, read_bytes, remove_tree
 from tasks.location import name as location_name
 
 SCHEMA_VERSION = 1
@@ -199,6 +201,30 @@ def live_store(path: Location) -> Location:
     if live is None:
         raise DataError(path, "no such store (run the stage that writes it)")
     return live
+
+
+@contextmanager
+def local_scene_copies(stores: Sequence[Location | None], scene: str) -> Iterator[list[Location | None]]:
+    """For the block, a local copy of ``scene`` of each store on object storage (its root metadata and the scene's
+    group, in a temporary folder, deleted afterwards); local stores (and None) as they are.
+
+    Made for work that reads a scene's frames many times over (a NeRF fit: scene bounds, ray batches, test views,
+    export), where every read of a remote chunk would be another request. The copy is a consistent snapshot of the
+    live version (versions are never rewritten once published, see the module docstring).
+    """
+    with tempfile.TemporaryDirectory(prefix="dnerf-scene-") as tmp:
+        copies: list[Location | None] = []
+        for i, store in enumerate(stores):
+            if store is None or isinstance(store, Path):
+                copies.append(store)
+                continue
+            live = live_store(store)
+            dest = Path(tmp) / f"{i}-{location_name(store)}"
+            dest.mkdir()
+            (dest / "zarr.json").write_bytes(read_bytes(join(live, "zarr.json")))
+            download_tree(join(live, scene), dest / scene)
+            copies.append(dest)
+        yield copies
 
 
 def open_for_update(path: Location) -> zarr.Group:

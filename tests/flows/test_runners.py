@@ -97,3 +97,21 @@ def test_on_an_existing_cluster_each_task_takes_its_worker_machines_share():
     with LocalCluster(n_workers=1, threads_per_worker=2, processes=False, dashboard_address=None) as cluster, \
             Client(cluster) as client:
         assert client.submit(worker_threads).result() == max(1, usable_cores() // 2)
+
+
+@pytest.mark.parametrize(("cores", "machine", "expected"), [(8, 8, 4), (8, 16, 8)], ids=["whole-machine", "confined"])
+def test_workers_on_one_machine_split_its_cores_unless_confined(monkeypatch, cores, machine, expected):
+    """Two single-thread Dask workers on one host: where each may use the whole machine they split its cores (they
+    would oversubscribe it otherwise); where a launcher confined each to a share (a cpuset), each uses its share."""
+    from distributed import Client, LocalCluster
+
+    import flows.runners as runners
+
+    monkeypatch.setattr(runners, "usable_cores", lambda: cores)
+    monkeypatch.setattr(runners, "machine_cores", lambda: machine)
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=False, dashboard_address=None) as cluster, \
+            Client(cluster) as client:
+        workers = list(client.scheduler_info()["workers"])
+        assert len(workers) == 2
+        got = [client.submit(runners.worker_threads, workers=[w], pure=False).result() for w in workers]
+    assert got == [expected, expected]
