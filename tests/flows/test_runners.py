@@ -105,7 +105,7 @@ def test_workers_on_one_machine_split_its_cores_unless_confined(monkeypatch, cor
     would oversubscribe it otherwise); where a launcher confined each to a share (a cpuset), each uses its share."""
     from distributed import Client, LocalCluster
 
-    import flows.runners as runners
+    from flows import runners
 
     monkeypatch.setattr(runners, "usable_cores", lambda: cores)
     monkeypatch.setattr(runners, "machine_cores", lambda: machine)
