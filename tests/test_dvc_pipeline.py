@@ -107,6 +107,7 @@ def test_remote_push_pull_and_experiments(dvc_repo, sh, tmp_path_factory):
     assert by_type["baseline"] == "3" and by_type["branch_base"] == "4", shown
 
 
+@pytest.mark.xdist_group("dvc-template")  # one worker builds the session's template repository
 def test_an_s3_remote_restores_every_out_into_another_clone(dvc_repo, s3, sh, tmp_path):
     """``dvc push`` to a remote on the S3 server from one clone, ``dvc pull`` into a fresh ``git clone``: every out
     of ``dvc.lock`` comes back byte for byte, and the clone's pipeline is up to date."""
