@@ -10,8 +10,8 @@ Store layout (``dnerf.refined``)::
                                           on validation frames; 0 for the classical baselines)
         done           bool    [N]        per-frame completion flags
 
-The stage is resumable: the store skeleton is created atomically, then frames are refined in place, each
-frame's flag set only after its depth is written. Running again with the same fingerprint (refine params,
+The stage is resumable: the store skeleton is created atomically, then frames are refined in place, a block of
+frames at a time (:data:`FRAMES_PER_COMMIT`), their flags set only after their depth is written. Running again with the same fingerprint (refine params,
 model weights, input store) skips finished frames without touching them; a different fingerprint starts
 a new store. ``complete`` is set once every frame is done. DVC must keep this out between runs
 (``persist: true``), or resuming would have nothing to resume.
@@ -209,28 +209,44 @@ def refine_scene(
 ) -> int:
     """Refine every pending frame of one scene in place; returns how many frames were refined now.
 
-    ``on_frame(scene, index)`` is called after each frame is committed (progress reporting, tests).
+    Frames are read and committed :data:`FRAMES_PER_COMMIT` at a time (one request per array and block, not per
+    frame, where the store is on object storage); a block's done flags are written only after its depth, so a
+    killed run loses at most the block it was refining. ``on_frame(scene, index)`` is called for each frame once
+    it is committed (progress reporting, tests).
     """
     g = out[name]
     done = g["done"][:]
     depth_noisy = noisy[name]["depth_noisy"]
     rgb_arr, K_arr = scenes[name]["rgb"], scenes[name]["K"]
     pending = [i for i in range(len(done)) if not done[i]]
-    for i in progress_bar(pending, desc=f"refine {name}", unit="frame", interactive=progress):
-        d = np.asarray(depth_noisy[i], dtype=np.float32)
-        rgb = rgb_arr[i]
-        where = f"{noisy.store_path}/{name}[{i}]"
-        check_depth_input(d, where)
-        refiner.check(K_arr[i], where)
-        if rgb.shape[:2] != d.shape:
-            raise DataError(where, f"RGB is {rgb.shape[1]}x{rgb.shape[0]} but depth is {d.shape[1]}x{d.shape[0]}")
-        refined, std = refiner(rgb, d, K_arr[i], frame_seed(seed, name, i))
-        g["depth_refined"][i] = refined
-        g["depth_std"][i] = std
-        g["done"][i] = True  # only after the frame's data is written
-        if on_frame is not None:
-            on_frame(name, i)
+    bar = progress_bar(total=len(pending), desc=f"refine {name}", unit="frame", interactive=progress)
+    for start in range(0, len(pending), FRAMES_PER_COMMIT):
+        block = pending[start:start + FRAMES_PER_COMMIT]
+        depths, rgbs, Ks = depth_noisy.oindex[block], rgb_arr.oindex[block], K_arr.oindex[block]
+        refined, std = [], []
+        for i, raw, rgb, K in zip(block, depths, rgbs, Ks, strict=True):
+            d = np.asarray(raw, dtype=np.float32)
+            where = f"{noisy.store_path}/{name}[{i}]"
+            check_depth_input(d, where)
+            refiner.check(K, where)
+            if rgb.shape[:2] != d.shape:
+                raise DataError(where, f"RGB is {rgb.shape[1]}x{rgb.shape[0]} but depth is {d.shape[1]}x{d.shape[0]}")
+            r, s = refiner(rgb, d, K, frame_seed(seed, name, i))
+            refined.append(r)
+            std.append(s)
+            bar.update(1)
+        g["depth_refined"].oindex[block] = np.stack(refined)
+        g["depth_std"].oindex[block] = np.stack(std)
+        g["done"].oindex[block] = True  # only after the block's data is written
+        for i in block:
+            if on_frame is not None:
+                on_frame(name, i)
+    bar.close()
     return len(pending)
+
+
+#: Frames of a scene read and committed together by :func:`refine_scene`.
+FRAMES_PER_COMMIT = 8
 
 
 def prepare_refine(params: Params) -> list[str]:

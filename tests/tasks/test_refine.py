@@ -42,7 +42,12 @@ def chunk_mtimes(path):
     return {p: p.stat().st_mtime_ns for p in path.rglob("*") if p.is_file() and "/c/" in str(p)}
 
 
-def test_diffusion_refine_resumes_without_touching_finished_frames(setup, tmp_path):
+def test_diffusion_refine_resumes_without_touching_finished_frames(setup, tmp_path, monkeypatch):
+    """Killed after the first block of three frames (blocks of 3 here: 4 frames make a full and a partial one), the
+    stage resumes with frame 3 and never rewrites a committed frame; the result equals an uninterrupted run's."""
+    import tasks.refine
+
+    monkeypatch.setattr(tasks.refine, "FRAMES_PER_COMMIT", 3)
     params = load_params(None, setup)
     seen = []
 
