@@ -11,10 +11,10 @@ Store layout (``dnerf.refined``)::
         done           bool    [N]        per-frame completion flags
 
 The stage is resumable: the store skeleton is created atomically, then frames are refined in place, a block of
-frames at a time (:data:`FRAMES_PER_COMMIT`), their flags set only after their depth is written. Running again with the same fingerprint (refine params,
-model weights, input store) skips finished frames without touching them; a different fingerprint starts
-a new store. ``complete`` is set once every frame is done. DVC must keep this out between runs
-(``persist: true``), or resuming would have nothing to resume.
+frames at a time (:data:`FRAMES_PER_COMMIT`), their flags set only after their depth is written. Running again
+with the same fingerprint (refine params, model weights, input store) skips finished frames without touching them;
+a different fingerprint starts a new store. ``complete`` is set once every frame is done. DVC must keep this out
+between runs (``persist: true``), or resuming would have nothing to resume.
 
 Only the scenes whose role is ``eval`` are refined (refiner training and validation scenes are the model's
 own data, see :mod:`tasks.train_diffusion`). Frames larger than ``refine.tile`` are denoised in overlapping
