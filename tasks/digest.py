@@ -14,15 +14,20 @@ PACKAGES = ("models", "tasks")
 
 def tree_digest(paths: Iterable[Location | None], h=None) -> str:
     """Digest of the relative names and bytes of every file under ``paths`` (files or folders, sorted; local or
-    on object storage, :mod:`tasks.location`)."""
+    on object storage, :mod:`tasks.location`). An object whose store keeps a content tag (S3's ETag, GCS's MD5)
+    contributes that tag instead of its bytes: the tag changes whenever the bytes do, and reading a
+    scene's bytes back over the network only to hash them would cost more than the work they key."""
     h = h or hashlib.blake2b(digest_size=16)
     for given in paths:
         if given is None:
             continue
         root = as_location(given)
         h.update(f"<{location_name(root)}>".encode())
-        for rel, f in files_with_names(root):
+        for rel, f, tag in files_with_names(root):
             h.update(rel.encode())
+            if tag is not None:
+                h.update(f"\0tag:{tag}".encode())
+                continue
             with open_binary(f) as fh:
                 for block in iter(lambda: fh.read(1 << 20), b""):
                     h.update(block)

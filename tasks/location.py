@@ -97,25 +97,39 @@ def read_bytes(location: Location) -> bytes:
 def files_under(location: Location) -> list[tuple[str, int]]:
     """``(relative name, size in bytes)`` of every file under a folder or prefix (sorted by name; a single file:
     its own name); empty where nothing is there."""
+    return [(rel, size) for rel, size, _tag in _listing(location)]
+
+
+def _listing(location: Location) -> list[tuple[str, int, str | None]]:
+    """:func:`files_under` with each file's content tag where object storage keeps one (S3's ``ETag``, GCS's
+    ``md5Hash``): it changes whenever the object's bytes do. None for local files."""
     if isinstance(location, Path):
         if location.is_file():
-            return [(location.name, location.stat().st_size)]
-        return [(p.relative_to(location).as_posix(), p.stat().st_size)
+            return [(location.name, location.stat().st_size, None)]
+        return [(p.relative_to(location).as_posix(), p.stat().st_size, None)
                 for p in sorted(location.rglob("*")) if p.is_file()]
     fs, root = filesystem(location)
     if fs.isfile(root):
-        return [(name(location), int(fs.info(root)["size"]))]
+        info = fs.info(root)
+        return [(name(location), int(info["size"]), _tag(info))]
     found = cast(dict[str, dict[str, Any]], fs.find(root, detail=True))
-    return sorted((p[len(root):].lstrip("/"), int(info["size"])) for p, info in found.items())
+    return sorted((p[len(root):].lstrip("/"), int(info["size"]), _tag(info)) for p, info in found.items())
 
 
-def files_with_names(location: Location) -> list[tuple[str, Location]]:
-    """Every file under a folder or prefix as ``(name relative to the folder's parent, location)``, sorted:
-    ``("scene/rgb/c/0/0/0", ...)`` for ``.../scene``; a single file: ``[(its name, itself)]``."""
+def _tag(info: dict[str, Any]) -> str | None:
+    tag = info.get("ETag") or info.get("etag") or info.get("md5Hash")
+    return None if tag is None else str(tag)
+
+
+def files_with_names(location: Location) -> list[tuple[str, Location, str | None]]:
+    """Every file under a folder or prefix as ``(name relative to the folder's parent, location, content tag)``,
+    sorted: ``("scene/rgb/c/0/0/0", ...)`` for ``.../scene``; a single file: ``[(its name, itself, tag)]``. The tag
+    (see :func:`_listing`) lets a digest of remote files skip reading their bytes."""
     base = name(location)
-    if [rel for rel, _ in files_under(location)] == [base] and not is_dir(location):
-        return [(base, location)]
-    return [(f"{base}/{rel}", join(location, rel)) for rel, _ in files_under(location)]
+    listing = _listing(location)
+    if [rel for rel, _, _ in listing] == [base] and not is_dir(location):
+        return [(base, location, listing[0][2])]
+    return [(f"{base}/{rel}", join(location, rel), tag) for rel, _, tag in listing]
 
 
 def is_dir(location: Location) -> bool:
