@@ -21,6 +21,8 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
+from tasks.location import files_under
+
 log = logging.getLogger(__name__)
 
 
@@ -84,8 +86,8 @@ def manifest_digest(folder: str | Path) -> str | None:
     if not folder.is_dir():
         return None
     h = hashlib.blake2b(digest_size=16)
-    for f in sorted(p for p in folder.rglob("*") if p.is_file()):
-        h.update(f"{f.relative_to(folder).as_posix()}\0{f.stat().st_size}\n".encode())
+    for rel, size in files_under(folder):
+        h.update(f"{rel}\0{size}\n".encode())
     return h.hexdigest()
 
 

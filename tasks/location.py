@@ -125,10 +125,9 @@ def files_with_names(location: Location) -> list[tuple[str, Location, str | None
     """Every file under a folder or prefix as ``(name relative to the folder's parent, location, content tag)``,
     sorted: ``("scene/rgb/c/0/0/0", ...)`` for ``.../scene``; a single file: ``[(its name, itself, tag)]``. The tag
     (see :func:`_listing`) lets a digest of remote files skip reading their bytes."""
-    base = name(location)
-    listing = _listing(location)
-    if [rel for rel, _, _ in listing] == [base] and not is_dir(location):
-        return [(base, location, listing[0][2])]
+    base, listing = name(location), _listing(location)
+    if not is_dir(location):  # a single file (or nothing)
+        return [(base, location, tag) for _, _, tag in listing]
     return [(f"{base}/{rel}", join(location, rel), tag) for rel, _, tag in listing]
 
 
