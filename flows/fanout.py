@@ -10,7 +10,6 @@ the stage's outputs as it arrives (fresh or cached); and collects failures witho
 from __future__ import annotations
 
 import re
-import shutil
 import time
 from collections.abc import Callable
 from typing import TypeVar
@@ -26,7 +25,7 @@ from prefect.artifacts import (
 from prefect.cache_policies import NO_CACHE
 from prefect.futures import as_completed
 
-from flows.caching import Receipt, cache_key, key_from_parameters
+from flows.caching import Receipt, cache_key, key_from_parameters, result_storage
 from flows.runners import task_threads
 from tasks.config import Params
 from tasks.digest import closure_version
@@ -83,7 +82,8 @@ def run_scene_tasks(
     code = closure_version(f"tasks.{stage}")  # the code the stage runs: what dvc.yaml lists
     threads = task_threads(orch)  # each task's share (None: decided on the cluster's workers)
     if orch.cache:
-        task_fn = task_fn.with_options(cache_key_fn=key_from_parameters, persist_result=True)
+        task_fn = task_fn.with_options(cache_key_fn=key_from_parameters, persist_result=True,
+                                       result_storage=result_storage(orch.results))
     else:
         task_fn = task_fn.with_options(cache_policy=NO_CACHE, persist_result=False)
     futures, submits, keys = {}, {}, {}
@@ -116,7 +116,7 @@ def run_scene_tasks(
                     break  # as_completed holds the old list: start over with the new future in it
                 written[label] = write(units[label], receipt)
                 if not orch.cache:
-                    shutil.rmtree(receipt.artifact, ignore_errors=True)  # nothing will ever reuse it
+                    receipt.remove()  # nothing will ever reuse it
             except Exception as err:  # noqa: BLE001 - one unit's failure must not stop the others
                 failures[label] = f"{type(err).__name__}: {err}"
                 get_run_logger().error("%s/%s failed: %s", stage, label, failures[label])

@@ -23,6 +23,7 @@ from pathlib import Path
 
 from tasks.config import Params, load_params
 from tasks.errors import DataError
+from tasks.versions import resolve
 
 #: The ``data.source`` values a capture folder can have.
 CAPTURE_SOURCES = ("nerfstudio", "phone", "scannet", "sevenscenes", "tum")
@@ -67,7 +68,7 @@ def reconstruct_params(params_file: Path | None, capture: Path, source: str, out
     if not capture.exists():
         raise DataError(capture, "capture folder not found")
     params = load_params(params_file, capture_overrides(capture, source, out, refiner) + overrides)
-    if params.refine.method == "diffusion" and not Path(params.paths.diffusion).is_dir():
+    if params.refine.method == "diffusion" and resolve(params.paths.diffusion) is None:
         raise DataError(params.paths.diffusion, "no trained refiner here: run `dvc repro train_diffusion` once (it "
                                                 "trains on the built-in synthetic rooms), pass --refiner DIR, or "
                                                 "use a classical filter with --set refine.method=bilateral")

@@ -40,9 +40,10 @@ from flows.runners import (
     worker_threads,
 )
 from tasks.config import Params, with_absolute_paths
-from tasks.files import place_tree
-from tasks.location import Location, as_location, download_tree, join
+from tasks.location import Location, as_location, join, read_bytes
 from tasks.locks import output_lock
+from tasks.staging import staged
+from tasks.versions import copy_folder, folder_writer, resolve
 
 if TYPE_CHECKING:
     from tasks.nerf_layout import FitJob
@@ -107,10 +108,10 @@ def corrupt_flow(params: Params, progress: bool = False) -> Location:
 
 
 @flow(name="dnerf-train_diffusion")
-def train_diffusion_flow(params: Params, progress: bool = False) -> Path:
+def train_diffusion_flow(params: Params, progress: bool = False) -> Location:
     """Stage 3: train the diffusion refiner into ``paths.diffusion``."""
-    out = Path(train_diffusion_task(params, progress))
-    metrics = json.loads((out / "metrics.json").read_text())
+    out = as_location(train_diffusion_task(params, progress))
+    metrics = json.loads(read_bytes(join(resolve(out) or out, "metrics.json")))
     publish("train_diffusion", [{k: metrics[k] for k in ("steps", "best_val_loss", "stopped_early",
                                                          "train_seconds", "crops_per_second")}], {})
     return out
@@ -131,7 +132,7 @@ def refine_scene_task(params: Params, scene: str, cache_key: str, threads: int |
     arrays = refine_one_scene(params, scene, progress, on_frame=lambda _s, i: report((i + 1) / n))
     report(1.0)
     artifact = artifact_dir(params.orchestration.results, cache_key)
-    download_tree(join(live_store(params.paths.refined), scene), artifact)  # a copy: zarr chunks may be rewritten
+    copy_folder(join(live_store(params.paths.refined), scene), artifact)  # a copy: zarr chunks may be rewritten
     meta = {"scene": scene, "frames": n, "mean_std_m": round(float(arrays["depth_std"].mean()), 4)}
     return Receipt.for_folder(artifact, meta).model_dump()
 
@@ -157,7 +158,8 @@ def fit_nerf_scene_task(params: Params, scene: FitJob, cache_key: str, threads: 
                                          "there: a killed worker or command)", scene.label, step)
         report(step / steps)
 
-    metrics = fit_one_scene(params, scene, artifact, progress, on_step=on_step)
+    with folder_writer(artifact) as out:
+        metrics = fit_one_scene(params, scene, out, progress, on_step=on_step)
     report(1.0)
     return Receipt.for_folder(artifact, {**metrics, RESUMED: started[0] if started else 0}).model_dump()
 
@@ -190,7 +192,7 @@ def refine_flow(params: Params, progress: bool = False) -> Location:
         return [join(noisy, scene, "depth_noisy"), join(scene_store, scene, "rgb"), join(scene_store, scene, "K")]
 
     def write(scene: str, receipt: Receipt) -> dict:
-        place_refined_scene(params, scene, Path(receipt.artifact))
+        place_refined_scene(params, scene, receipt.files)
         return receipt.meta
 
     rows, failures = run_scene_tasks("refine", params, refine_scene_task, {s: s for s in scenes}, inputs,
@@ -202,7 +204,7 @@ def refine_flow(params: Params, progress: bool = False) -> Location:
 
 
 @flow(name="dnerf-fit_nerf")
-def fit_nerf_flow(params: Params, progress: bool = False) -> Path:
+def fit_nerf_flow(params: Params, progress: bool = False) -> Location:
     """Stage 5: a NeRF per posed scene (and per ablation depth source) into ``paths.nerf`` and
     ``paths.nerf_metrics``, fits in parallel."""
     from tasks.fit_nerf import SUMMARY_KEYS, fit_config, plan_fit_nerf, write_nerf_summary
@@ -220,19 +222,19 @@ def fit_nerf_flow(params: Params, progress: bool = False) -> Path:
     def key_params(job: FitJob) -> dict:
         return {"nerf": fit_config(job, params.nerf).model_dump(mode="json", exclude={"train": {"device"}})}
 
-    out_root = Path(paths.nerf)
-
     resumed: dict[FitJob, int] = {}
+    with staged(params, outputs=["nerf", "nerf_metrics"]) as local:  # URLs: published when every fit is placed
+        out_root = Path(local.paths.nerf)
 
-    def write(job: FitJob, receipt: Receipt) -> dict:
-        place_tree(receipt.artifact, job.folder(out_root), link=True)  # export files are never written again
-        metrics = dict(receipt.meta)
-        resumed[job] = metrics.pop(RESUMED, 0)
-        return metrics
+        def write(job: FitJob, receipt: Receipt) -> dict:
+            receipt.place(job.folder(out_root))  # export files are never written again: hard links
+            metrics = dict(receipt.meta)
+            resumed[job] = metrics.pop(RESUMED, 0)
+            return metrics
 
-    metrics, failures = run_scene_tasks("fit_nerf", params, fit_nerf_scene_task, {j.label: j for j in jobs},
-                                        inputs, key_params, write, progress)
-    summary = write_nerf_summary(params, metrics, skipped)
+        metrics, failures = run_scene_tasks("fit_nerf", params, fit_nerf_scene_task, {j.label: j for j in jobs},
+                                            inputs, key_params, write, progress)
+        summary = write_nerf_summary(local, metrics, skipped)
     rows = [{"scene": j.scene, "depth_source": j.source, **{k: round(m[k], 4) for k in SUMMARY_KEYS},
              **({"resumed at step": resumed[j]} if any(resumed.values()) else {})} for j, m in metrics.items()]
     extra = "\n".join(f"- skipped `{s}`: {msg}" for s, msg in skipped.items())
@@ -241,7 +243,7 @@ def fit_nerf_flow(params: Params, progress: bool = False) -> Path:
     publish("fit_nerf", rows, failures, extra)
     if failures:
         raise StageFailed("fit_nerf", failures)
-    return out_root
+    return paths.nerf
 
 
 @task(name="evaluate")
@@ -252,12 +254,11 @@ def evaluate_task(params: Params, progress: bool = False) -> str:
 
 
 @flow(name="dnerf-evaluate")
-def evaluate_flow(params: Params, progress: bool = False) -> Path:
+def evaluate_flow(params: Params, progress: bool = False) -> Location:
     """Stage 6: refinement and NeRF metrics into ``paths.eval_metrics`` and ``paths.plots``."""
-    out = Path(evaluate_task(params, progress))
-    summary = json.loads(out.read_text())
-    report = Path(params.paths.report).resolve() / "index.html"
-    if report.is_file():
+    out = as_location(evaluate_task(params, progress))
+    summary = json.loads(read_bytes(out))
+    if isinstance(params.paths.report, Path) and (report := params.paths.report.resolve() / "index.html").is_file():
         create_link_artifact(report.as_uri(), link_text=f"report: {report}", key="dnerf-report",
                              description="the evaluation report (self-contained HTML; open it on this machine)")
     rows = [{"method": m, **{k: v for k, v in r.items() if k in ("rmse", "mae", "abs_rel", "delta1", "edge_f1")}}
@@ -314,14 +315,19 @@ def stage_threads(stage: str, params: Params) -> int:
 @contextmanager
 def flow_environment(stage: str, params: Params) -> Iterator[None]:
     """The process settings of one flow run, set once and restored afterwards: torch's thread count
-    (:func:`stage_threads`) and Prefect's result storage (``orchestration.results``, also in the environment,
-    which worker processes inherit)."""
-    results = str(Path(params.orchestration.results).resolve())
+    (:func:`stage_threads`) and, for ``orchestration.results`` on a file system, Prefect's local result storage
+    (also in the environment, which worker processes inherit; at a URL the per-scene tasks carry their storage:
+    :func:`flows.caching.result_storage`)."""
+    results = params.orchestration.results
     saved_threads, saved_env = torch.get_num_threads(), os.environ.get(RESULTS_ENV)
     torch.set_num_threads(stage_threads(stage, params))
-    os.environ[RESULTS_ENV] = results
+    if isinstance(results, Path):
+        os.environ[RESULTS_ENV] = str(results.resolve())
     try:
-        with temporary_settings({PREFECT_RESULTS_LOCAL_STORAGE_PATH: results}):
+        if isinstance(results, Path):
+            with temporary_settings({PREFECT_RESULTS_LOCAL_STORAGE_PATH: results.resolve()}):
+                yield
+        else:
             yield
     finally:
         torch.set_num_threads(saved_threads)

@@ -33,39 +33,42 @@ def _local(value: Any) -> Any:
     """Refuse a URL where a local path is needed: ``Path("s3://b/x")`` would quietly become a folder ``s3:/b/x``."""
     if is_url(value) and not value.lower().startswith(("file://", "local://")):
         raise ValueError(
-            f"{value!r} is a URL; only the zarr stores (paths.scenes, paths.noisy, paths.refined, "
-            "diffusion.train.extra_stores) may live on object storage, other outputs are written by path: "
-            "mount the bucket (s3fs, gcsfuse, a shared file system) and give the mount's path"
+            f"{value!r} is a URL, but this setting is read by path (paths.raw, data.path and "
+            "diffusion.train.init_from are; every other paths.* entry, diffusion.train.extra_stores and "
+            "orchestration.results may be URLs): copy it to this machine, or mount the bucket (s3fs, gcsfuse, "
+            "a shared file system) and give the mount's path"
         )
     return as_location(value) if is_url(value) else value
 
 
-def _store(value: Any) -> Any:
+def _path_or_url(value: Any) -> Any:
     return as_location(value) if isinstance(value, str | Path) else value
 
 
 #: A file or folder on a file system this machine mounts (relative paths: to the working directory).
 LocalPath = Annotated[Path, BeforeValidator(_local)]
-#: A zarr store: a local path, or an fsspec URL (``s3://bucket/prefix/scenes.zarr``), see :mod:`tasks.location`.
-StoreLocation = Annotated[Path | str, BeforeValidator(_store)]
+#: A store, folder or file: a local path, or an fsspec URL (``s3://bucket/prefix/scenes.zarr``), see
+#: :mod:`tasks.location`; folders and stores at a URL are published by commit marker (:mod:`tasks.versions`).
+PathOrURL = Annotated[Path | str, BeforeValidator(_path_or_url)]
 
 
 class PathsConfig(StrictConfig):
-    """Where every stage reads and writes (relative paths are relative to the working directory). The zarr stores
-    may also be fsspec URLs (``s3://bucket/prefix/noisy.zarr``)."""
+    """Where every stage reads and writes (relative paths are relative to the working directory). Every entry but
+    ``raw`` may also be an fsspec URL (``s3://bucket/prefix/noisy.zarr``, ``gs://...``): what a cluster's workers
+    read and write where every machine reaches it."""
 
     raw: LocalPath = Path("data/raw")
-    scenes: StoreLocation = Path("data/scenes.zarr")
-    noisy: StoreLocation = Path("data/noisy.zarr")
-    diffusion: LocalPath = Path("artifacts/diffusion")
-    diffusion_checkpoints: LocalPath = Path(".checkpoints/diffusion")
-    refined: StoreLocation = Path("data/refined.zarr")
-    nerf: LocalPath = Path("artifacts/nerf")
-    nerf_checkpoints: LocalPath = Path(".checkpoints/nerf")
-    nerf_metrics: LocalPath = Path("metrics/nerf.json")
-    eval_metrics: LocalPath = Path("metrics/evaluate.json")
-    plots: LocalPath = Path("plots")
-    report: LocalPath = Path("reports")
+    scenes: PathOrURL = Path("data/scenes.zarr")
+    noisy: PathOrURL = Path("data/noisy.zarr")
+    diffusion: PathOrURL = Path("artifacts/diffusion")
+    diffusion_checkpoints: PathOrURL = Path(".checkpoints/diffusion")
+    refined: PathOrURL = Path("data/refined.zarr")
+    nerf: PathOrURL = Path("artifacts/nerf")
+    nerf_checkpoints: PathOrURL = Path(".checkpoints/nerf")
+    nerf_metrics: PathOrURL = Path("metrics/nerf.json")
+    eval_metrics: PathOrURL = Path("metrics/evaluate.json")
+    plots: PathOrURL = Path("plots")
+    report: PathOrURL = Path("reports")
 
 
 class TumConfig(StrictConfig):
@@ -150,8 +153,8 @@ Amp = Annotated[Literal["auto", "off", "bf16", "fp16"], BeforeValidator(lambda v
 class StorePair(StrictConfig):
     """A (scenes, noisy) store pair, e.g. a user's own captures mixed into training."""
 
-    scenes: StoreLocation
-    noisy: StoreLocation
+    scenes: PathOrURL
+    noisy: PathOrURL
 
 
 class DiffusionTrainConfig(StrictConfig):
@@ -355,8 +358,9 @@ class OrchestrationConfig(StrictConfig):
     )
     ray_address: str | None = Field(default=None, description="existing Ray cluster; null = local")
     cache: bool = Field(default=True, description="reuse per-scene results cached by content (inputs, params, code)")
-    results: LocalPath = Field(
-        default=Path(".prefect-results"), description="Prefect result storage (never inside a DVC out)"
+    results: PathOrURL = Field(
+        default=Path(".prefect-results"), description="Prefect result storage and per-scene artifacts (never inside "
+        "a DVC out); a URL (s3://...) on a cluster whose machines share no file system"
     )
     schedule: ScheduleConfig = ScheduleConfig()
 

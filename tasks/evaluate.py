@@ -46,6 +46,7 @@ from models.metrics import (
 from tasks.config import Params
 from tasks.errors import DataError
 from tasks.files import write_text_atomic
+from tasks.location import Location
 from tasks.nerf_layout import FitFolder, FitJob
 from tasks.progress import progress_bar
 from tasks.report import (
@@ -59,6 +60,7 @@ from tasks.report import (
     training_figure,
     write_report,
 )
+from tasks.staging import staged
 from tasks.store import SceneView, open_refined, open_store, scene_names
 
 log = logging.getLogger(__name__)
@@ -310,7 +312,7 @@ def evaluate_nerf(params: Params, nerf: dict) -> pd.DataFrame:
         for scene, m in entry["scenes"].items():
             row = {"scene": scene, "depth_source": source, "label": f"{scene} / {source}",
                    **{k: m.get(k, np.nan) for k in NERF_COLUMNS}}
-            fit = FitFolder(FitJob(scene, source, ablation=source != main).folder(params.paths.nerf))
+            fit = FitFolder(Path(FitJob(scene, source, ablation=source != main).folder(params.paths.nerf)))
             if scene in scenes and fit.mesh.is_file():
                 gt = reference_points(SceneView(scenes[scene]), fit.aabb(), cfg.geometry_points)
                 if gt is not None:
@@ -392,8 +394,17 @@ def _records(df: pd.DataFrame, by: str) -> dict:
     return {k: row.to_dict() for k, row in means.iterrows()}  # pyright: ignore[reportAttributeAccessIssue] - a frame
 
 
-def run_evaluate(params: Params, progress: bool = True) -> Path:
-    """The ``evaluate`` stage; writes ``paths.eval_metrics``, the CSVs under ``paths.plots`` and the report."""
+def run_evaluate(params: Params, progress: bool = True) -> Location:
+    """The ``evaluate`` stage; writes ``paths.eval_metrics``, the CSVs under ``paths.plots`` and the report (any of
+    them, and the fits and refiner it reads, may be URLs: :mod:`tasks.staging`)."""
+    with staged(params, inputs=["nerf", "nerf_metrics", "diffusion"],
+                outputs=["eval_metrics", "plots", "report"]) as local:
+        _evaluate(local, params, progress)
+    return params.paths.eval_metrics
+
+
+def _evaluate(params: Params, shown: Params, progress: bool) -> None:
+    """:func:`run_evaluate` with every path local; the report shows the params ``shown`` (the run's own)."""
     scores = evaluate_refinement(params, progress)
     frames, distance = scores.frames, scores.distance
     plots = Path(params.paths.plots)
@@ -417,7 +428,7 @@ def run_evaluate(params: Params, progress: bool = True) -> Path:
     consistency = evaluate_consistency(params)
     write_text_atomic(plots / "consistency.csv", consistency.to_csv(index=False))
     metrics["consistency"] = _records(consistency.drop(columns=["scene", "frame_a", "frame_b"]), "method")
-    nerf = nerf_summary(params.paths.nerf_metrics)
+    nerf = nerf_summary(Path(params.paths.nerf_metrics))
     metrics["nerf"] = {k: v for k, v in nerf.items() if k.startswith("mean_")}
     metrics["nerf_by_scene"] = {s: {k: v for k, v in m.items() if k.startswith("test_") or k == "depth_source"}
                                 for s, m in nerf.get("scenes", {}).items()}
@@ -426,9 +437,8 @@ def run_evaluate(params: Params, progress: bool = True) -> Path:
     metrics["nerf_ablation"] = _records(ablation.drop(columns=["scene", "label"], errors="ignore"), "depth_source")
     write_text_atomic(params.paths.eval_metrics, json.dumps(_clean(metrics), indent=2))
     figures = make_figures(params, scores.samples, distance if not frames.empty else None, scores.depths, ablation)
-    write_report(params, _clean(metrics), figures, Path(params.paths.report) / "index.html")
+    write_report(shown, _clean(metrics), figures, Path(params.paths.report) / "index.html")
     if metrics["refinement"]:
         r = metrics["refinement"]
         log.info("refinement RMSE: noisy %.4f m, refined %.4f m; edge F1 %.3f -> %.3f",
                  r["noisy"]["rmse"], r["refined"]["rmse"], r["noisy"]["edge_f1"], r["refined"]["edge_f1"])
-    return Path(params.paths.eval_metrics)

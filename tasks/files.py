@@ -11,6 +11,7 @@ import json
 import logging
 import os
 import shutil
+import tempfile
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -21,7 +22,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
-from tasks.location import files_under
+from tasks.location import Location, as_location, download_tree, files_under, is_dir
 
 log = logging.getLogger(__name__)
 
@@ -79,11 +80,12 @@ def atomic_dir(dest: str | Path) -> Iterator[Path]:
     replace_dir(tmp, dest)
 
 
-def manifest_digest(folder: str | Path) -> str | None:
-    """Digest of the relative names and sizes of every file under ``folder`` (``None`` where it is missing):
-    cheap to check, and it changes when a file is added, removed, truncated or replaced by another size."""
-    folder = Path(folder)
-    if not folder.is_dir():
+def manifest_digest(folder: Location | str) -> str | None:
+    """Digest of the relative names and sizes of every file under ``folder`` (a path or a URL; ``None`` where it
+    is missing): cheap to check, and it changes when a file is added, removed, truncated or replaced by another
+    size."""
+    folder = as_location(folder)
+    if not is_dir(folder):
         return None
     h = hashlib.blake2b(digest_size=16)
     for rel, size in files_under(folder):
@@ -132,20 +134,46 @@ class Checkpoint:
 
 
 def save_checkpoint(
-    folder: Path, fingerprint: str, tensors: dict[str, dict[str, torch.Tensor]], torch_state: dict, state: dict
+    folder: Location, fingerprint: str, tensors: dict[str, dict[str, torch.Tensor]], torch_state: dict, state: dict
 ) -> None:
     """Write a checkpoint atomically: each state dict as ``<name>.safetensors``, optimizer / scheduler /
     RNG state as ``torch_state.pt`` (tensors and plain containers only, loaded with ``weights_only``), and
-    ``state.json`` holding the run's ``fingerprint`` and its JSON-able state."""
-    with atomic_dir(folder) as tmp:
+    ``state.json`` holding the run's ``fingerprint`` and its JSON-able state. ``folder`` may be a URL (a
+    cluster's workers resume each other's runs): the checkpoint is then published as a whole
+    (:mod:`tasks.versions`)."""
+    from tasks.versions import publish_folder
+
+    def write(tmp: Path) -> None:
         for name, sd in tensors.items():
             save_tensors(tmp / f"{name}.safetensors", sd)
         torch.save(torch_state, tmp / "torch_state.pt")
         (tmp / "state.json").write_text(json.dumps({"fingerprint": fingerprint, **state}))
 
+    if isinstance(folder, Path):
+        with atomic_dir(folder) as tmp:
+            write(tmp)
+        return
+    with tempfile.TemporaryDirectory(prefix="dnerf-ckpt-") as tmp:
+        write(Path(tmp))
+        publish_folder(Path(tmp), folder)
 
-def load_checkpoint(folder: Path, fingerprint: str) -> Checkpoint | None:
-    """The checkpoint in ``folder`` if it exists and belongs to ``fingerprint`` (else None, logged)."""
+
+def load_checkpoint(folder: Location, fingerprint: str) -> Checkpoint | None:
+    """The checkpoint in ``folder`` (a path or a URL) if it exists and belongs to ``fingerprint`` (else None,
+    logged)."""
+    from tasks.versions import resolve
+
+    live = resolve(folder)
+    if live is None:
+        return None
+    if isinstance(live, Path):
+        return _read_checkpoint(live, fingerprint)
+    with tempfile.TemporaryDirectory(prefix="dnerf-ckpt-") as tmp:
+        download_tree(live, Path(tmp) / "ckpt")
+        return _read_checkpoint(Path(tmp) / "ckpt", fingerprint)
+
+
+def _read_checkpoint(folder: Path, fingerprint: str) -> Checkpoint | None:
     path = folder / "state.json"
     if not path.is_file():
         return None

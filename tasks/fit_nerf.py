@@ -44,6 +44,7 @@ from tasks.nerf_data import RaySampler, SamplerState, SceneFrames, open_scene, s
 from tasks.nerf_export import export_scene
 from tasks.nerf_layout import ABLATION, FitJob
 from tasks.progress import progress_bar
+from tasks.staging import staged
 from tasks.store import SceneView, local_scene_copies, open_store, resolve_store, scene_names
 
 log = logging.getLogger(__name__)
@@ -120,14 +121,14 @@ class RestoredFit:
     sampler: SamplerState
 
 
-def save_fit(folder: Path, fp: str, field_, grid, opt, sched, state: FitState, sampler: SamplerState, gen) -> None:
+def save_fit(folder: Location, fp: str, field_, grid, opt, sched, state: FitState, sampler: SamplerState, gen) -> None:
     """Checkpoint a fit into ``folder`` under fingerprint ``fp`` (:func:`tasks.files.save_checkpoint`)."""
     torch_state = {"optimizer": opt.state_dict(), "lr": sched.state_dict(), "torch_rng": gen.get_state()}
     save_checkpoint(folder, fp, {"field": field_.state_dict(), "grid": grid.state_dict()}, torch_state,
                     {"sampler": asdict(sampler), **asdict(state)})
 
 
-def restore_fit(folder: Path, fp: str, field_, grid, opt, sched, gen) -> RestoredFit | None:
+def restore_fit(folder: Location, fp: str, field_, grid, opt, sched, gen) -> RestoredFit | None:
     """Load the checkpoint of fingerprint ``fp`` in ``folder`` into the field, grid, optimizer, schedule and
     generator; the fit's progress and sampler state, or None (nothing loaded) without such a checkpoint."""
     ckpt = load_checkpoint(folder, fp)
@@ -240,7 +241,7 @@ def training_step(
 def fit_scene(
     frames: SceneFrames,
     cfg: NerfStageConfig,
-    ckpt_dir: Path,
+    ckpt_dir: Location,
     fingerprint: str,
     progress: bool = True,
     stop_after: int | None = None,
@@ -410,11 +411,12 @@ def write_nerf_summary(params: Params, results: dict[FitJob, dict], skipped: dic
     return summary
 
 
-def run_fit_nerf(params: Params, progress: bool = True) -> Path:
+def run_fit_nerf(params: Params, progress: bool = True) -> Location:
     """The ``fit_nerf`` stage, one fit after another; writes ``paths.nerf`` and ``paths.nerf_metrics``.
     The Prefect flow (``flows.stages.fit_nerf_flow``) runs the fits in parallel."""
     jobs, skipped = plan_fit_nerf(params)
-    out_root = Path(params.paths.nerf)
-    results = {job: fit_one_scene(params, job, job.folder(out_root), progress) for job in jobs}
-    write_nerf_summary(params, results, skipped)
-    return out_root
+    with staged(params, outputs=["nerf", "nerf_metrics"]) as local:
+        out_root = Path(local.paths.nerf)
+        results = {job: fit_one_scene(params, job, job.folder(out_root), progress) for job in jobs}
+        write_nerf_summary(local, results, skipped)
+    return params.paths.nerf

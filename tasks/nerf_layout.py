@@ -16,13 +16,28 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import overload
 
 import numpy as np
 
 from tasks.errors import DataError
+from tasks.location import Location, join
 
 #: The folder under ``paths.nerf`` that holds the ablation fits (a scene may not have this name).
 ABLATION = "ablation"
+
+
+def fits_on_disk(root: Location) -> Path:
+    """The fits' root ``paths.nerf`` as a local folder: a path as it is, a URL as this machine's copy of what is
+    published there (:func:`tasks.versions.local_copy`); DataError where nothing is."""
+    from tasks.versions import local_copy
+
+    local = local_copy(root)
+    if local is None:
+        if isinstance(root, Path):
+            return root
+        raise DataError(root, "no NeRF fits published here; run dnerf fit-nerf first")
+    return local
 
 
 @dataclass(frozen=True)
@@ -39,9 +54,13 @@ class FitJob:
         """``scene`` or ``scene@source``: task names, logs and result keys."""
         return f"{self.scene}@{self.source}" if self.ablation else self.scene
 
-    def folder(self, root: Path | str) -> Path:
-        """This fit's folder under ``root`` (the outputs root or the checkpoints root)."""
-        return Path(root) / ABLATION / self.source / self.scene if self.ablation else Path(root) / self.scene
+    @overload
+    def folder(self, root: Path) -> Path: ...
+    @overload
+    def folder(self, root: Location) -> Location: ...
+    def folder(self, root: Location) -> Location:
+        """This fit's folder under ``root`` (the outputs root or the checkpoints root; a path or a URL)."""
+        return join(root, ABLATION, self.source, self.scene) if self.ablation else join(root, self.scene)
 
 
 @dataclass(frozen=True)

@@ -285,7 +285,7 @@ def refine_one_scene(
     return {key: out[name][key][:] for key in ("depth_refined", "depth_std")}
 
 
-def place_refined_scene(params: Params, name: str, group: Path) -> None:
+def place_refined_scene(params: Params, name: str, group: Location) -> None:
     """Copy a refined scene's group (a copy of ``<refined store>/<name>``, e.g. a cached artifact) into the
     prepared store unless it already holds the scene, done. The done flags are written last, so an interrupted
     copy leaves frames pending, never frames marked done without their depth."""

@@ -24,6 +24,8 @@ from models.diffusion.unet import DepthUNet, UNetConfig
 from models.noise import SensorPrior
 from tasks.errors import DataError
 from tasks.files import atomic_dir, save_tensors
+from tasks.location import Location, as_location
+from tasks.versions import local_copy
 
 WEIGHTS = "model.safetensors"
 CONFIG = "config.json"
@@ -61,17 +63,21 @@ def save_model(
                     shutil.copy2(p, tmp / p.name)
 
 
-def model_files(folder: str | Path) -> tuple[Path, Path]:
-    """``(config.json, model.safetensors)`` of a trained refiner; a DataError names a missing one."""
-    folder = Path(folder)
-    paths = folder / CONFIG, folder / WEIGHTS
+def model_files(folder: Location) -> tuple[Path, Path]:
+    """``(config.json, model.safetensors)`` of a trained refiner (a folder, or one published at a URL: then of
+    this machine's copy, :func:`tasks.versions.local_copy`); a DataError names a missing one."""
+    folder = as_location(folder)
+    local = local_copy(folder) or folder
+    if isinstance(local, str):
+        raise DataError(folder, "no trained refiner published here; train the model first (dnerf train-diffusion)")
+    paths = local / CONFIG, local / WEIGHTS
     for p in paths:
         if not p.is_file():
             raise DataError(p, "missing; train the model first (dnerf train-diffusion)")
     return paths
 
 
-def load_model(folder: str | Path, device: torch.device | str = "cpu") -> TrainedRefiner:
+def load_model(folder: Location, device: torch.device | str = "cpu") -> TrainedRefiner:
     """Load a trained refiner (safetensors weights, config beside them); errors name the file and problem."""
     cfg_path, w_path = model_files(folder)
     try:

@@ -31,7 +31,7 @@ from models.nerf.sampling import near_far
 from tasks.config import NerfStageConfig, Params
 from tasks.errors import DataError
 from tasks.files import atomic_dir
-from tasks.nerf_layout import FitFolder
+from tasks.nerf_layout import FitFolder, fits_on_disk
 from tasks.progress import progress_bar
 from tasks.store import SceneView, open_store
 
@@ -185,7 +185,7 @@ def render_scene(params: Params, scene: str, kind: PathKind = "train", n_frames:
     """``dnerf render``: the fitted ``scene`` (``paths.nerf/<scene>``) along a camera path built from its posed
     train views, at ``1 / downscale`` of its resolution with the first train view's intrinsics, into ``out``
     (default ``renders/<scene>-<kind>``)."""
-    fitted = load_fit(Path(params.paths.nerf) / scene)
+    fitted = load_fit(fits_on_disk(params.paths.nerf) / scene)
     view = scene_view(params, scene)
     K, c2w = view.group["K"][:], view.group["c2w"][:]
     train = [i for i in view.indices("train") if np.all(np.isfinite(c2w[i]))]

@@ -24,7 +24,7 @@ crash never leaves a store that looks finished and an existing store is replaced
 - **On a file system** (a :class:`~pathlib.Path`) the store is built in a hidden sibling folder and renamed into
   place (:func:`tasks.files.replace_dir`); ``data/scenes.zarr`` *is* the zarr store.
 - **On object storage** (a URL, :mod:`tasks.location`) there is no atomic rename of a prefix, so a store location
-  holds immutable versions and a commit marker that names the live one::
+  holds immutable versions and a commit marker that names the live one (:mod:`tasks.versions`)::
 
       s3://bucket/data/scenes.zarr/
         dnerf-store.json                  {"version": "v-<id>", "schema": ..., "published_at": ...}
@@ -41,10 +41,7 @@ crash never leaves a store that looks finished and an existing store is replaced
 
 from __future__ import annotations
 
-import json
 import tempfile
-import time
-import uuid
 import warnings
 from collections.abc import Collection, Iterator, Sequence
 from contextlib import contextmanager
@@ -55,10 +52,11 @@ from typing import Any, Literal, get_args
 import numpy as np
 import zarr
 
+from tasks import versions
 from tasks.datasets.base import ROLES, Frame, Role, Split
 from tasks.errors import DataError
 from tasks.files import replace_dir, temporary_sibling
-from tasks.location import Location, as_location, download_tree, filesystem, join, read_bytes, remove_tree
+from tasks.location import Location, as_location, download_tree, join, read_bytes, remove_tree
 from tasks.location import name as location_name
 
 SCHEMA_VERSION = 1
@@ -82,38 +80,10 @@ def consolidate(path: Location) -> None:
 MARKER = "dnerf-store.json"
 
 
-def _published_version(url: str) -> str | None:
-    """The version the marker of the store location ``url`` names (None: nothing published)."""
-    try:
-        return json.loads(read_bytes(join(url, MARKER)))["version"]
-    except FileNotFoundError:
-        return None
-
-
 def resolve_store(path: Location) -> Location | None:
     """The zarr store behind a store location: ``path`` itself on a file system, the live version of a store on
     object storage; None where no store has been published."""
-    path = as_location(path)
-    if isinstance(path, Path):
-        return path if path.exists() else None
-    version = _published_version(path)
-    return join(path, version) if version else None
-
-
-def _unpublished_versions(url: str) -> list[str]:
-    """URLs of the versions under ``url`` that the marker does not name: left by writers that were killed or
-    failed before publishing (or by a crash between publishing and deleting the previous version)."""
-    fs, root = filesystem(url)
-    live = _published_version(url)
-    if not fs.exists(root):
-        return []
-    names = [p.rstrip("/").rsplit("/", 1)[-1] for p in fs.ls(root, detail=False)]
-    return [join(url, n) for n in sorted(names) if n.startswith("v-") and n != live]
-
-
-def new_version_name() -> str:
-    """``v-<UTC time>-<random>``: the name of a store version on object storage."""
-    return f"v-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}-{uuid.uuid4().hex[:8]}"
+    return versions.resolve(path, MARKER)
 
 
 class StoreBuilder:
@@ -133,16 +103,15 @@ class StoreBuilder:
         self.path = as_location(path)
         self.kind: StoreKind = kind
         self.attrs = dict(attrs or {})
-        self.tmp: Location = (temporary_sibling(self.path) if isinstance(self.path, Path)
-                              else join(self.path, new_version_name()))
+        # a hidden sibling folder, or (on object storage) a new version, chosen on entering the block
+        self.tmp: Location = temporary_sibling(self.path) if isinstance(self.path, Path) else ""
         self.root: zarr.Group | None = None
 
     def __enter__(self) -> zarr.Group:
         if isinstance(self.path, Path):
             self.path.parent.mkdir(parents=True, exist_ok=True)
         else:
-            for stale in _unpublished_versions(self.path):
-                remove_tree(stale)
+            self.tmp = versions.begin_version(self.path, MARKER)
         self.root = zarr.open_group(str(self.tmp), mode="w", zarr_format=3)
         self.root.attrs.update(
             {"schema": _schema_name(self.kind), "schema_version": SCHEMA_VERSION, **self.attrs}
@@ -161,14 +130,8 @@ class StoreBuilder:
         if isinstance(url, Path):
             replace_dir(Path(self.tmp), url)
             return url
-        previous = _published_version(url)
-        marker = {"version": location_name(self.tmp), "schema": _schema_name(self.kind),
-                  "published_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
-        fs, marker_path = filesystem(join(url, MARKER))
-        fs.pipe_file(marker_path, json.dumps(marker).encode())  # the commit: one PUT, seen whole or not at all
-        if previous and previous != marker["version"]:
-            remove_tree(join(url, previous))
-        return url
+        assert isinstance(self.tmp, str)
+        return versions.commit_version(self.tmp, MARKER, schema=_schema_name(self.kind))
 
 
 def open_store(path: Location, kind: StoreKind | None) -> zarr.Group:

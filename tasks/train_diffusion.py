@@ -60,6 +60,7 @@ from tasks.files import load_checkpoint, save_checkpoint, write_text_atomic
 from tasks.location import Location, join, read_bytes
 from tasks.progress import progress_bar
 from tasks.refiner_files import load_model, save_model
+from tasks.staging import staged
 from tasks.store import SceneView, live_store, open_store, scenes_with_role
 
 log = logging.getLogger(__name__)
@@ -131,7 +132,8 @@ def fingerprint(cfg: DiffusionStageConfig, sensor: SensorPrior, pairs: Sequence[
     return h.hexdigest()[:16]
 
 
-def save_run(folder: Path, fp: str, model, ema, best, opt, lr_sched, gen: torch.Generator, state: TrainState) -> None:
+def save_run(folder: Location, fp: str, model, ema, best, opt, lr_sched, gen: torch.Generator,
+             state: TrainState) -> None:
     tensors = {"model": model.state_dict(), "ema": ema.state_dict()}
     if best is not None:
         tensors["best"] = best
@@ -139,7 +141,7 @@ def save_run(folder: Path, fp: str, model, ema, best, opt, lr_sched, gen: torch.
     save_checkpoint(folder, fp, tensors, torch_state, asdict(state))
 
 
-def restore_run(folder: Path, fp: str, model, ema, opt, lr_sched, gen: torch.Generator):
+def restore_run(folder: Location, fp: str, model, ema, opt, lr_sched, gen: torch.Generator):
     """Restore a run from ``folder`` if it belongs to this fingerprint; returns (state, best) or None."""
     ckpt = load_checkpoint(folder, fp)
     if ckpt is None:
@@ -176,12 +178,12 @@ def validate(model, val, alphas_cumprod, cfg: DiffusionStageConfig, device) -> f
     return float(losses["total"])
 
 
-def train_diffusion(params: Params, progress: bool = True, stop_after: int | None = None) -> Path:
+def train_diffusion(params: Params, progress: bool = True, stop_after: int | None = None) -> Location:
     """The ``train_diffusion`` stage. ``stop_after`` interrupts the run after that step's checkpoint
     (as a kill would), for testing resumption."""
     cfg = params.diffusion
     tc = cfg.train
-    out_dir, ckpt_dir = Path(params.paths.diffusion), Path(params.paths.diffusion_checkpoints)
+    ckpt_dir = params.paths.diffusion_checkpoints
     pairs = [(params.paths.scenes, params.paths.noisy)] + [(p.scenes, p.noisy) for p in tc.extra_stores]
     sensor = SensorPrior.from_noise(params.noise)
     train_set, val_set = (FramePairs(pairs, role, sensor, cfg.schedule) for role in ("train", "val"))
@@ -267,8 +269,10 @@ def train_diffusion(params: Params, progress: bool = True, stop_after: int | Non
     calibration = calibrate(final.eval(), cfg.schedule, sensor, val_set, params)
     used = {role: [f"{store}::{name}" for store, name in data.scenes] for role, data in
             (("train", train_set), ("val", val_set))}
-    write_outputs(out_dir, final, cfg, sensor, calibration, train_set.focal_range(), state, used)
-    return out_dir
+    with staged(params, outputs=["diffusion"]) as local:  # a URL: written here, published when complete
+        write_outputs(Path(local.paths.diffusion), final, cfg, sensor, calibration, train_set.focal_range(), state,
+                      used)
+    return params.paths.diffusion
 
 
 def check_disjoint(eval_store: Location, used: Sequence[tuple[Location, str]]) -> None:
@@ -342,5 +346,5 @@ def write_outputs(
              state.best_val)
 
 
-def run_train_diffusion(params: Params, progress: bool = True) -> Path:
+def run_train_diffusion(params: Params, progress: bool = True) -> Location:
     return train_diffusion(params, progress=progress)

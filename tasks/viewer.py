@@ -47,7 +47,7 @@ from models.camera import backproject, intrinsics_matrix
 from tasks.config import Params
 from tasks.errors import DataError
 from tasks.nerf_data import frame_depth, open_scene
-from tasks.nerf_layout import FitFolder
+from tasks.nerf_layout import FitFolder, fits_on_disk
 from tasks.render import FittedScene, depth_colours, load_fit, render_pose, scene_view
 from tasks.store import SceneView
 
@@ -246,7 +246,7 @@ def load_content(params: Params, scene: str, max_cameras: int = 100, image_width
                  max_points: int = 150_000) -> SceneContent:
     """Load what the page shows for the fitted ``scene`` (``paths.nerf/<scene>``): DataError naming the missing
     piece where the fit or the scene store is absent."""
-    folder = Path(params.paths.nerf) / scene
+    folder = fits_on_disk(params.paths.nerf) / scene
     fitted = load_fit(folder)
     view = scene_view(params, scene)
     shots = camera_shots(view, max_cameras, image_width)

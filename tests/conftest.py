@@ -126,6 +126,15 @@ class S3Server:
         fsspec.filesystem("s3").mkdir(name)
         return f"s3://{name}"
 
+    @staticmethod
+    def listing(url: str) -> list[str]:
+        """The names directly under ``url`` (read afresh)."""
+        import fsspec
+
+        fs, path = fsspec.core.url_to_fs(url)
+        fs.invalidate_cache()
+        return sorted(p.rsplit("/", 1)[-1] for p in fs.ls(path, detail=False))
+
 
 @pytest.fixture(scope="session")
 def s3(tmp_path_factory) -> Iterator[S3Server]:

@@ -10,7 +10,7 @@ import signal
 import subprocess
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,10 +18,13 @@ import numpy as np
 import pytest
 
 from flows.stages import run_flow
-from tasks.config import load_params
+from tasks.config import Params, load_params
 from tasks.corrupt import run_corrupt
 from tasks.download import run_download
+from tasks.location import read_bytes
+from tasks.nerf_layout import fits_on_disk
 from tasks.store import open_refined
+from tasks.versions import resolve
 
 pytestmark = pytest.mark.slow
 on_the_cluster = pytest.mark.xdist_group("dask-cluster")  # one test worker starts the module's cluster, once
@@ -37,6 +40,7 @@ FAST_NERF = [
 class Cluster:
     address: str  # the scheduler's
     workers: list[subprocess.Popen]
+    home: Path  # the workers' working directory
 
 
 @pytest.fixture(scope="module")
@@ -60,7 +64,7 @@ def cluster(tmp_path_factory, s3) -> Iterator[Cluster]:
                                     "--no-dashboard", "--name", f"worker-{i}"], **common) for i in range(2)]
         with Client(scheduler_file=str(spec), timeout=60) as client:
             client.wait_for_workers(2, timeout=120)
-            yield Cluster(client.scheduler.address, procs[1:])
+            yield Cluster(client.scheduler.address, procs[1:], home)
     finally:
         for proc in procs:
             proc.kill()  # nothing of theirs is kept: no need to wait for a graceful shutdown
@@ -83,22 +87,25 @@ def outputs(name: str) -> list[str]:
             f"paths.nerf_metrics={name}/metrics.json", f"orchestration.results={name}/results"]
 
 
-def assert_same_as_local(base: list[str], runner: list[str], stores: list[str] = ()) -> None:
-    """``refine`` then ``fit_nerf`` over the two scenes with the ``runner`` overrides (and ``stores``: other store
-    locations) and with the default (threads) runner on the local stores: the refined arrays and the NeRF metrics
-    are the same, bit for bit."""
+def assert_same_as_local(base: list[str], runner: list[str], elsewhere: Sequence[str] = ()) -> Params:
+    """``refine`` then ``fit_nerf`` over the two scenes with the ``runner`` overrides (and ``elsewhere``: other store
+    and output locations) and with the default (threads) runner on the local stores: the refined arrays, the NeRF
+    metrics and the stage summary are the same, bit for bit; the cluster run's params."""
     runs = {"local": load_params(None, base + outputs("local")),
-            "cluster": load_params(None, base + outputs("cluster") + list(stores) + runner)}
+            "cluster": load_params(None, base + outputs("cluster") + list(elsewhere) + runner)}
     for params in runs.values():
         for stage in ("refine", "fit_nerf"):
             run_flow(stage, params)
+    fits = {name: fits_on_disk(params.paths.nerf) for name, params in runs.items()}
+    summaries = {name: json.loads(read_bytes(params.paths.nerf_metrics)) for name, params in runs.items()}
     for scene in ("synthetic_000", "synthetic_001"):
         a, b = (open_refined(params.paths.refined)[scene] for params in runs.values())
         for key in ("depth_refined", "depth_std"):
             np.testing.assert_array_equal(a[key][:], b[key][:])
-        m = {name: json.loads(Path(f"{name}/nerf/{scene}/metrics.json").read_text()) for name in runs}
+        m = {name: json.loads((fits[name] / scene / "metrics.json").read_text()) for name in runs}
         for key in ("test_psnr", "test_ssim", "test_depth_rmse"):
-            assert m["cluster"][key] == m["local"][key], (scene, key, m)
+            assert m["cluster"][key] == m["local"][key] == summaries["cluster"]["scenes"][scene][key], (scene, key, m)
+    return runs["cluster"]
 
 
 @on_the_cluster
@@ -109,18 +116,31 @@ def test_refine_and_fit_on_a_two_worker_cluster_equal_the_local_run(cluster, pre
 
 
 @on_the_cluster
-def test_refine_and_fit_on_the_cluster_with_stores_on_s3_equal_the_local_run(cluster, s3, prefect_api, make_stores,
-                                                                             tmp_path, monkeypatch):
-    """The scene, noisy and refined stores on S3 (written there by ``download`` and ``corrupt``), read and written by
-    the cluster's workers: the same refined arrays and NeRF metrics as the local run on local stores."""
+def test_refine_and_fit_on_the_cluster_with_everything_on_s3_equal_the_local_run(cluster, s3, prefect_api, make_stores,
+                                                                                 tmp_path, monkeypatch):
+    """Machines that share no file system: the stores (written there by ``download`` and ``corrupt``), the fits, their
+    checkpoints and summary, and the artifact and result store on S3, read and written by the cluster's workers: the
+    same refined arrays and NeRF metrics as the local run on local stores, nothing written to the submitter's or
+    the workers' disks, and a second run takes every scene from the cache on S3 (no artifact is written again)."""
     base = relative_stores(make_stores, tmp_path, monkeypatch)
     bucket = s3.bucket()
-    stores = [f"paths.scenes={bucket}/scenes.zarr", f"paths.noisy={bucket}/noisy.zarr",
-              f"paths.refined={bucket}/refined.zarr"]
+    stores = [f"paths.scenes={bucket}/scenes.zarr", f"paths.noisy={bucket}/noisy.zarr"]
     on_s3 = load_params(None, base + stores)
     run_download(on_s3, progress=False)
     run_corrupt(on_s3, progress=False)
-    assert_same_as_local(base, ["orchestration.runner=dask", f"orchestration.dask_address={cluster.address}"], stores)
+    runner = ["orchestration.runner=dask", f"orchestration.dask_address={cluster.address}", "orchestration.cache=true"]
+    elsewhere = stores + [f"paths.refined={bucket}/refined.zarr", f"paths.nerf={bucket}/nerf",
+                          f"paths.nerf_checkpoints={bucket}/ck", f"paths.nerf_metrics={bucket}/nerf.json",
+                          f"orchestration.results={bucket}/results"]
+    params = assert_same_as_local(base, runner, elsewhere)
+    assert not Path("cluster").exists()  # the submitter wrote nothing locally
+    assert sorted(p.name for p in cluster.home.iterdir()) == ["cluster.log", "scheduler.json"]  # nor the workers
+    artifacts = f"{params.orchestration.results}/artifacts"
+    published = {key: resolve(f"{artifacts}/{key}") for key in s3.listing(artifacts)}
+    assert len(published) == 4 and all(published.values())  # refine and fit_nerf of two scenes
+    for stage in ("refine", "fit_nerf"):
+        run_flow(stage, params)
+    assert {key: resolve(f"{artifacts}/{key}") for key in s3.listing(artifacts)} == published
 
 
 def test_refine_and_fit_on_a_local_ray_cluster_equal_the_local_run(prefect_api, make_stores, tmp_path, monkeypatch):

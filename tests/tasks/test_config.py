@@ -97,23 +97,26 @@ def test_with_absolute_paths_resolves_every_relative_path_and_nothing_else():
     assert q.nerf == p.nerf and p.paths.scenes == Path("data/scenes.zarr")  # the input is not changed
 
 
-@pytest.mark.parametrize("override", ["paths.nerf=s3://lab-bucket/nerf", "orchestration.results=gs://b/r",
+@pytest.mark.parametrize("override", ["paths.raw=s3://lab-bucket/raw", "data.path=gs://b/capture",
                                       "diffusion.train.init_from=s3://b/model"])
 def test_a_url_where_a_path_is_needed_is_refused_by_name(override):
-    """``Path("s3://b/x")`` would quietly write a local folder ``s3:``: a URL outside the zarr stores is refused,
+    """``Path("s3://b/x")`` would quietly write a local folder ``s3:``: a URL where a path is read is refused,
     naming the key, the keys that do take URLs, and how to use a bucket for the others (a mount)."""
     key = override.split("=")[0]
-    with pytest.raises(ParamsError, match=r"is a URL.*paths.scenes.*mount") as info:
+    with pytest.raises(ParamsError, match=r"is a URL.*orchestration.results may be URLs.*mount") as info:
         load_params(None, [override])
     assert key.split(".")[0] in str(info.value) and "://" in str(info.value)
 
 
-def test_stores_take_urls_and_file_urls_become_paths(tmp_path):
-    """The zarr stores may be object-storage URLs (kept as strings, never made ``Path``s, and left alone when params
-    are made absolute for a cluster); ``file://`` URLs are local paths; an unknown protocol is refused by name."""
+def test_stores_and_outputs_take_urls_and_file_urls_become_paths(tmp_path):
+    """The stores and the other outputs may be object-storage URLs (kept as strings, never made ``Path``s, and left
+    alone when params are made absolute for a cluster); ``file://`` URLs are local paths; an unknown protocol is
+    refused by name."""
     p = load_params(None, ["paths.refined=s3://lab-bucket/run 1/refined.zarr/", f"paths.noisy=file://{tmp_path}/n.zarr",
-                           "diffusion.train.extra_stores=[{scenes: s3://b/s.zarr, noisy: n.zarr}]"])
+                           "diffusion.train.extra_stores=[{scenes: s3://b/s.zarr, noisy: n.zarr}]",
+                           "paths.nerf=s3://lab-bucket/nerf", "orchestration.results=gs://b/r"])
     assert p.paths.refined == "s3://lab-bucket/run 1/refined.zarr" and p.paths.noisy == tmp_path / "n.zarr"
+    assert p.paths.nerf == "s3://lab-bucket/nerf" and p.orchestration.results == "gs://b/r"
     assert (p.diffusion.train.extra_stores[0].scenes, p.diffusion.train.extra_stores[0].noisy) == (
         "s3://b/s.zarr", Path("n.zarr"))
     q = with_absolute_paths(p, Path("/work"))

@@ -15,8 +15,10 @@ import pytest
 
 from tasks.config import load_params
 from tasks.errors import DataError
+from tasks.location import read_bytes
 from tasks.locks import OutputBusy, lock_path, output_lock
 from tasks.store import MARKER, StoreBuilder, open_store, resolve_store
+from tasks.versions import FOLDER_MARKER
 
 pytestmark = pytest.mark.slow
 
@@ -33,13 +35,6 @@ with StoreBuilder(sys.argv[1], "noisy", attrs={"run": "killed"}) as root:
             print("half written", flush=True)
             time.sleep(120)
 """
-
-
-def listing(url: str) -> list[str]:
-    """The names directly under ``url``."""
-    fs, path = fsspec.core.url_to_fs(url)
-    fs.invalidate_cache()
-    return sorted(p.rsplit("/", 1)[-1] for p in fs.ls(path, detail=False))
 
 
 def write_noisy(url: str, run: str, value: float) -> None:
@@ -61,7 +56,7 @@ def test_a_writer_killed_mid_way_leaves_the_previous_store_or_none(s3, previous)
     finally:
         proc.send_signal(signal.SIGKILL)
         proc.wait()
-    versions = [n for n in listing(url) if n.startswith("v-")]
+    versions = [n for n in s3.listing(url) if n.startswith("v-")]
     assert len(versions) == 1 + previous  # the killed writer's chunks are there, unpublished
     if previous:
         root = open_store(url, "noisy")
@@ -73,7 +68,7 @@ def test_a_writer_killed_mid_way_leaves_the_previous_store_or_none(s3, previous)
             open_store(url, "noisy")
 
     write_noisy(url, "third", 3.0)
-    names = listing(url)
+    names = s3.listing(url)
     assert names[0] == MARKER and len(names) == 2, names  # the marker and the one live version
     live = json.loads(fsspec.open(f"{url}/{MARKER}").open().read())["version"]
     assert names[1] == live and resolve_store(url) == f"{url}/{live}"
@@ -90,7 +85,7 @@ def test_a_failed_build_publishes_nothing_and_leaves_nothing(s3):
 
     with pytest.raises(RuntimeError, match="boom"):
         fail()
-    assert len(listing(url)) == 2 and open_store(url, "noisy").attrs["run"] == "first"
+    assert len(s3.listing(url)) == 2 and open_store(url, "noisy").attrs["run"] == "first"
 
 
 def test_a_lease_keeps_a_second_writer_out_until_released_or_expired(s3):
@@ -156,23 +151,33 @@ TINY_MODEL_AND_FIT = [
 ]
 
 
-def test_every_stage_command_runs_with_its_stores_on_s3(s3, dnerf, prefect_api, tiny_overrides, tmp_path):
-    """``dnerf <stage>`` for the six stages, the three stores on S3 and the rest local: each stage holds its lease
-    while it runs and releases it, and every stage reads the stores the one before published."""
+def test_every_stage_command_runs_with_everything_on_s3(s3, dnerf, prefect_api, tiny_overrides, tmp_path):
+    """``dnerf <stage>`` for the six stages with the stores and every output on S3 (nothing but ``paths.raw`` local):
+    each stage holds its lease while it runs and releases it, reads what the one before published, and publishes
+    its folders whole (a commit marker naming one version each); ``dnerf render`` reads the fits back."""
     bucket = s3.bucket()
-    stores = [f"paths.scenes={bucket}/scenes.zarr", f"paths.noisy={bucket}/noisy.zarr",
-              f"paths.refined={bucket}/refined.zarr"]
-    local = [f"paths.{key}={tmp_path / key}" for key in ("diffusion", "diffusion_checkpoints", "nerf",
-                                                         "nerf_checkpoints", "plots", "report")]
-    local += [f"paths.nerf_metrics={tmp_path / 'nerf.json'}", f"paths.eval_metrics={tmp_path / 'eval.json'}",
-              f"orchestration.results={tmp_path / 'results'}"]
-    overrides = tiny_overrides + TINY_MODEL_AND_FIT + stores + local
+    remote = [f"paths.{key}={bucket}/{key}" for key in ("scenes", "noisy", "refined", "diffusion",
+                                                        "diffusion_checkpoints", "nerf", "nerf_checkpoints",
+                                                        "plots", "report")]
+    remote += [f"paths.nerf_metrics={bucket}/nerf.json", f"paths.eval_metrics={bucket}/eval.json",
+               f"orchestration.results={bucket}/results", f"paths.raw={tmp_path / 'raw'}"]
+    overrides = tiny_overrides + TINY_MODEL_AND_FIT + remote
     for stage in ("download", "corrupt", "train-diffusion", "refine", "fit-nerf", "evaluate"):
         dnerf.invoke(stage, "--quiet", overrides=overrides, check=True)
-    assert sorted(n for n in listing(bucket) if n.endswith(".lock")) == []  # every lease released
-    assert open_store(f"{bucket}/refined.zarr", "refined").attrs["method"] == "diffusion"
-    summary = json.loads((tmp_path / "eval.json").read_text())
+    assert sorted(n for n in s3.listing(bucket) if n.endswith(".lock")) == []  # every lease released
+    assert open_store(f"{bucket}/refined", "refined").attrs["method"] == "diffusion"
+    summary = json.loads(read_bytes(f"{bucket}/eval.json"))
     assert "refined" in summary["refinement"] and summary["nerf"]["mean_test_psnr"] > 0, summary
+    for folder, files in (("diffusion", {"model.safetensors", "config.json", "curve.csv", "metrics.json"}),
+                          ("nerf", {"synthetic_000", "synthetic_001"}), ("report", {"index.html", "figures"}),
+                          ("plots", {"refinement_frames.csv", "nerf_ablation.csv"})):
+        names = s3.listing(f"{bucket}/{folder}")
+        assert names[0] == FOLDER_MARKER and len(names) == 2, names  # the marker and one version
+        assert files <= set(s3.listing(f"{bucket}/{folder}/{names[1]}")), (folder, names)
+    assert FOLDER_MARKER in s3.listing(f"{bucket}/nerf_checkpoints/synthetic_000")  # a checkpoint, published whole
+    dnerf.invoke("render", "synthetic_000", "--frames", "2", "--out", str(tmp_path / "video"), "--quiet",
+                 overrides=overrides, check=True)
+    assert len(list((tmp_path / "video" / "frames").glob("*.png"))) == 2
 
 
 def test_a_digest_of_objects_follows_their_bytes_through_their_tags(s3):
