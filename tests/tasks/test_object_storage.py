@@ -7,6 +7,7 @@ import json
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 import fsspec
@@ -110,6 +111,77 @@ def test_a_lease_keeps_a_second_writer_out_until_released_or_expired(s3):
     fs.pipe_file(path, json.dumps({"holder": "dead:1", "stage": "refine", "expires": time.time() - 1}).encode())
     with output_lock(url, "refine"):  # the dead holder's expired lease is taken over
         assert json.loads(fs.cat_file(path))["holder"] != "dead:1"
+
+
+def race_for_expired_lease(url: str, fs, path: str) -> list[str]:
+    """Two runs (threads ``a`` and ``b``) taking the expired lease of ``url``: both read it before either writes, and
+    ``b`` acts on what it read only once ``a`` holds the lease; what each got: its name, or ``busy: <error>``."""
+    from tasks.locks import lease
+
+    fs.pipe_file(path, json.dumps({"holder": "dead:1", "stage": "refine", "expires": time.time() - 1}).encode())
+    both_read, a_holds, results, cat_file = threading.Barrier(2), threading.Event(), [], fs.cat_file
+
+    def run() -> None:
+        name = threading.current_thread().name
+        try:
+            with lease(url, "refine"):
+                results.append(name)
+                a_holds.set()
+                time.sleep(0.5)  # hold it while the other run tries
+        except OutputBusy as err:
+            results.append(f"busy: {err}")
+            a_holds.set()
+
+    def read_then_wait(p, **kw):
+        out = cat_file(p, **kw)
+        both_read.wait(timeout=10)
+        if threading.current_thread().name == "b":
+            a_holds.wait(timeout=10)
+        return out
+
+    fs.cat_file = read_then_wait  # the runs' own file system objects are this one (fsspec caches instances)
+    try:
+        threads = [threading.Thread(target=run, name=n) for n in ("a", "b")]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    finally:
+        del fs.cat_file
+    return results
+
+
+def test_of_two_runs_taking_over_an_expired_lease_one_wins(s3):
+    """Two runs find the same expired lease at the same moment, and the second acts on it after the first took it
+    over: the takeover is a compare-and-swap on the ETag each read, so the second is refused; a delete and create
+    would let both proceed."""
+    url = f"{s3.bucket()}/data/refined.zarr"
+    fs, path = fsspec.core.url_to_fs(str(lock_path(url)))
+    for _ in range(3):
+        results = race_for_expired_lease(url, fs, path)
+        assert results[0] == "a" and len(results) == 2, results
+        assert any("took over the expired lease" in r for r in results), results
+    assert not fs.exists(path)
+
+
+def test_a_holder_whose_lease_was_taken_over_fails_instead_of_writing_on(s3):
+    """A holder whose renewals stalled past the expiry and whose lease another run then took over: its next renewal
+    (a compare-and-swap on the ETag it wrote) fails, it stops renewing, leaves the other run's lease in place and
+    ends with an error that says so."""
+    from tasks.locks import LeaseLost, lease
+
+    url = f"{s3.bucket()}/data/refined.zarr"
+    fs, path = fsspec.core.url_to_fs(str(lock_path(url)))
+
+    def hold_while_taken_over() -> None:
+        with lease(url, "refine", lease_s=0.6):
+            other = {"holder": "other:2", "stage": "refine", "expires": time.time() + 60}
+            fs.pipe_file(path, json.dumps(other).encode())
+            time.sleep(0.5)  # a renewal or two
+
+    with pytest.raises(LeaseLost, match=r"refined.zarr: another run took over this refine run's lease"):
+        hold_while_taken_over()
+    assert json.loads(fs.cat_file(path))["holder"] == "other:2"  # the new holder's lease is left alone
 
 
 def test_the_stages_read_and_write_stores_on_s3_as_they_do_local_ones(s3, make_stores, tiny_overrides, tmp_path):
