@@ -51,15 +51,38 @@ def as_location(value: str | Path) -> Location:
     return value.rstrip("/")
 
 
+def storage_options(url: str) -> dict[str, Any]:
+    """Options for the file system of ``url``, unless fsspec's own configuration (``FSSPEC_<PROTOCOL>_<OPTION>``
+    variables, config files) sets them: s3fs reads a whole object with one request (``max_concurrency=1``; more
+    would first ask for its size, one more round trip per zarr chunk, and for a chunk not yet written a listing
+    too). Objects here are chunks of a few hundred kB, never large enough to gain from ranged parallel reads."""
+    from fsspec.config import conf
+
+    protocol = url.split("://", 1)[0].lower()
+    if protocol in ("s3", "s3a") and "max_concurrency" not in conf.get(protocol, {}):
+        return {"max_concurrency": 1}
+    return {}
+
+
 def filesystem(url: str) -> tuple[AbstractFileSystem, str]:
     """The fsspec file system of ``url`` and the path within it (no protocol), with any listing it cached for that
     path dropped: other processes (workers on other machines) write the same prefixes, and a stale listing would
     hide their objects."""
     from fsspec.core import url_to_fs
 
-    fs, path = url_to_fs(url)
+    fs, path = url_to_fs(url, **storage_options(url))
     fs.invalidate_cache(path)
     return fs, path
+
+
+def zarr_store(location: Location, read_only: bool = False) -> Any:
+    """What zarr opens for a store at ``location``: the path, or an fsspec store of the URL with
+    :func:`storage_options`."""
+    if isinstance(location, Path):
+        return str(location)
+    from zarr.storage import FsspecStore
+
+    return FsspecStore.from_url(location, storage_options=storage_options(location), read_only=read_only)
 
 
 @overload
@@ -167,7 +190,13 @@ def download_tree(src: Location, dest: Path) -> None:
         return
     fs, root = filesystem(src)
     with atomic_dir(dest) as tmp:
-        for rel, _size in files_under(src):
-            target = tmp / rel
-            target.parent.mkdir(parents=True, exist_ok=True)
-            fs.get_file(f"{root}/{rel}", str(target))
+        get_files(fs, root, [rel for rel, _size in files_under(src)], tmp)
+
+
+def get_files(fs: AbstractFileSystem, root: str, names: list[str], dest: Path) -> None:
+    """Download ``root/<name>`` to ``dest/<name>`` for every name, concurrently where the backend can (one batch of
+    requests, not one round trip after another)."""
+    for rel in names:
+        (dest / rel).parent.mkdir(parents=True, exist_ok=True)
+    if names:
+        fs.get([f"{root}/{rel}" for rel in names], [str(dest / rel) for rel in names])

@@ -41,7 +41,7 @@ from tasks.devices import resolve_device
 from tasks.diffusion_data import check_depth_input
 from tasks.digest import closure_version
 from tasks.errors import DataError
-from tasks.location import Location, join, read_bytes
+from tasks.location import Location, join, read_bytes, zarr_store
 from tasks.progress import progress_bar
 from tasks.refiner_files import TrainedRefiner, load_model, model_files
 from tasks.store import (
@@ -222,7 +222,8 @@ def refine_scene(
     bar = progress_bar(total=len(pending), desc=f"refine {name}", unit="frame", interactive=progress)
     for start in range(0, len(pending), FRAMES_PER_COMMIT):
         block = pending[start:start + FRAMES_PER_COMMIT]
-        depths, rgbs, Ks = depth_noisy.oindex[block], rgb_arr.oindex[block], K_arr.oindex[block]
+        rows = frame_rows(block)
+        depths, rgbs, Ks = depth_noisy[rows], rgb_arr[rows], K_arr[rows]
         refined, std = [], []
         for i, raw, rgb, K in zip(block, depths, rgbs, Ks, strict=True):
             d = np.asarray(raw, dtype=np.float32)
@@ -235,14 +236,23 @@ def refine_scene(
             refined.append(r)
             std.append(s)
             bar.update(1)
-        g["depth_refined"].oindex[block] = np.stack(refined)
-        g["depth_std"].oindex[block] = np.stack(std)
-        g["done"].oindex[block] = True  # only after the block's data is written
+        rows = frame_rows(block)
+        g["depth_refined"][rows] = np.stack(refined)
+        g["depth_std"][rows] = np.stack(std)
+        g["done"][rows] = True  # only after the block's data is written
         for i in block:
             if on_frame is not None:
                 on_frame(name, i)
     bar.close()
     return len(pending)
+
+
+def frame_rows(block: list[int]) -> slice | tuple[list[int]]:
+    """A zarr selection of the frames ``block``: a slice where they are consecutive (zarr then writes whole chunks
+    without reading them first, one request per chunk), else the list as an orthogonal selection."""
+    if block == list(range(block[0], block[-1] + 1)):
+        return slice(block[0], block[-1] + 1)
+    return (block,)
 
 
 #: Frames of a scene read and committed together by :func:`refine_scene`.
@@ -292,7 +302,7 @@ def place_refined_scene(params: Params, name: str, group: Location) -> None:
     out = open_for_update(params.paths.refined)[name]
     if out["done"][:].all():
         return
-    cached = zarr.open_group(str(group), mode="r", zarr_format=3)
+    cached = zarr.open_group(zarr_store(group, read_only=True), mode="r", zarr_format=3)
     done = cached["done"][:]
     if not done.all():
         raise DataError(group, f"refined scene {name!r} is not complete ({int(done.sum())}/{done.size} frames)")

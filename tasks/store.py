@@ -56,7 +56,7 @@ from tasks import versions
 from tasks.datasets.base import ROLES, Frame, Role, Split
 from tasks.errors import DataError
 from tasks.files import replace_dir, temporary_sibling
-from tasks.location import Location, as_location, download_tree, join, read_bytes, remove_tree
+from tasks.location import Location, as_location, download_tree, join, read_bytes, remove_tree, zarr_store
 from tasks.location import name as location_name
 
 SCHEMA_VERSION = 1
@@ -73,7 +73,7 @@ def consolidate(path: Location) -> None:
     with warnings.catch_warnings():
         # zarr warns that consolidated metadata is not (yet) in the v3 spec; we rely on zarr-python's.
         warnings.filterwarnings("ignore", message="Consolidated metadata", category=UserWarning)
-        zarr.consolidate_metadata(str(path))
+        zarr.consolidate_metadata(zarr_store(path))
 
 
 #: The commit marker of a store on object storage: names the live version (see the module docstring).
@@ -112,7 +112,7 @@ class StoreBuilder:
             self.path.parent.mkdir(parents=True, exist_ok=True)
         else:
             self.tmp = versions.begin_version(self.path, MARKER)
-        self.root = zarr.open_group(str(self.tmp), mode="w", zarr_format=3)
+        self.root = zarr.open_group(zarr_store(self.tmp), mode="w", zarr_format=3)
         self.root.attrs.update(
             {"schema": _schema_name(self.kind), "schema_version": SCHEMA_VERSION, **self.attrs}
         )
@@ -142,7 +142,7 @@ def open_store(path: Location, kind: StoreKind | None) -> zarr.Group:
     if live is None:
         raise DataError(path, f"no such store (expected a {expected} zarr store; run the stage that writes it)")
     try:
-        root = zarr.open_consolidated(str(live), mode="r", zarr_format=3)
+        root = zarr.open_consolidated(zarr_store(live, read_only=True), mode="r", zarr_format=3)
     except Exception as err:  # noqa: BLE001 - zarr raises several types for a damaged or foreign store
         raise DataError(path, f"not a readable zarr v3 store with consolidated metadata: {err}") from None
     schema = root.attrs.get("schema")
@@ -192,7 +192,7 @@ def local_scene_copies(stores: Sequence[Location | None], scene: str) -> Iterato
 
 def open_for_update(path: Location) -> zarr.Group:
     """The live zarr store behind ``path`` opened for writing in place (the resumable refine stage)."""
-    return zarr.open_group(str(live_store(path)), mode="r+", zarr_format=3)
+    return zarr.open_group(zarr_store(live_store(path)), mode="r+", zarr_format=3)
 
 
 def open_refined(path: Location) -> zarr.Group:

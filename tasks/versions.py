@@ -30,7 +30,17 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from tasks.location import Location, as_location, download_tree, files_under, filesystem, join, read_bytes, remove_tree
+from tasks.location import (
+    Location,
+    as_location,
+    download_tree,
+    files_under,
+    filesystem,
+    get_files,
+    join,
+    read_bytes,
+    remove_tree,
+)
 
 #: The commit marker of a published folder at a URL (zarr stores use their own: :data:`tasks.store.MARKER`).
 FOLDER_MARKER = "dnerf-folder.json"
@@ -99,8 +109,9 @@ def publish_folder(src: Path, dest: Location) -> Location:
         return dest
     version = begin_version(dest)
     fs, root = filesystem(version)
-    try:
-        fs.put([str(src / rel) for rel, _ in files_under(src)], [f"{root}/{rel}" for rel, _ in files_under(src)])
+    names = [rel for rel, _ in files_under(src)]
+    try:  # concurrently
+        fs.put([str(src / rel) for rel in names], [f"{root}/{rel}" for rel in names])
     except BaseException:
         remove_tree(version)
         raise
@@ -118,9 +129,9 @@ def copy_folder(live: Location, dest: Location) -> Location:
     version = begin_version(dest)
     fs, src_root = filesystem(live)
     _, dest_root = filesystem(version)
-    try:
-        for rel, _ in files_under(live):
-            fs.copy(f"{src_root}/{rel}", f"{dest_root}/{rel}")  # server side: the bytes do not pass through here
+    names = [rel for rel, _ in files_under(live)]
+    try:  # server-side copies (the bytes do not pass through here), concurrently
+        fs.copy([f"{src_root}/{rel}" for rel in names], [f"{dest_root}/{rel}" for rel in names])
     except BaseException:
         remove_tree(version)
         raise
@@ -155,9 +166,7 @@ def local_copy(location: Location) -> Path | None:
         tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=cache))
         fs, root = filesystem(live)
         try:
-            for rel, _ in files_under(live):
-                (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
-                fs.get_file(f"{root}/{rel}", str(tmp / rel))
+            get_files(fs, root, [rel for rel, _ in files_under(live)], tmp)
             os.rename(tmp, dest)  # another process of this machine may have won: then its copy is used
         except OSError:
             if not dest.is_dir():

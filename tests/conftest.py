@@ -115,6 +115,13 @@ class S3Server:
     (and so of every subprocess: ``dnerf``, ``dvc``, Dask workers) point at it."""
 
     endpoint: str
+    log: Path  # the server's request log, one line per request
+
+    def requests(self, bucket: str) -> int:
+        """How many requests for ``bucket`` (``s3://<name>``) the server has logged so far."""
+        name = bucket.removeprefix("s3://")
+        return sum(f" /{name}/" in line or f" /{name}?" in line or f" /{name} " in line
+                   for line in self.log.read_text().splitlines())
 
     def bucket(self) -> str:
         """A new, empty bucket: ``s3://<name>``."""
@@ -165,7 +172,7 @@ def s3(tmp_path_factory) -> Iterator[S3Server]:
                 assert proc.poll() is None and time.monotonic() < deadline, log_path.read_text()
                 time.sleep(0.1)
         os.environ.update(env)
-        yield S3Server(endpoint)
+        yield S3Server(endpoint, log_path)
     finally:
         for k, v in saved.items():
             if v is None:

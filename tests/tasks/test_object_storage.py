@@ -16,7 +16,7 @@ import pytest
 
 from tasks.config import load_params
 from tasks.errors import DataError
-from tasks.location import read_bytes
+from tasks.location import filesystem, read_bytes
 from tasks.locks import OutputBusy, lock_path, output_lock
 from tasks.store import MARKER, StoreBuilder, open_store, resolve_store
 from tasks.versions import FOLDER_MARKER
@@ -139,7 +139,7 @@ def race_for_expired_lease(url: str, fs, path: str) -> list[str]:
             a_holds.wait(timeout=10)
         return out
 
-    fs.cat_file = read_then_wait  # the runs' own file system objects are this one (fsspec caches instances)
+    fs.cat_file = read_then_wait
     try:
         threads = [threading.Thread(target=run, name=n) for n in ("a", "b")]
         for t in threads:
@@ -156,7 +156,7 @@ def test_of_two_runs_taking_over_an_expired_lease_one_wins(s3):
     over: the takeover is a compare-and-swap on the ETag each read, so the second is refused; a delete and create
     would let both proceed."""
     url = f"{s3.bucket()}/data/refined.zarr"
-    fs, path = fsspec.core.url_to_fs(str(lock_path(url)))
+    fs, path = filesystem(str(lock_path(url)))  # the very file system object the runs use
     for _ in range(3):
         results = race_for_expired_lease(url, fs, path)
         assert results[0] == "a" and len(results) == 2, results
@@ -211,6 +211,31 @@ def test_the_stages_read_and_write_stores_on_s3_as_they_do_local_ones(s3, make_s
     before = resolve_store(remote.paths.refined)
     run_refine(remote, progress=False)
     assert resolve_store(remote.paths.refined) == before
+
+
+def test_refining_a_scene_on_s3_costs_one_request_per_chunk(s3, make_stores, tmp_path):
+    """Refining a scene whose stores are on S3 reads each input chunk (noisy depth, RGB, intrinsics) once and writes
+    each output chunk (refined depth, its std, the done flag) once, with no size probe before a read, no read of a
+    chunk about to be overwritten and no listing for a chunk not yet written: 7 requests per frame (21 before), plus
+    a few for the stores' metadata."""
+    from tasks.refine import prepare_refine, refine_one_scene
+
+    bucket = s3.bucket()
+    local = load_params(None, make_stores(["refine.method=bilateral"]))
+    params = local.model_copy(update={"paths": local.paths.model_copy(update={
+        "noisy": f"{bucket}/noisy.zarr", "refined": f"{bucket}/refined.zarr"})})
+    with StoreBuilder(params.paths.noisy, "noisy") as root:  # the local noisy store, copied to S3
+        for name, group in open_store(local.paths.noisy, "noisy").groups():
+            root.create_group(name).create_array("depth_noisy", data=group["depth_noisy"][:],
+                                                 chunks=group["depth_noisy"].chunks)
+    scene = prepare_refine(params)[0]
+    frames = open_store(params.paths.noisy, "noisy")[scene]["depth_noisy"].shape[0]
+    before = s3.requests(bucket)
+    refine_one_scene(params, scene, progress=False)  # reads the scene store locally: 2 requests per frame on S3
+    made = s3.requests(bucket) - before
+    # per frame: its noisy depth read, its depth, std and flag written, its flag read at the start and its depth and
+    # std read back at the end; then the two stores' markers and metadata
+    assert made <= 7 * frames + 4, (made, frames)
 
 
 TINY_MODEL_AND_FIT = [
