@@ -14,6 +14,8 @@ otherwise: ``refine.method=diffusion`` with ``--model``, ``nerf.train.steps`` as
   longer scene;
 - ``dask + S3``: ``refine`` then ``fit_nerf`` as Prefect flows (``dnerf refine`` / ``dnerf fit_nerf`` do the same)
   on a Dask cluster of two single-thread worker processes, stores on ``s3://``, against a local Prefect server;
+- ``dask + all on S3``: the same with the fits, their checkpoints and summary and ``orchestration.results`` on S3 as
+  well (a cluster whose machines share no file system);
 - ``dask + local``: the same on local stores (what the S3 layer costs is the difference);
 - ``threads + local``: the same flows with the default thread runner (2 workers) and local stores.
 
@@ -92,6 +94,13 @@ def scene_work(overrides: list[str], scene: str, first: bool, barrier, results) 
     job = next(j for j in plan_fit_nerf(params)[0] if j.scene == scene)
     fit = timed(lambda: fit_one_scene(params, job, Path(params.paths.nerf) / job.label, progress=False))
     results.put((scene, refine, fit))
+
+
+def all_on_s3(prefix: str) -> list[str]:
+    """Overrides that put the refined store, the fits, their checkpoints and summary, and the artifact and result
+    store under ``prefix`` (machines that share no file system)."""
+    return [f"paths.refined={prefix}/refined.zarr", f"paths.nerf={prefix}/nerf", f"paths.nerf_checkpoints={prefix}/ck",
+            f"paths.nerf_metrics={prefix}/nerf.json", f"orchestration.results={prefix}/results"]
 
 
 def warm_up() -> None:
@@ -179,6 +188,8 @@ def main() -> None:
         runs = {
             "dask + S3": s3_stores + ["orchestration.runner=dask", "orchestration.workers=2",
                                       f"orchestration.dask_address={cluster.scheduler_address}"],
+            "dask + all on S3": s3_stores + ["orchestration.runner=dask", "orchestration.workers=2",
+                                             f"orchestration.dask_address={cluster.scheduler_address}"],
             "dask + local": local_stores + ["orchestration.runner=dask", "orchestration.workers=2",
                                             f"orchestration.dask_address={cluster.scheduler_address}"],
             "threads + local": local_stores + ["orchestration.workers=2"],
@@ -192,7 +203,8 @@ def main() -> None:
                           for stage, per in plain.items() for scene, t in per.items()]
             for name, extra in runs.items():
                 refined = f"s3://bench/{name.split()[0]}-{r}/refined.zarr" if "S3" in name else None
-                params = load_params(None, common + extra + outputs(name, refined))
+                on_s3 = all_on_s3(f"s3://bench/all-{r}") if "all" in name else []
+                params = load_params(None, common + extra + outputs(name, refined) + on_s3)
                 per_stage = {st: timed(lambda p=params, st=st: run_flow(st, p)) for st in ("refine", "fit_nerf")}
                 walls.setdefault(name, []).append(sum(per_stage.values()))
                 stage_walls.append({"repeat": r, "run": name, **{k: round(v, 2) for k, v in per_stage.items()},
