@@ -162,17 +162,25 @@ def executing_scenes(address: str) -> dict[int, list[str]]:
         return dict(client.run(busy).values())
 
 
+def checkpointed_step(checkpoints: str, scene: str) -> int | None:
+    """The step of the checkpoint published for ``scene`` under ``checkpoints`` (a URL), if any."""
+    live = resolve(f"{checkpoints}/{scene}")
+    return None if live is None else json.loads(read_bytes(f"{live}/state.json"))["step"]
+
+
 @on_the_cluster
-def test_a_worker_killed_mid_fit_costs_only_that_fits_progress(cluster, prefect_api, make_stores, tmp_path,
+def test_a_worker_killed_mid_fit_costs_only_that_fits_progress(cluster, s3, prefect_api, make_stores, tmp_path,
                                                              monkeypatch, capsys):
-    """SIGKILL the worker fitting one scene once that fit has a checkpoint: Dask gives its task to another worker,
-    which resumes the fit from the checkpoint (the stage's summary says so); the other scene is not disturbed, and
-    both fits end as the uninterrupted local fits do (bit for bit)."""
+    """SIGKILL the worker fitting one scene once that fit has a checkpoint (on S3, where any machine finds it): Dask
+    gives its task to another worker, which resumes the fit from the checkpoint (the stage's summary says so); the
+    other scene is not disturbed, and both fits end as the uninterrupted local fits do (bit for bit)."""
     base = relative_stores(make_stores, tmp_path, monkeypatch) + [
         "nerf.depth_source=noisy", "nerf.train.steps=120", "nerf.train.checkpoint_every=10"]
+    checkpoints = f"{s3.bucket()}/ck"
     local = load_params(None, base + outputs("local"))
     remote = load_params(None, base + outputs("cluster") + [
-        "orchestration.runner=dask", f"orchestration.dask_address={cluster.address}"])
+        "orchestration.runner=dask", f"orchestration.dask_address={cluster.address}",
+        f"paths.nerf_checkpoints={checkpoints}"])
     run_flow("fit_nerf", local)
     assert "fit_nerf" in (fresh := capsys.readouterr().err) and "resumed" not in fresh  # no resume, not reported
     errors: list[BaseException] = []
@@ -180,8 +188,8 @@ def test_a_worker_killed_mid_fit_costs_only_that_fits_progress(cluster, prefect_
     runner.start()
     killed, after_kill, deadline = None, [], time.monotonic() + 120
     while runner.is_alive() and time.monotonic() < deadline:
-        steps = {scene: json.loads(state.read_text())["step"] for scene in ("synthetic_000", "synthetic_001")
-                 if (state := Path(f"cluster/ck/{scene}/state.json")).is_file()}
+        steps = {scene: step for scene in ("synthetic_000", "synthetic_001")
+                 if (step := checkpointed_step(checkpoints, scene)) is not None}
         if killed is None:
             for pid, scenes in executing_scenes(cluster.address).items():
                 ready = [s for s in scenes if 20 <= steps.get(s, 0) < 100]  # well before the end
