@@ -117,11 +117,13 @@ class S3Server:
     endpoint: str
     log: Path  # the server's request log, one line per request
 
-    def requests(self, bucket: str) -> int:
-        """How many requests for ``bucket`` (``s3://<name>``) the server has logged so far."""
+    def requests(self, bucket: str) -> list[str]:
+        """The requests for ``bucket`` (``s3://<name>``) the server has logged so far (``"GET /name/key"``...)."""
+        import re
+
         name = bucket.removeprefix("s3://")
-        return sum(f" /{name}/" in line or f" /{name}?" in line or f" /{name} " in line
-                   for line in self.log.read_text().splitlines())
+        found = (re.search(r'"([A-Z]+ /[^ ?]*)', line) for line in self.log.read_text().splitlines())
+        return [m.group(1) for m in found if m and m.group(1).split(" ", 1)[1].split("/")[1] == name]
 
     def bucket(self) -> str:
         """A new, empty bucket: ``s3://<name>``."""

