@@ -80,7 +80,7 @@ def atomic_dir(dest: str | Path) -> Iterator[Path]:
     replace_dir(tmp, dest)
 
 
-def manifest_digest(folder: Location | str) -> str | None:
+def manifest_digest(folder: Location) -> str | None:
     """Digest of the relative names and sizes of every file under ``folder`` (a path or a URL; ``None`` where it
     is missing): cheap to check, and it changes when a file is added, removed, truncated or replaced by another
     size."""
