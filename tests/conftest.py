@@ -268,7 +268,7 @@ def dvc_template(tmp_path_factory, prefect_api) -> tuple[Path, str]:
     if shutil.which("dvc") is None or shutil.which("dnerf") is None:
         pytest.skip("dvc and the dnerf console script must be installed")
     repo = tmp_path_factory.mktemp("dvc-template")
-    for name in ("dvc.yaml", "params.yaml", ".dvcignore"):
+    for name in ("dvc.yaml", "params.yaml", ".dvcignore", ".gitignore"):
         shutil.copy(ROOT / name, repo / name)
     for pkg in ("models", "tasks", "flows"):
         shutil.copytree(ROOT / pkg, repo / pkg, ignore=shutil.ignore_patterns("__pycache__"))
@@ -283,7 +283,6 @@ def dvc_template(tmp_path_factory, prefect_api) -> tuple[Path, str]:
     params["nerf"]["export"].update(mesh_resolution=16)
     params["orchestration"]["workers"] = 1
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    (repo / ".gitignore").write_text("/.prefect/\n/.prefect-results/\n/.checkpoints/\n")
     run_checked("git", "init", "-q", cwd=repo)
     run_checked("dvc", "init", "-q", cwd=repo)
     run_checked("dvc", "config", "core.analytics", "false", cwd=repo)

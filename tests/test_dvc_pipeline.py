@@ -14,6 +14,8 @@ import yaml
 
 from tasks.store import open_store
 
+ROOT = Path(__file__).resolve().parents[1]
+
 pytestmark = pytest.mark.slow
 
 
@@ -52,6 +54,8 @@ def test_repro_then_noop_then_only_changed_stage(dvc_template, dvc_repo, sh):
     for stage in stages:  # every stage ends with its one-table summary
         assert f"{stage}: " in out and " done" in out
     assert_report_linked(dvc_template[0])
+    # Every out is already ignored: the main job leaves the project's .gitignore as it is.
+    assert (repo / ".gitignore").read_text() == (ROOT / ".gitignore").read_text()
 
     out = sh("dvc", "repro", cwd=repo)
     assert "Running stage" not in out, out
