@@ -18,6 +18,9 @@ the pixels the simulated sensor measured (``measured``) and on its holes where t
 (``holes``). Edge F1 compares depth discontinuities with the reference's (2 px). ``within 1σ / 2σ`` is the
 fraction of refined-depth errors inside the refiner's ``depth_std``. Baselines are tuned on the frames of the
 ``val`` scenes of ``--tune-on`` stores (``models.baselines.tune_baselines``), never on these frames.
+Two ablations of the (first) model: ``first guess``, the base its network corrects alone (hole filling +
+median, :func:`models.diffusion.pipeline.observe`), and, for a model whose validation frames chose an edge bound
+(:mod:`models.diffusion.calibration`), ``<model> without edge bound``, the same samples left free there.
 
 Writes ``benchmarks/results/<UTC time>-real-refine.json`` and ``.md``.
 """
@@ -25,6 +28,7 @@ Writes ``benchmarks/results/<UTC time>-real-refine.json`` and ``.md``.
 from __future__ import annotations
 
 import argparse
+import copy
 import datetime as dt
 import json
 import statistics
@@ -37,6 +41,7 @@ from rich.table import Table
 
 from models.baselines import make_baselines, tune_baselines
 from models.camera import intrinsics_matrix
+from models.diffusion.refiner import DiffusionRefiner
 from models.metrics import edge_f1
 from models.noise import frame_rng, simulate_sensor_noise
 from tasks.config import load_params
@@ -134,6 +139,13 @@ class Pool:
         return out
 
 
+def unbounded(r: DiffusionRefiner) -> DiffusionRefiner:
+    """The same refiner with its samples free on edge pixels (the model's uncertainty calibration kept)."""
+    free = copy.copy(r)
+    free.calibration = r.calibration.model_copy(update={"untrusted_bound": None})
+    return free
+
+
 def run(args: argparse.Namespace) -> dict:
     params = load_params(args.params, [])
     console = Console(width=180)
@@ -160,10 +172,16 @@ def run(args: argparse.Namespace) -> dict:
                 pool.add(name, b(rgb, noisy, K), ref, noisy, None)
             for name, r in refiners.items():
                 t = time.perf_counter()
-                out = r.refine(rgb, noisy, float(K[0, 0]), frame_seed(0, scene, i))
+                drawn = r.draw(rgb, noisy, float(K[0, 0]), frame_seed(0, scene, i))
+                out = r.summarise(drawn)
                 seconds[name].append(time.perf_counter() - t)
                 pool.add(name, out.depth, ref, noisy, out.std)
-        methods = ["noisy", *baselines, *refiners]
+                if r.calibration.untrusted_bound is not None:  # the same samples without the model's edge bound
+                    free = unbounded(r).summarise(drawn)
+                    pool.add(f"{name} without edge bound", free.depth, ref, noisy, free.std)
+                if name == next(iter(refiners)):  # the first guess the network corrects, alone
+                    pool.add("first guess", drawn.observation.base, ref, noisy, None)
+        methods = list(pool.edges)  # in the order added
         report["scenes"][scene] = {"frames": len(scene_frames), **{m: pool.summary(m) for m in methods}}
         console.print(f"{scene}: {len(scene_frames)} frames done")
     report["seconds_per_frame"] = {k: statistics.median(v) for k, v in seconds.items()}

@@ -36,7 +36,7 @@ import numpy as np
 import torch
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
-from models.diffusion.calibration import Calibration, fit_calibration
+from models.diffusion.calibration import Calibration, fit_calibration, select_untrusted_bound
 from models.diffusion.losses import depth_refinement_loss, masked_mean
 from models.diffusion.pipeline import (
     DiffusionConfig,
@@ -291,25 +291,33 @@ def check_disjoint(eval_store: Location, used: Sequence[tuple[Location, str]]) -
 
 
 def calibrate(model: DepthUNet, schedule: DiffusionConfig, sensor: SensorPrior, val: FramePairs, params: Params):
-    """Fit the uncertainty calibration on up to ``diffusion.train.calib_frames`` whole validation frames,
+    """Fit what the refiner fits on validation frames (:mod:`models.diffusion.calibration`): the edge bound, then
+    the uncertainty of the bounded output, on up to ``diffusion.train.calib_frames`` whole validation frames
     refined exactly as the refine stage will (its steps, samples and tiling)."""
     rc = params.refine
     refiner = DiffusionRefiner(model, schedule, sensor, Calibration(), rc.steps, rc.samples, rc.tile, rc.overlap)
     n = min(len(val), params.diffusion.train.calib_frames)
     picks = np.linspace(0, len(val) - 1, n).round().astype(int) if n else []
-    parts: dict[str, list[np.ndarray]] = {"err": [], "spread": [], "sigma": [], "trusted": []}
-    for k in picks:
-        f = val[int(k)]
-        out = refiner.refine(f.rgb, f.noisy, f.focal, seed=int(k))
+    frames = [val[int(k)] for k in picks]
+    draws = [refiner.draw(f.rgb, f.noisy, f.focal, seed=int(k)) for f, k in zip(frames, picks, strict=True)]
+    bound, rmse = select_untrusted_bound((d.samples, d.observation.base, d.observation.sigma, d.edges, f.clean)
+                                         for d, f in zip(draws, frames, strict=True))
+    if rmse:
+        log.info("edge bound %s (validation RMSE on measured edge pixels, mm: %s)", "free" if bound is None else bound,
+                 ", ".join(f"{k} {1000 * v:.1f}" for k, v in rmse.items()))
+    refiner.calibration = Calibration(untrusted_bound=bound)
+    parts: dict[str, list[np.ndarray]] = {"err": [], "spread": [], "sigma": [], "trusted": [], "edges": []}
+    for d, f in zip(draws, frames, strict=True):
+        out = refiner.summarise(d)
         ref = f.clean > 0
         for key, arr in (("err", out.depth - f.clean), ("spread", out.spread), ("sigma", out.sigma),
-                         ("trusted", out.trusted)):
+                         ("trusted", out.trusted), ("edges", d.edges)):
             parts[key].append(arr[ref])
     if not parts["err"] or not sum(a.size for a in parts["err"]):
         log.warning("no validation pixels with a reference: the uncertainty is left uncalibrated")
-        return Calibration()
-    err, spread, sigma, trusted = (np.concatenate(parts[k]) for k in ("err", "spread", "sigma", "trusted"))
-    cal = fit_calibration(err, spread, sigma, trusted)
+        return refiner.calibration
+    err, spread, sigma, trusted, edges = (np.concatenate(parts[k]) for k in parts)
+    cal = fit_calibration(err, spread, sigma, trusted, edges).model_copy(update={"untrusted_bound": bound})
     log.info("uncertainty calibrated on %d validation pixels: %.3f within 1 sigma, %.3f within 2",
              cal.pixels, cal.within_1sigma, cal.within_2sigma)
     return cal
@@ -331,6 +339,7 @@ def write_outputs(
         "parameters": sum(p.numel() for p in model.parameters()),
         "calibration_within_1sigma": calibration.within_1sigma,
         "calibration_within_2sigma": calibration.within_2sigma,
+        "untrusted_bound": calibration.untrusted_bound,
     }
     meta = {"trained": metrics, "trained_focal_px": [round(f, 2) for f in focal_range]}
     save_model(out_dir, model, cfg.unet, cfg.schedule, sensor, calibration, meta)

@@ -15,8 +15,8 @@ import numpy as np
 import torch
 from jaxtyping import Bool, Float, UInt8
 
-from models.diffusion.calibration import Calibration, calibrated_std
-from models.diffusion.pipeline import DiffusionConfig, make_scheduler, normalise, observe, sample
+from models.diffusion.calibration import Calibration, bound_to_base, calibrated_std
+from models.diffusion.pipeline import DiffusionConfig, Observation, make_scheduler, normalise, observe, sample
 from models.noise import SensorPrior
 
 # ------------------------------------------------------------------------------------------ tiling
@@ -81,8 +81,19 @@ class Refined:
     trusted: Bool[np.ndarray, "h w"]
 
 
+@dataclass(frozen=True)
+class Draw:
+    """The raw samples of one frame ``[S, H, W]`` (metres) before the edge bound, the observation they refine
+    and the measured untrusted pixels ``[H, W]`` the bound applies to."""
+
+    samples: Float[np.ndarray, "s h w"]
+    observation: Observation
+    edges: Bool[np.ndarray, "h w"]
+
+
 class DiffusionRefiner:
-    """Refines one frame: ``samples`` DDIM samples of ``steps`` steps each, their mean and calibrated spread."""
+    """Refines one frame: ``samples`` DDIM samples of ``steps`` steps each, kept within the calibration's edge
+    bound, their mean and calibrated spread."""
 
     name = "diffusion"
 
@@ -104,10 +115,11 @@ class DiffusionRefiner:
         self.net = tiled(model, tile, overlap)
 
     @torch.inference_mode()
-    def refine(
+    def draw(
         self, rgb: UInt8[np.ndarray, "h w 3"], noisy: Float[np.ndarray, "h w"], focal_px: float, seed: int
-    ) -> Refined:
-        """``rgb`` uint8 [H,W,3], ``noisy`` float32 [H,W] metres (0 = hole), the focal length in pixels."""
+    ) -> Draw:
+        """The unbounded samples of one frame: ``rgb`` uint8 [H,W,3], ``noisy`` float32 [H,W] metres (0 = hole),
+        the focal length in pixels."""
         s, dev = self.samples, self.device
         obs = observe(noisy, focal_px, self.sensor, self.schedule)
 
@@ -120,6 +132,19 @@ class DiffusionRefiner:
         noise = torch.randn((s, 1, *noisy.shape), generator=g).to(dev)
         x0 = sample(self.net, norm.cond.expand(s, -1, -1, -1), self.scheduler, self.steps, init_noise=noise)
         depth = norm.depth(x0, self.schedule)[:, 0].float().cpu().numpy()
+        return Draw(samples=depth, observation=obs, edges=(noisy > 0) & ~obs.trusted)
+
+    def summarise(self, draw: Draw) -> Refined:
+        """The frame from its samples: each kept within the calibration's edge bound, their mean, spread and
+        calibrated standard deviation."""
+        obs, cal = draw.observation, self.calibration
+        depth = bound_to_base(draw.samples, obs.base, obs.sigma, draw.edges, cal.untrusted_bound)
         mean, spread = depth.mean(0).astype(np.float32), depth.std(0).astype(np.float32)
-        std = calibrated_std(spread, obs.sigma, obs.trusted, self.calibration)
+        std = calibrated_std(spread, obs.sigma, obs.trusted, cal, draw.edges)
         return Refined(depth=mean, spread=spread, std=std, sigma=obs.sigma, trusted=obs.trusted)
+
+    def refine(
+        self, rgb: UInt8[np.ndarray, "h w 3"], noisy: Float[np.ndarray, "h w"], focal_px: float, seed: int
+    ) -> Refined:
+        """``rgb`` uint8 [H,W,3], ``noisy`` float32 [H,W] metres (0 = hole), the focal length in pixels."""
+        return self.summarise(self.draw(rgb, noisy, focal_px, seed))

@@ -125,6 +125,31 @@ def test_trusted_measurements_move_less_than_the_bound_and_std_is_calibrated(set
     assert moved_free > 2.0, "untrusted pixels are not bounded"
 
 
+def test_the_models_edge_bound_keeps_measured_edge_pixels_near_the_base_and_holes_free(setup, tmp_path):
+    """A model whose validation fit chose an edge bound of 1 sigma: measured pixels that are not trusted end
+    within 1 expected sigma of the base (hole fill + median) whatever the network says; holes stay free."""
+    folder = tmp_path / "model"
+    model = DepthUNet(TINY_UNET)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.5 * torch.randn_like(p))  # large, arbitrary outputs
+    schedule = DiffusionConfig()
+    save_model(folder, model, TINY_UNET, schedule, SensorPrior(), Calibration(untrusted_bound=1.0), {})
+    params = load_params(None, setup)
+    out = open_store(run_refine(params, progress=False), "refined")
+    noisy_store, scenes = open_store(params.paths.noisy, "noisy"), open_store(params.paths.scenes, "scenes")
+    moved_holes = 0.0
+    for i in range(4):
+        noisy = noisy_store["synthetic_000"]["depth_noisy"][i]
+        obs = observe(noisy, float(scenes["synthetic_000"]["K"][i][0, 0]), SensorPrior(), schedule)
+        d = out["synthetic_000"]["depth_refined"][i]
+        edges, holes = (noisy > 0) & ~obs.trusted, noisy <= 0
+        assert edges.any() and holes.any()
+        assert np.all(np.abs(d[edges] - obs.base[edges]) <= obs.sigma[edges] * (1 + 1e-4))
+        moved_holes = max(moved_holes, float(np.max(np.abs(d[holes] - obs.base[holes]) / obs.sigma[holes])))
+    assert moved_holes > 1.0, "holes are bounded too"
+
+
 @pytest.mark.parametrize("method", ["inpaint", "median", "bilateral", "joint_bilateral", "guided"])
 def test_classical_baselines_fill_holes(setup, tmp_path, method):
     params = load_params(None, setup + [f"refine.method={method}"])

@@ -9,6 +9,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
+from models.diffusion.calibration import BOUND_GRID
 from models.diffusion.unet import DepthUNet
 from tasks.config import load_params
 from tasks.corrupt import run_corrupt
@@ -55,6 +56,8 @@ def test_training_lowers_the_loss_and_writes_outputs(stores, tmp_path):
     cal = trained.calibration
     assert cal.pixels > 0 and cal.within_1sigma is not None
     assert metrics["calibration_within_1sigma"] == pytest.approx(cal.within_1sigma)
+    # ... after the edge bound chosen on the same frames, which the model file keeps
+    assert cal.untrusted_bound in BOUND_GRID and metrics["untrusted_bound"] == cal.untrusted_bound
 
 
 def test_interrupted_run_resumes_to_the_same_weights(stores, tmp_path):
