@@ -2,7 +2,7 @@
 
 Compares, bit for bit: the refiner's and every NeRF fit's safetensors, the refined store's arrays, and the
 metrics files with their wall-clock keys (``*seconds*``, ``*per_second*``, ``*time*``) left out. Writes
-``benchmarks/results/<time>-compare.json``::
+``benchmarks/results/<time>-compare.json``, with both runs' metrics files (timings left out)::
 
     python benchmarks/compare_runs.py BEFORE_WORKSPACE AFTER_WORKSPACE
 """
@@ -70,7 +70,9 @@ def main() -> None:
         print(f"{'same' if ok else 'DIFFERENT':9s} {name}")
     result = {"before": {"path": str(args.before), "commit": commit(args.before)},
               "after": {"path": str(args.after), "commit": commit(args.after)},
-              "all_same": all(same.values()), "compared": same}
+              "all_same": all(same.values()), "compared": same,
+              "metrics": {side: {rel: without_timings(json.loads((path / rel).read_text())) for rel in METRICS}
+                          for side, path in (("before", args.before), ("after", args.after))}}
     out = RESULTS / f"{datetime.now(UTC).strftime('%Y-%m-%dT%H%M%S')}-compare.json"
     out.write_text(json.dumps(result, indent=2))
     print(f"{sum(same.values())}/{len(same)} the same -> {out}")
