@@ -124,9 +124,13 @@ class BaselineAdapter:
 
 
 def refiner_digest(params: Params) -> str:
-    """What defines the refiner's output besides its params: the diffusion weights, or the baseline's name."""
+    """What defines the refiner's output besides its params: the trained model's files (its config, with the
+    parametrisation, sensor prior, edge bound and calibration, and its weights), or the baseline's name."""
     if params.refine.method == "diffusion":
-        return hashlib.sha256(model_files(params.paths.diffusion)[1].read_bytes()).hexdigest()[:16]
+        h = hashlib.sha256()
+        for path in model_files(params.paths.diffusion):
+            h.update(path.read_bytes())
+        return h.hexdigest()[:16]
     return params.refine.method
 
 

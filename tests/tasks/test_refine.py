@@ -149,6 +149,13 @@ def test_the_models_edge_bound_keeps_measured_edge_pixels_near_the_base_and_hole
         moved_holes = max(moved_holes, float(np.max(np.abs(d[holes] - obs.base[holes]) / obs.sigma[holes])))
     assert moved_holes > 1.0, "holes are bounded too"
 
+    # The same weights with the bound off (a model's config.json alone changed) is another refiner: the finished
+    # store is redone, not kept as if it were this model's output.
+    bounded = out["synthetic_000"]["depth_refined"][:]
+    save_model(folder, model, TINY_UNET, schedule, SensorPrior(), Calibration(), {})
+    free = open_store(run_refine(params, progress=False), "refined")["synthetic_000"]["depth_refined"][:]
+    assert not np.array_equal(free, bounded)
+
 
 @pytest.mark.parametrize("method", ["inpaint", "median", "bilateral", "joint_bilateral", "guided"])
 def test_classical_baselines_fill_holes(setup, tmp_path, method):
