@@ -306,18 +306,18 @@ def calibrate(model: DepthUNet, schedule: DiffusionConfig, sensor: SensorPrior, 
         log.info("edge bound %s (validation RMSE on measured edge pixels, mm: %s)", "free" if bound is None else bound,
                  ", ".join(f"{k} {1000 * v:.1f}" for k, v in rmse.items()))
     refiner.calibration = Calibration(untrusted_bound=bound)
-    parts: dict[str, list[np.ndarray]] = {"err": [], "spread": [], "sigma": [], "trusted": [], "edges": []}
+    parts: dict[str, list[np.ndarray]] = {"err": [], "spread": [], "sigma": [], "trusted": []}
     for d, f in zip(draws, frames, strict=True):
         out = refiner.summarise(d)
         ref = f.clean > 0
         for key, arr in (("err", out.depth - f.clean), ("spread", out.spread), ("sigma", out.sigma),
-                         ("trusted", out.trusted), ("edges", d.edges)):
+                         ("trusted", out.trusted)):
             parts[key].append(arr[ref])
     if not parts["err"] or not sum(a.size for a in parts["err"]):
         log.warning("no validation pixels with a reference: the uncertainty is left uncalibrated")
         return refiner.calibration
-    err, spread, sigma, trusted, edges = (np.concatenate(parts[k]) for k in parts)
-    cal = fit_calibration(err, spread, sigma, trusted, edges).model_copy(update={"untrusted_bound": bound})
+    err, spread, sigma, trusted = (np.concatenate(parts[k]) for k in parts)
+    cal = fit_calibration(err, spread, sigma, trusted).model_copy(update={"untrusted_bound": bound})
     log.info("uncertainty calibrated on %d validation pixels: %.3f within 1 sigma, %.3f within 2",
              cal.pixels, cal.within_1sigma, cal.within_2sigma)
     return cal

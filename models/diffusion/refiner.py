@@ -71,8 +71,9 @@ def tiled(model: Callable, tile: int, overlap: int) -> Callable:
 
 @dataclass(frozen=True)
 class Refined:
-    """One refined frame, ``[H, W]`` float32 metres: the sample mean, the raw sample spread and the
-    calibrated standard deviation; plus the observation's expected sensor sigma and trusted mask."""
+    """One refined frame, ``[H, W]`` float32 metres: the mean of the (edge-bounded) samples, the raw samples'
+    spread around it (:meth:`DiffusionRefiner.summarise`) and the calibrated standard deviation; plus the
+    observation's expected sensor sigma and trusted mask."""
 
     depth: Float[np.ndarray, "h w"]
     spread: Float[np.ndarray, "h w"]
@@ -135,12 +136,17 @@ class DiffusionRefiner:
         return Draw(samples=depth, observation=obs, edges=(noisy > 0) & ~obs.trusted)
 
     def summarise(self, draw: Draw) -> Refined:
-        """The frame from its samples: each kept within the calibration's edge bound, their mean, spread and
-        calibrated standard deviation."""
+        """The frame from its samples: each kept within the calibration's edge bound, their mean, the raw
+        samples' spread around it and the calibrated standard deviation.
+
+        The spread is the raw samples' RMS deviation from the reported depth: their standard deviation where
+        nothing is bounded, and where the bound holds a pixel at the first guess, how far the network would
+        have moved it, so a first guess the network disagrees with is reported as uncertain."""
         obs, cal = draw.observation, self.calibration
-        depth = bound_to_base(draw.samples, obs.base, obs.sigma, draw.edges, cal.untrusted_bound)
-        mean, spread = depth.mean(0).astype(np.float32), depth.std(0).astype(np.float32)
-        std = calibrated_std(spread, obs.sigma, obs.trusted, cal, draw.edges)
+        mean = bound_to_base(draw.samples, obs.base, obs.sigma, draw.edges, cal.untrusted_bound).mean(0)
+        spread = np.sqrt(np.mean((draw.samples - mean) ** 2, axis=0))
+        mean, spread = mean.astype(np.float32), spread.astype(np.float32)
+        std = calibrated_std(spread, obs.sigma, obs.trusted, cal)
         return Refined(depth=mean, spread=spread, std=std, sigma=obs.sigma, trusted=obs.trusted)
 
     def refine(

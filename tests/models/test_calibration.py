@@ -39,28 +39,6 @@ def test_fit_gives_gaussian_coverage_on_fresh_errors():
     assert np.mean(np.abs(err) <= raw) < 0.4
 
 
-def test_edge_pixels_get_coefficients_of_their_own():
-    """Bounded edge pixels (no sample spread left) err unlike holes: with an edge class both are covered."""
-    rng = np.random.default_rng(3)
-    n = 120_000
-    sigma = rng.uniform(0.002, 0.02, n)
-    spread = rng.uniform(0.0, 0.01, n)
-    trusted = rng.random(n) < 0.5
-    edges = ~trusted & (rng.random(n) < 0.5)
-    spread[edges] = 0.0
-    true_std = np.where(trusted, sigma, np.where(edges, 4 * sigma, 3 * spread))
-    err = true_std * rng.standard_normal(n)
-    cal = fit_calibration(err, spread, sigma, trusted, edges)
-    assert cal.sigma_edge is not None and cal.spread_edge is not None
-    std = calibrated_std(spread, sigma, trusted, cal, edges)
-    for mask in (trusted, edges, ~trusted & ~edges):
-        assert np.mean(np.abs(err[mask]) <= std[mask]) == pytest.approx(0.683, abs=0.03)
-    # without the class, edges borrow the holes' coefficients: spread-only, so they get no width at all
-    shared = cal.model_copy(update={"spread_edge": None, "sigma_edge": None})
-    std = calibrated_std(spread, sigma, trusted, shared, edges)
-    assert np.mean(np.abs(err[edges]) <= std[edges]) < 0.3
-
-
 def test_identity_calibration_is_the_spread_and_empty_input_is_refused():
     spread = np.array([0.01, 0.02])
     np.testing.assert_allclose(calibrated_std(spread, np.ones(2), np.array([True, False]), Calibration()), spread)

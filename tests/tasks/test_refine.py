@@ -10,8 +10,8 @@ import torch
 import zarr
 
 from models.diffusion.calibration import Calibration
-from models.diffusion.pipeline import DiffusionConfig, observe
-from models.diffusion.refiner import blend_window, tile_starts, tiled
+from models.diffusion.pipeline import DiffusionConfig, Observation, observe
+from models.diffusion.refiner import DiffusionRefiner, Draw, blend_window, tile_starts, tiled
 from models.diffusion.unet import DepthUNet
 from models.noise import SensorPrior
 from tasks.config import RefinerUNetConfig, load_params
@@ -155,6 +155,28 @@ def test_the_models_edge_bound_keeps_measured_edge_pixels_near_the_base_and_hole
     save_model(folder, model, TINY_UNET, schedule, SensorPrior(), Calibration(), {})
     free = open_store(run_refine(params, progress=False), "refined")["synthetic_000"]["depth_refined"][:]
     assert not np.array_equal(free, bounded)
+
+
+def test_spread_is_the_raw_samples_distance_from_the_reported_depth():
+    """Free pixels: the samples' standard deviation. Pixels the bound holds at the first guess: how far the
+    raw samples lie from it, so an edge the network disagrees with is not reported as certain."""
+    rng = np.random.default_rng(0)
+    base = rng.uniform(1.0, 3.0, (8, 9)).astype(np.float32)
+    sigma = np.full_like(base, 0.01)
+    edges = rng.random((8, 9)) < 0.5
+    samples = (base + 0.05 + rng.normal(0.0, 0.02, (2, 8, 9))).astype(np.float32)
+    obs = Observation(base=base, sigma=sigma, trusted=np.zeros_like(edges))
+    draw = Draw(samples=samples, observation=obs, edges=edges)
+    model = DepthUNet(TINY_UNET)
+    for bound in (None, 0.0):
+        refiner = DiffusionRefiner(model, DiffusionConfig(), SensorPrior(), Calibration(untrusted_bound=bound))
+        out = refiner.summarise(draw)
+        held = edges if bound == 0.0 else np.zeros_like(edges)
+        np.testing.assert_allclose(out.depth, np.where(held, base, samples.mean(0)), rtol=1e-6)
+        rms_from_base = np.sqrt(((samples - base) ** 2).mean(0))
+        np.testing.assert_allclose(out.spread, np.where(held, rms_from_base, samples.std(0)), rtol=1e-5)
+    # the samples sit ~5 cm off the first guess the bound keeps, ~1.5 cm from each other
+    assert out.spread[edges].mean() > 2 * samples.std(0)[edges].mean()
 
 
 @pytest.mark.parametrize("method", ["inpaint", "median", "bilateral", "joint_bilateral", "guided"])
