@@ -28,7 +28,6 @@ Writes ``benchmarks/results/<UTC time>-real-refine.json`` and ``.md``.
 from __future__ import annotations
 
 import argparse
-import copy
 import datetime as dt
 import json
 import statistics
@@ -41,7 +40,6 @@ from rich.table import Table
 
 from models.baselines import make_baselines, tune_baselines
 from models.camera import intrinsics_matrix
-from models.diffusion.refiner import DiffusionRefiner
 from models.metrics import edge_f1
 from models.noise import frame_rng, simulate_sensor_noise
 from tasks.config import load_params
@@ -139,13 +137,6 @@ class Pool:
         return out
 
 
-def unbounded(r: DiffusionRefiner) -> DiffusionRefiner:
-    """The same refiner with its samples free on edge pixels (the model's uncertainty calibration kept)."""
-    free = copy.copy(r)
-    free.calibration = r.calibration.model_copy(update={"untrusted_bound": None})
-    return free
-
-
 def run(args: argparse.Namespace) -> dict:
     params = load_params(args.params, [])
     console = Console(width=180)
@@ -177,7 +168,8 @@ def run(args: argparse.Namespace) -> dict:
                 seconds[name].append(time.perf_counter() - t)
                 pool.add(name, out.depth, ref, noisy, out.std)
                 if r.calibration.untrusted_bound is not None:  # the same samples without the model's edge bound
-                    free = unbounded(r).summarise(drawn)
+                    free_cal = r.calibration.model_copy(update={"untrusted_bound": None})
+                    free = r.with_calibration(free_cal).summarise(drawn)
                     pool.add(f"{name} without edge bound", free.depth, ref, noisy, free.std)
                 if name == next(iter(refiners)):  # the first guess the network corrects, alone
                     pool.add("first guess", drawn.observation.base, ref, noisy, None)

@@ -305,7 +305,7 @@ def calibrate(model: DepthUNet, schedule: DiffusionConfig, sensor: SensorPrior, 
     if rmse:
         log.info("edge bound %s (validation RMSE on measured edge pixels, mm: %s)", "free" if bound is None else bound,
                  ", ".join(f"{k} {1000 * v:.1f}" for k, v in rmse.items()))
-    refiner.calibration = Calibration(untrusted_bound=bound)
+    refiner = refiner.with_calibration(Calibration(untrusted_bound=bound))
     parts: dict[str, list[np.ndarray]] = {"err": [], "spread": [], "sigma": [], "trusted": []}
     for d, f in zip(draws, frames, strict=True):
         out = refiner.summarise(d)

@@ -8,6 +8,7 @@ Frames larger than ``tile`` are denoised in overlapping tiles whose outputs are 
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -114,6 +115,12 @@ class DiffusionRefiner:
         self.steps, self.samples, self.device = steps, samples, torch.device(device)
         self.scheduler = make_scheduler(schedule)
         self.net = tiled(model, tile, overlap)
+
+    def with_calibration(self, calibration: Calibration) -> DiffusionRefiner:
+        """This refiner (same network and sampling) with another calibration: edge bound and uncertainty."""
+        other = copy.copy(self)
+        other.calibration = calibration
+        return other
 
     @torch.inference_mode()
     def draw(
